@@ -1,0 +1,9 @@
+"""seqtune's core. Third-party plugins import only what this module re-exports."""
+from __future__ import annotations
+
+from framework.errors import UserError
+from framework.hookspecs import hookimpl, hookspec
+from framework.types import IGNORE_INDEX, Packing, RunInfo, Sample
+
+__all__ = ["IGNORE_INDEX", "Packing", "RunInfo", "Sample", "UserError", "hookimpl", "hookspec"]
+__version__ = "0.1.0"

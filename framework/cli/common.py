@@ -1,0 +1,34 @@
+"""What the CLI commands share: the consoles and the user-error boundary."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from framework.errors import UserError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+RECIPE_HELP = "Recipe YAML file."
+OVERRIDES_HELP = "Overrides as key=value, e.g. train.max_steps=10 data.max_seq_length=1024."
+
+
+def user_errors(command: Callable) -> Callable:
+    """Show a UserError as bullet lines and exit 2: a user mistake never prints a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            noun = "problem" if len(exc.problems) == 1 else f"{len(exc.problems)} problems"
+            err_console.print(f"[bold red]error[/]: {noun}:")
+            for line in exc.problems:
+                err_console.print(f"  [red]•[/] {escape(line)}")
+            raise typer.Exit(2) from None
+
+    return wrapper

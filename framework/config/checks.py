@@ -1,0 +1,43 @@
+"""Combinations of recipe values that are each valid but impossible together."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from framework.config.schema import Recipe
+
+Problem = tuple[str, str]  # (key path, message)
+
+
+def check_combinations(recipe: Recipe) -> list[Problem]:
+    return [*_model(recipe), *_mixture(recipe), *_launch(recipe)]
+
+
+def _model(recipe: Recipe) -> Iterator[Problem]:
+    model = recipe.model
+    if (model.name_or_path is None) == (model.config is None):
+        yield "model", "set exactly one of model.name_or_path (load weights) or model.config (random init)"
+    if model.config is not None and "model_type" not in model.config:
+        yield "model.config", "needs a model_type (e.g. llama, qwen2, gemma2)"
+    if recipe.tokenizer.name_or_path is None and model.name_or_path is None:
+        yield "tokenizer.name_or_path", "missing: a model built from model.config has no tokenizer of its own"
+
+
+def _mixture(recipe: Recipe) -> Iterator[Problem]:
+    if not recipe.data.mixture:
+        yield "data.mixture", "is empty; add at least one source"
+    for i, entry in enumerate(recipe.data.mixture):
+        if (entry.fraction is None) == (entry.count is None):
+            yield (f"data.mixture[{i}]", "set exactly one of fraction (share of rows, 1.0 = all) "
+                   "or count (number of rows)")
+
+
+def _launch(recipe: Recipe) -> Iterator[Problem]:
+    launch = recipe.launch
+    if launch.machine_rank >= launch.num_machines:
+        yield "launch.machine_rank", f"must be below launch.num_machines ({launch.num_machines})"
+    if launch.num_processes % launch.num_machines:
+        yield ("launch.num_processes", f"{launch.num_processes} processes cannot be split evenly "
+               f"over {launch.num_machines} machines (num_processes counts all machines)")
+    ds = launch.deepspeed
+    if ds is not None and ds.offload_params and ds.zero_stage != 3:
+        yield "launch.deepspeed.offload_params", "needs launch.deepspeed.zero_stage=3"

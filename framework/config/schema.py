@@ -1,0 +1,146 @@
+"""The recipe schema: the single source of truth for keys, types, defaults and help text.
+
+Each field's `help` metadata feeds `seqtune check`, the generated docs/recipe-reference.md and the
+JSON Schema. Fields typed `Component` take a plugin name (`adamw`) or a mapping with `name` plus
+that plugin's own options (`{name: adamw, lr: 1e-5}`); the options are checked against the
+plugin's factory once plugins are loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+
+def opt(default: Any = None, help: str = "", *, minimum: float | None = None, factory=None) -> Any:
+    """A dataclass field carrying help text and an optional lower bound."""
+    meta = {"help": help, "minimum": minimum}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+REQUIRED: Any = object()  # sentinel default: the key must be set by the recipe
+
+
+@dataclass
+class Component:
+    """A plugin selection: its registered name and the options passed to its factory."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: Optional[str] = opt(None, "Hub id or local directory of a pretrained model.")
+    config: Optional[dict] = opt(
+        None, "Build a randomly initialised model from this config (model_type plus AutoConfig "
+        "keys) instead of loading weights; vocab_size and special token ids default to the tokenizer's.")
+    revision: str = opt("main", "Hub revision (branch, tag or commit) of name_or_path.")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] = opt(
+        "sdpa", "Attention kernel; flash_attention_* need the flash-attn package and a GPU.")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt(
+        "float32", "dtype the weights are loaded in (mixed precision is launch.mixed_precision).")
+    trust_remote_code: bool = opt(False, "Allow model code from the hub (only for models you trust).")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+
+
+@dataclass
+class TokenizerConfig:
+    name_or_path: Optional[str] = opt(None, "Hub id or local directory; defaults to model.name_or_path.")
+    revision: Optional[str] = opt(None, "Hub revision; defaults to model.revision.")
+    use_fast: bool = opt(True, "Use the Rust tokenizer; false is open-instruct's --use_slow_tokenizer.")
+
+
+@dataclass
+class MixtureEntry:
+    source: str = opt(REQUIRED, "Local file/folder or hub dataset name.")
+    fraction: Optional[float] = opt(
+        None, "Share of the source's rows to use (1.0 = all; 2.5 = two copies plus a seeded half).",
+        minimum=0.0)
+    count: Optional[int] = opt(None, "Exact number of rows to use (a seeded sample).", minimum=1)
+    split: str = opt("train", "Split to read.")
+    loader: str = opt("auto", "Dataset loader plugin; auto picks one from the source.")
+    format: str = opt("messages", "Row format plugin that turns a row into chat messages.")
+
+
+@dataclass
+class DataConfig:
+    mixture: list[MixtureEntry] = opt(REQUIRED, "Sources to mix, each with a fraction or a count.")
+    max_seq_length: int = opt(2048, "Maximum tokens per row after tokenization.", minimum=1)
+    truncation: Component = opt(None, "How rows longer than max_seq_length are cut.",
+                                factory=lambda: Component("right"))
+    packing: Component = opt(None, "How rows are grouped into micro-batches.",
+                             factory=lambda: Component("none"))
+    num_workers: int = opt(1, "Processes used for tokenization.", minimum=1)
+    mix_dir: Optional[str] = opt(None, "If set, the mixed untokenized rows and their stats go here.")
+
+
+@dataclass
+class TrainConfig:
+    per_device_batch_size: int = opt(1, "Rows (or packed sequences) per micro-batch per process.", minimum=1)
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.", minimum=1)
+    epochs: int = opt(1, "Passes over the data.", minimum=1)
+    max_steps: Optional[int] = opt(None, "Stop after this many optimizer steps (overrides epochs).",
+                                   minimum=1)
+    loss_reduction: Literal["token_mean", "mean", "sum"] = opt(
+        "token_mean", "token_mean: summed token losses of a whole optimizer step / its trainable "
+        "tokens; mean: mean per micro-batch, averaged (HF default); sum: open-instruct's reduce_loss sum.")
+    clip_grad_norm: Optional[float] = opt(None, "Clip the global gradient norm to this value.",
+                                          minimum=0.0)
+
+
+@dataclass
+class CheckpointConfig:
+    every: Union[Literal["epoch"], int, None] = opt(
+        None, "Save a checkpoint every epoch, every N optimizer steps, or never (null).", minimum=1)
+    keep_last: Optional[int] = opt(None, "Keep only the newest N checkpoints.", minimum=1)
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = opt(1, "Log metrics every N optimizer steps.", minimum=1)
+    loggers: list[Component] = opt(None, "Logger plugins, by name or {name, options}.",
+                                   factory=lambda: [Component("rich"), Component("jsonl")])
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[0, 1, 2, 3] = opt(2, "ZeRO stage.")
+    offload_optimizer: bool = opt(False, "Keep optimizer states in CPU memory.")
+    offload_params: bool = opt(False, "Keep parameters in CPU memory (ZeRO-3 only).")
+    config_file: Optional[str] = opt(None, "A DeepSpeed JSON config to use instead.")
+
+
+@dataclass
+class LaunchConfig:
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto uses CUDA GPUs when present.")
+    num_machines: int = opt(1, "Machines in the run.", minimum=1)
+    num_processes: int = opt(1, "Processes over all machines (one per GPU).", minimum=1)
+    machine_rank: int = opt(0, "This machine's rank (0 is the main machine).", minimum=0)
+    main_process_ip: str = opt("127.0.0.1", "Address of the main machine.")
+    main_process_port: int = opt(29500, "Port of the main machine.", minimum=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "Autocast precision.")
+    deepspeed: Optional[DeepSpeedConfig] = opt(None, "Use DeepSpeed ZeRO when set.")
+
+
+@dataclass
+class Recipe:
+    output_dir: str = opt(REQUIRED, "Where the checkpoint, metrics and resolved recipe go.")
+    run_name: str = opt("seqtune", "Name shown by loggers (open-instruct's --exp_name).")
+    seed: int = opt(42, "Seed for data order, sampling and initialisation.")
+    plugins: list[str] = opt(None, "Extra plugin modules to register, by dotted import path.",
+                             factory=list)
+    model: ModelConfig = opt(None, "The model to fine-tune.", factory=ModelConfig)
+    tokenizer: TokenizerConfig = opt(None, "The tokenizer and its chat template.",
+                                     factory=TokenizerConfig)
+    data: DataConfig = opt(REQUIRED, "Data sources, max_seq_length, truncation and packing.")
+    train: TrainConfig = opt(None, "Batch sizes, epochs and loss normalisation.", factory=TrainConfig)
+    optimizer: Component = opt(None, "Optimizer plugin and its options.",
+                               factory=lambda: Component("adamw"))
+    scheduler: Component = opt(None, "Learning-rate schedule plugin and its options.",
+                               factory=lambda: Component("linear"))
+    checkpoint: CheckpointConfig = opt(None, "When checkpoints are written.", factory=CheckpointConfig)
+    logging: LoggingConfig = opt(None, "Which loggers, how often.", factory=LoggingConfig)
+    launch: LaunchConfig = opt(None, "Processes, machines, precision and DeepSpeed.",
+                               factory=LaunchConfig)

@@ -1,0 +1,160 @@
+"""Check plain recipe data against the schema dataclasses, collecting every problem.
+
+OmegaConf's structured configs stop at the first error and say nothing of files; this walker
+reports all problems at once, each with the file (or override) that set the key and a
+did-you-mean, and builds the typed dataclasses when there are none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Union
+
+from framework.config.schema import REQUIRED, Component
+from framework.errors import did_you_mean
+
+Where = Callable[[str], str]  # key path -> "recipes/x.yaml" or "override a.b=1"
+_INVALID = object()
+
+
+class Problems:
+    """Problems found so far; `where` names the source of a key path."""
+
+    def __init__(self, where: Where):
+        self.where = where
+        self.lines: list[str] = []
+
+    def add(self, path: str, message: str) -> object:
+        self.lines.append(f"{self.where(path)}: {path or '<recipe>'}: {message}")
+        return _INVALID
+
+
+def build(cls: type, data: Any, problems: Problems, path: str = "") -> Any:
+    """Convert `data` into an instance of the dataclass `cls`; problems are collected."""
+    return _convert(cls, data, problems, path, minimum=None)
+
+
+def convert(tp: Any, value: Any, problems: Problems, path: str) -> Any:
+    """Check one value against a type annotation (used for plugin options); `_INVALID` on error."""
+    return _convert(tp, value, problems, path, minimum=None)
+
+
+def is_invalid(value: Any) -> bool:
+    return value is _INVALID
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _convert(tp: Any, value: Any, problems: Problems, path: str, minimum: float | None) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and tp is not Component:
+        return _dataclass(tp, value, problems, path)
+    if tp is Component:
+        return _component(value, problems, path)
+    if origin in (Union, types.UnionType):
+        return _union(tp, value, problems, path, minimum)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) in {type(c) for c in choices}:
+            return value
+        hint = did_you_mean(str(value), [str(c) for c in choices])
+        return problems.add(path, f"invalid value {value!r}{hint}")
+    if origin is list:
+        if not isinstance(value, list):
+            return problems.add(path, f"expected a list, got {_kind(value)}")
+        (item_tp,) = typing.get_args(tp)
+        items = [_convert(item_tp, v, problems, f"{path}[{i}]", minimum) for i, v in enumerate(value)]
+        return _INVALID if _INVALID in items else items
+    if tp is dict or origin is dict:
+        return dict(value) if isinstance(value, Mapping) else problems.add(
+            path, f"expected a mapping, got {_kind(value)}")
+    return _scalar(tp, value, problems, path, minimum)
+
+
+def _scalar(tp: Any, value: Any, problems: Problems, path: str, minimum: float | None) -> Any:
+    if tp is Any:
+        return value
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        return problems.add(path, f"expected {tp.__name__}, got {_kind(value)}")
+    if minimum is not None and tp in (int, float) and value < minimum:
+        return problems.add(path, f"must be at least {minimum:g}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _union(tp: Any, value: Any, problems: Problems, path: str, minimum: float | None) -> Any:
+    members = typing.get_args(tp)
+    if value is None:
+        return None if type(None) in members else problems.add(path, "must not be null")
+    candidates = [m for m in members if m is not type(None)]
+    for member in candidates:
+        trial = Problems(problems.where)
+        result = _convert(member, value, trial, path, minimum)
+        if not trial.lines:
+            return result
+        if len(candidates) == 1 or _accepts_type(member, value):
+            problems.lines.extend(trial.lines)  # the right kind of value, but a bad one
+            return _INVALID
+    expected = " or ".join(_describe(m) for m in members)
+    return problems.add(path, f"expected {expected}, got {_kind(value)} {value!r}")
+
+
+def _accepts_type(member: Any, value: Any) -> bool:
+    """Whether `value` is of the kind `member` takes, so its error is the relevant one."""
+    if typing.get_origin(member) is Literal:
+        return False
+    return member in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _dataclass(cls: type, value: Any, problems: Problems, path: str) -> Any:
+    if not isinstance(value, Mapping):
+        return problems.add(path, f"expected a mapping, got {_kind(value)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in fields:
+            problems.add(_join(path, str(key)), "unknown key" + did_you_mean(str(key), fields))
+    kwargs = {}
+    for name, f in fields.items():
+        sub = _join(path, name)
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], problems, sub, f.metadata.get("minimum"))
+        elif f.default is REQUIRED:
+            kwargs[name] = problems.add(sub, f"missing required key ({f.metadata['help']})")
+    if _INVALID in kwargs.values():
+        return _INVALID
+    return cls(**kwargs)
+
+
+def _component(value: Any, problems: Problems, path: str) -> Any:
+    if isinstance(value, str):
+        return Component(value)
+    if isinstance(value, Mapping) and isinstance(value.get("name"), str):
+        return Component(value["name"], {k: v for k, v in value.items() if k != "name"})
+    return problems.add(path, "expected a plugin name or a mapping with a 'name' key, "
+                              f"got {_kind(value)}")
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(c) for c in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__

@@ -1,0 +1,109 @@
+"""The seqtune plugin contract: every hook a plugin may implement.
+
+A plugin is any module or object with functions marked `@framework.hookimpl` whose names match the
+specs below. Built-ins live in `plugins/`; third-party packages declare an entry point in the
+`seqtune` group; a recipe can add modules by dotted path in its `plugins:` list.
+
+Two kinds of hooks:
+
+* **Registration hooks** (`seqtune_register_*`) return a `{name: factory}` map for one family. A
+  recipe selects a factory by name (`truncation: right`, `optimizer: {name: adamw, lr: 1e-5}`).
+  Runtime inputs are the factory's positional parameters; the recipe's options are its
+  keyword-only parameters, checked against the signature before anything runs (unknown options,
+  wrong types and missing required options are recipe errors). A name registered twice is an
+  error naming both plugins. Every implementation is called; none is firstresult.
+* **Lifecycle hooks** (`seqtune_train_*`, `seqtune_log`, ...) are observer calls made by the engine
+  on the main process only. The logger objects a recipe selects are registered as plugins for the
+  run, so loggers and callbacks see the same calls and never reach into the loop.
+
+Factory signatures per family (what the engine passes positionally, what each must return):
+
+=================  ===========================================  =====================================
+family             factory(positional..., *, options)           returns
+=================  ===========================================  =====================================
+dataset_loaders    (source: str, split: str)                    an iterable of row dicts
+dataset_formats    (row: dict)                                  a list of {role, content} messages
+truncation         (input_ids: list, labels: list, max_len)     (input_ids, labels), or None to drop
+packing            ()                                           a `framework.types.Packing`
+optimizers         (param_groups: list[dict])                   a torch.optim.Optimizer
+schedulers         (optimizer, num_training_steps: int)         a torch LR scheduler
+loggers            (output_dir: str)                            an object with lifecycle hookimpls
+=================  ===========================================  =====================================
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from framework.types import RunInfo
+
+hookspec = pluggy.HookspecMarker("seqtune")
+hookimpl = pluggy.HookimplMarker("seqtune")
+
+Factories = dict[str, Callable[..., Any]]
+
+
+# -- registration hooks ------------------------------------------------------------------------
+
+@hookspec
+def seqtune_register_dataset_loaders() -> Factories:
+    """Loaders that read a mixture entry's `source` (a path or hub name) into row dicts."""
+
+
+@hookspec
+def seqtune_register_dataset_formats() -> Factories:
+    """Formats that turn one raw row into chat messages (`data.mixture[].format`)."""
+
+
+@hookspec
+def seqtune_register_truncation() -> Factories:
+    """Strategies that bound a tokenized row to `data.max_seq_length` (`data.truncation`)."""
+
+
+@hookspec
+def seqtune_register_packing() -> Factories:
+    """Strategies that group tokenized rows into micro-batches (`data.packing`)."""
+
+
+@hookspec
+def seqtune_register_optimizers() -> Factories:
+    """Optimizers (`optimizer.name`); they receive parameter groups with weight decay set."""
+
+
+@hookspec
+def seqtune_register_schedulers() -> Factories:
+    """Learning-rate schedules (`scheduler.name`), sized by the exact number of optimizer steps."""
+
+
+@hookspec
+def seqtune_register_loggers() -> Factories:
+    """Loggers (`logging.loggers`); each factory returns an object implementing lifecycle hooks."""
+
+
+# -- lifecycle hooks (main process only) -------------------------------------------------------
+
+@hookspec
+def seqtune_train_start(run: RunInfo) -> None:
+    """Called once after the model, data and optimizer are ready, before the first step."""
+
+
+@hookspec
+def seqtune_step_end(step: int) -> None:
+    """Called after every optimizer step (`step` counts from 1)."""
+
+
+@hookspec
+def seqtune_log(step: int, metrics: dict[str, float]) -> None:
+    """Called every `logging.every_steps` optimizer steps with that window's metrics."""
+
+
+@hookspec
+def seqtune_checkpoint_saved(step: int, path: str) -> None:
+    """Called after a checkpoint has been completely written (and renamed into place) at `path`."""
+
+
+@hookspec
+def seqtune_train_end(summary: dict[str, float]) -> None:
+    """Called once after the final model is saved; `summary` holds the run's totals."""

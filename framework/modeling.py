@@ -1,0 +1,106 @@
+"""Tokenizer and model loading, and the checks that stop a run before any work is done."""
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from framework.config.schema import Recipe
+from framework.errors import UserError
+
+
+def preflight(recipe: Recipe) -> None:
+    """Fail fast, one line per problem with the override that fixes it, before loading anything."""
+    import torch
+
+    problems = []
+    attn = recipe.model.attn_implementation
+    gpus = torch.cuda.device_count()
+    on_gpu = recipe.launch.device == "cuda" or (recipe.launch.device == "auto" and gpus > 0)
+    if attn.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
+        problems.append(f"model.attn_implementation={attn} needs the flash-attn package, which is not "
+                        "installed: pip install flash-attn, or override model.attn_implementation=sdpa")
+    if attn.startswith("flash_attention") and not on_gpu:
+        problems.append(f"model.attn_implementation={attn} needs a CUDA GPU: override "
+                        "model.attn_implementation=sdpa to run on the CPU")
+    per_machine = recipe.launch.num_processes // recipe.launch.num_machines
+    if recipe.launch.device == "cuda" or (per_machine > 1 and recipe.launch.device == "auto"):
+        if gpus < per_machine:
+            problems.append(f"launch.num_processes={recipe.launch.num_processes} needs {per_machine} "
+                            f"CUDA GPU(s) on this machine, found {gpus}: override "
+                            "launch.num_processes=1 launch.device=cpu for a CPU run")
+    if recipe.launch.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
+        problems.append("launch.deepspeed needs the deepspeed package: pip install 'seqtune[deepspeed]',"
+                        " or override launch.deepspeed=null")
+    problems += _not_yet_supported(recipe)
+    if problems:
+        raise UserError(problems)
+
+
+def _not_yet_supported(recipe: Recipe) -> list[str]:
+    """Launch features this version does not run yet: refuse them rather than ignore them."""
+    problems = []
+    if recipe.launch.num_processes > 1 or recipe.launch.num_machines > 1:
+        problems.append("launch.num_processes>1: multi-process and multi-machine runs are not "
+                        "available in this version of seqtune; override launch.num_processes=1")
+    if recipe.launch.deepspeed is not None:
+        problems.append("launch.deepspeed: DeepSpeed runs are not available in this version of "
+                        "seqtune; override launch.deepspeed=null")
+    return problems
+
+
+def load_tokenizer(recipe: Recipe) -> Any:
+    from transformers import AutoTokenizer
+
+    cfg = recipe.tokenizer
+    name = cfg.name_or_path or recipe.model.name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=cfg.revision or recipe.model.revision, use_fast=cfg.use_fast,
+            trust_remote_code=recipe.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"tokenizer.name_or_path: cannot load tokenizer '{name}': "
+                        f"{str(exc).splitlines()[0]}") from None
+    if not tokenizer.chat_template:
+        raise UserError(f"tokenizer.name_or_path: tokenizer '{name}' has no chat template")
+    if tokenizer.pad_token_id is None:  # padding is masked out of the loss, so eos is a safe pad
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_model(recipe: Recipe, tokenizer: Any) -> Any:
+    """Pretrained weights from name_or_path, or a random init from model.config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = recipe.model
+    dtype = getattr(torch, cfg.dtype)
+    common = {"attn_implementation": cfg.attn_implementation, "dtype": dtype}
+    if cfg.config is not None:
+        options = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                   "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+                   **cfg.config}
+        config = AutoConfig.for_model(**options)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code, **common)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **common)
+        except OSError as exc:
+            raise UserError(f"model.name_or_path: cannot load model '{cfg.name_or_path}': "
+                            f"{str(exc).splitlines()[0]}") from None
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"model: vocab_size {model.config.vocab_size} is smaller than the tokenizer's "
+                        f"{len(tokenizer)} tokens")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False  # a KV cache in training lets packed rows attend across rows
+    return model
+
+
+def param_groups(model: Any) -> list[dict]:
+    """Decay matrices only: biases and norm weights (1-D tensors) get no weight decay."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,12 @@
+"""seqtune's built-in plugins: one small module per family, written as a third party would."""
+from __future__ import annotations
+
+BUILTIN = (
+    "plugins.datasets",
+    "plugins.truncation",
+    "plugins.packing",
+    "plugins.optimizers",
+    "plugins.schedulers",
+    "plugins.loggers",
+    "plugins.trackers",
+)

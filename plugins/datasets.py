@@ -1,0 +1,65 @@
+"""Dataset loaders (read a source into rows) and formats (turn a row into chat messages)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from framework import UserError, hookimpl
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def load_json(source: str, split: str) -> list[dict[str, Any]]:
+    """A local .jsonl file (one row per line) or .json file (a list of rows, or {split: rows})."""
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"{source}: no such file")
+    if path.suffix == ".jsonl":
+        return [_json_line(path, number, line)
+                for number, line in enumerate(path.open(encoding="utf-8"), start=1) if line.strip()]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}")
+    if isinstance(data, dict):
+        if split not in data:
+            raise UserError(f"{source}: has no split '{split}' (splits: {', '.join(data)})")
+        data = data[split]
+    if not isinstance(data, list):
+        raise UserError(f"{source}: expected a list of rows")
+    return data
+
+
+def _json_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{number}: invalid JSON line: {exc.msg} (column {exc.colno})")
+    if not isinstance(row, dict):
+        raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+    return row
+
+
+def messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows with a `messages` list of {role, content} (Tulu / OpenAI chat format)."""
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ValueError("needs a non-empty 'messages' list")
+    for i, msg in enumerate(msgs):
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
+            raise ValueError(f"messages[{i}] needs a string 'content'")
+        if msg.get("role") not in ROLES:
+            raise ValueError(f"messages[{i}] has unknown role {msg.get('role')!r} "
+                             f"(expected one of: {', '.join(ROLES)})")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+@hookimpl
+def seqtune_register_dataset_loaders():
+    return {"json": load_json}
+
+
+@hookimpl
+def seqtune_register_dataset_formats():
+    return {"messages": messages}
