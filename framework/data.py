@@ -34,10 +34,13 @@ class Report:
 
 
 def pick_loader(entry: MixtureEntry) -> str | None:
-    """The loader a mixture entry names, or the one its file suffix implies (None: cannot tell)."""
+    """The loader a mixture entry names, the one its file suffix implies, else the hub loader."""
     if entry.loader != "auto":
         return entry.loader
-    return LOADER_BY_SUFFIX.get(Path(entry.source).suffix)
+    suffix = Path(entry.source).suffix
+    if Path(entry.source).is_file() and suffix not in LOADER_BY_SUFFIX:
+        return None
+    return LOADER_BY_SUFFIX.get(suffix, "hub")
 
 
 def sample_rows(rows: list[Any], entry: MixtureEntry, seed: int) -> list[Any]:

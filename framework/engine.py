@@ -178,11 +178,11 @@ class _Silent:
 def _start_loggers(prep: Prepared, output_dir: Path, is_main: bool) -> Any:
     if not is_main:
         return _Silent()
-    output_dir.mkdir(parents=True, exist_ok=True)  # the first write of the run
-    pm = prep.parts.registry.pm
-    for make in prep.parts.loggers:
-        pm.register(make(str(output_dir)))
-    return pm.hook
+    loggers = [make(str(output_dir)) for make in prep.parts.loggers]  # may fail on a missing package
+    output_dir.mkdir(parents=True, exist_ok=True)  # the run's first write
+    for logger in loggers:
+        prep.parts.registry.pm.register(logger)
+    return prep.parts.registry.pm.hook
 
 
 def _run_info(prep: Prepared, model: Any) -> RunInfo:

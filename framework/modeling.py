@@ -16,12 +16,12 @@ def preflight(recipe: Recipe) -> None:
     attn = recipe.model.attn_implementation
     gpus = torch.cuda.device_count()
     on_gpu = recipe.launch.device == "cuda" or (recipe.launch.device == "auto" and gpus > 0)
-    if attn.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
-        problems.append(f"model.attn_implementation={attn} needs the flash-attn package, which is not "
-                        "installed: pip install flash-attn, or override model.attn_implementation=sdpa")
-    if attn.startswith("flash_attention") and not on_gpu:
-        problems.append(f"model.attn_implementation={attn} needs a CUDA GPU: override "
-                        "model.attn_implementation=sdpa to run on the CPU")
+    if attn.startswith("flash_attention"):
+        missing = [what for what, ok in (("the flash-attn package", importlib.util.find_spec("flash_attn")),
+                                         ("a CUDA GPU", on_gpu)) if not ok]
+        if missing:
+            problems.append(f"model.attn_implementation={attn} needs {' and '.join(missing)}, not found "
+                            "here: override model.attn_implementation=sdpa")
     per_machine = recipe.launch.num_processes // recipe.launch.num_machines
     if recipe.launch.device == "cuda" or (per_machine > 1 and recipe.launch.device == "auto"):
         if gpus < per_machine:

@@ -31,6 +31,18 @@ def load_json(source: str, split: str) -> list[dict[str, Any]]:
     return data
 
 
+def load_hub(source: str, split: str):
+    """A Hugging Face hub dataset (or a local dataset folder) through `datasets.load_dataset`."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as exc:  # datasets raises many types (offline, missing, gated); all mean "cannot load"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{source}: cannot load split '{split}' with datasets.load_dataset: {reason}"
+                        " (offline runs need the dataset in the local Hugging Face cache)") from None
+
+
 def _json_line(path: Path, number: int, line: str) -> dict[str, Any]:
     try:
         row = json.loads(line)
@@ -57,7 +69,7 @@ def messages(row: dict[str, Any]) -> list[dict[str, str]]:
 
 @hookimpl
 def seqtune_register_dataset_loaders():
-    return {"json": load_json}
+    return {"json": load_json, "hub": load_hub}
 
 
 @hookimpl

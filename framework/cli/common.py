@@ -11,7 +11,7 @@ from rich.markup import escape
 from framework.errors import UserError
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
 
 RECIPE_HELP = "Recipe YAML file."
 OVERRIDES_HELP = "Overrides as key=value, e.g. train.max_steps=10 data.max_seq_length=1024."

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install seqtune (editable) with its test extras. Idempotent: a stamp of
+# pyproject.toml skips the install when nothing changed since the last one.
+#
+# torch is installed first, pinned to the CPU build this project's machines carry on disk
+# (SEQTUNE_TORCH overrides it); the package itself only asks for a range, so a GPU machine keeps
+# whatever CUDA build of torch it already has.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+torch_req=${SEQTUNE_TORCH:-torch==2.13.0}
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+stamp=.venv/.seqtune-installed
+want=$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setting up .venv (first run: about two minutes)" >&2
+    .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "$torch_req"
+    .venv/bin/pip install -q -e ".[test]"
+    echo "$want" > "$stamp"
+fi

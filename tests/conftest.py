@@ -1,0 +1,41 @@
+"""Suite-wide settings: nothing may reach a hub, and trackers stay offline."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                    "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ[name] = value
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def seqtune():
+    """Run the installed `seqtune` console script (the real entry point) and capture its output."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("seqtune")
+
+    def run(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The quickstart's BPE tokenizer (ChatML template), shipped in the repo."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(REPO / "recipes/quickstart/tokenizer")

@@ -1,0 +1,114 @@
+"""The CLI through its real console script: exit codes, messages, and no half-written output."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+QUICKSTART = "recipes/quickstart.yaml"
+TULU = "recipes/tulu3/gemma2-2b-sft.yaml"
+
+
+def test_help_lists_the_commands(seqtune):
+    for flag in ("--help", "-h"):
+        result = seqtune(flag)
+        assert result.returncode == 0
+        for command in ("train", "check", "plugins"):
+            assert command in result.stdout
+
+
+def test_plugins_lists_every_builtin_with_family_and_distribution(seqtune):
+    result = seqtune("plugins")
+    assert result.returncode == 0
+    for name in ("json", "hub", "messages", "right", "none", "adamw", "linear", "rich", "jsonl",
+                 "wandb", "tensorboard"):
+        assert f" {name} " in result.stdout
+    assert "plugins.optimizers" in result.stdout and "seqtune" in result.stdout
+
+
+def test_check_prints_the_resolved_recipe_with_sources(seqtune):
+    result = seqtune("check", QUICKSTART, "train.max_steps=3")
+    assert result.returncode == 0, result.stderr
+    assert "max_steps: 3  (override train.max_steps=3)" in result.stdout
+    assert "loss_reduction: 'token_mean'" in result.stdout
+    assert "(default)" in result.stdout and "valid recipe" in result.stdout
+
+
+def test_check_accepts_the_tulu_recipe_without_importing_heavy_packages(repo):
+    code = ("import sys; from framework.cli import app\n"
+            f"try: app(['check', '{TULU}'])\n"
+            "except SystemExit as e: assert e.code in (0, None), e.code\n"
+            "heavy = [m for m in ('torch', 'transformers', 'deepspeed', 'flash_attn', 'datasets') "
+            "if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "valid recipe" in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plugins"], ["check", "missing.yaml"]])
+def test_fast_commands_do_not_import_torch_or_transformers(repo, argv):
+    code = ("import sys; from framework.cli import app\n"
+            f"try: app({argv!r})\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def test_invalid_recipe_lists_every_problem_and_exits_2(seqtune, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("output_dir: out\nmodel: {name_or_path: m, atn_implementation: sdpa}\n"
+                      "data: {mixture: [{source: a.jsonl, fraction: 1.0}], max_seq_lenght: 9}\n"
+                      "train: {loss_reduction: summ}\n")
+    for command in ("check", "train"):
+        result = seqtune(command, recipe, cwd=tmp_path)
+        assert result.returncode == 2
+        assert "3 problems" in result.stderr
+        assert "did you mean 'attn_implementation'?" in result.stderr
+        assert "data.max_seq_lenght" in result.stderr and "did you mean 'sum'?" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+        assert not (tmp_path / "out").exists()
+
+
+def test_unknown_plugin_option_is_a_recipe_error(seqtune, tmp_path):
+    result = seqtune("check", QUICKSTART, "optimizer.learning_rate=1e-3", "logging.loggers=[rich, csv]")
+    assert result.returncode == 2
+    assert "optimizer.learning_rate: unknown option" in result.stderr
+    assert "unknown logger 'csv'" in result.stderr
+
+
+def test_train_without_gpu_or_flash_attn_stops_before_any_work(seqtune, tmp_path):
+    result = seqtune("train", TULU, f"output_dir={tmp_path / 'out'}", f"data.mix_dir={tmp_path / 'mix'}")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip().startswith("•")]
+    flash = [line for line in lines if "flash_attention_2" in line]
+    assert len(flash) == 1 and "override model.attn_implementation=sdpa" in flash[0]
+    assert any("launch.num_processes=4" in line and "launch.device=cpu" in line for line in lines)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mix").exists()
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_bad_data_row_is_named_and_nothing_is_written(seqtune, repo, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    data.write_text(good + "\n" + good[:-2] + "\n")
+    out = tmp_path / "out"
+    result = seqtune("train", repo / QUICKSTART, f"output_dir={out}", f"tokenizer.name_or_path="
+                     f"{repo / 'recipes/quickstart/tokenizer'}",
+                     f"data.mixture=[{{source: {data}, fraction: 1.0}}]", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{data.name}:2: invalid JSON line" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_uncached_hub_dataset_offline_is_one_clear_line(seqtune, tmp_path):
+    out = tmp_path / "out"
+    result = seqtune("train", QUICKSTART, f"output_dir={out}",
+                     "data.mixture=[{source: nobody/no-such-dataset, fraction: 1.0}]")
+    assert result.returncode == 2
+    assert "nobody/no-such-dataset: cannot load split 'train'" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
