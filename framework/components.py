@@ -28,7 +28,7 @@ class Parts:
 def bind_parts(loaded: LoadedRecipe) -> Parts:
     """Load plugins and bind the recipe's selections; raise UserError listing every problem."""
     recipe = loaded.recipe
-    registry = build_registry(recipe.plugins, where=loaded.path)
+    registry = build_registry(recipe.plugins, where=loaded.source_of)
     problems = Problems(loaded.source_of)
     get = registry.get
     loaders, formats = [], []

@@ -72,8 +72,8 @@ def check_options(factory: Callable, options: dict[str, Any], problems: Problems
     params = inspect.signature(factory).parameters.values()
     accepted = {p.name: p for p in params if p.kind is p.KEYWORD_ONLY}
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
-    try:
-        hints = typing.get_type_hints(factory)
+    try:  # a class factory's options are its __init__'s parameters
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
     except Exception:  # unresolvable annotations in a third-party factory: check names only
         hints = {}
     before = len(problems.lines)
@@ -93,8 +93,12 @@ def check_options(factory: Callable, options: dict[str, Any], problems: Problems
     return checked
 
 
-def build_registry(extra_modules: list[str] | tuple[str, ...] = (), *, where: str = "recipe") -> Registry:
-    """Register built-ins, entry points and the recipe's extra modules; check and index them."""
+def build_registry(extra_modules: list[str] | tuple[str, ...] = (),
+                   where: Callable[[str], str] = lambda key: "recipe") -> Registry:
+    """Register built-ins, entry points and the recipe's extra modules; check and index them.
+
+    `where` names the file (or override) that set a recipe key, for errors about `plugins[i]`.
+    """
     from plugins import BUILTIN
 
     pm = pluggy.PluginManager("seqtune")
@@ -104,11 +108,13 @@ def build_registry(extra_modules: list[str] | tuple[str, ...] = (), *, where: st
     try:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     except pluggy.PluginValidationError as exc:
-        raise UserError(f"plugin '{exc.plugin_name}' (entry point group '{ENTRY_POINT_GROUP}'): {exc}")
+        raise UserError(f"plugin '{exc.plugin_name}' (entry point group '{ENTRY_POINT_GROUP}'): "
+                        f"{_one_line(exc)}")
     except Exception as exc:  # a broken third-party package; say which one
         raise UserError(f"a '{ENTRY_POINT_GROUP}' entry point failed to load: {type(exc).__name__}: {exc}")
     for i, module_name in enumerate(extra_modules):
-        _register(pm, _import_extra(module_name, f"{where}: plugins[{i}]"), module_name)
+        key = f"plugins[{i}]"
+        _register(pm, _import_extra(module_name, f"{where(key)}: {key}"), module_name)
     _check_pending(pm)
     return Registry(pm, _collect(pm, builtin=BUILTIN))
 
@@ -126,7 +132,11 @@ def _register(pm: pluggy.PluginManager, module: Any, name: str) -> None:
     try:
         pm.register(module, name=name)
     except pluggy.PluginValidationError as exc:
-        raise UserError(f"plugin '{name}': {exc}")
+        raise UserError(f"plugin '{name}': {_one_line(exc)}")
+
+
+def _one_line(exc: Exception) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def _check_pending(pm: pluggy.PluginManager) -> None:

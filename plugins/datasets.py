@@ -16,8 +16,9 @@ def load_json(source: str, split: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{source}: no such file")
     if path.suffix == ".jsonl":
-        return [_json_line(path, number, line)
-                for number, line in enumerate(path.open(encoding="utf-8"), start=1) if line.strip()]
+        with path.open(encoding="utf-8") as lines:
+            return [_json_line(path, number, line) for number, line in enumerate(lines, start=1)
+                    if line.strip()]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -28,6 +29,9 @@ def load_json(source: str, split: str) -> list[dict[str, Any]]:
         data = data[split]
     if not isinstance(data, list):
         raise UserError(f"{source}: expected a list of rows")
+    for number, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise UserError(f"{source}: row {number}: expected a JSON object, got {type(row).__name__}")
     return data
 
 

@@ -10,12 +10,17 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 torch_req=${SEQTUNE_TORCH:-torch==2.13.0}
 
+# pip warns about each unused local index location of this machine's pip config; keep the rest.
+pip_install() {
+    .venv/bin/pip install -q "$@" 2>&1 | { grep -v "is neither a file nor a directory" || true; } >&2
+}
+
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.seqtune-installed
 want=$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv (first run: about two minutes)" >&2
-    .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "$torch_req"
-    .venv/bin/pip install -q -e ".[test]"
+    .venv/bin/python -c "import torch" 2>/dev/null || pip_install "$torch_req"
+    pip_install -e ".[test]"
     echo "$want" > "$stamp"
 fi

@@ -16,12 +16,13 @@ def plugins(recipe: Optional[str] = typer.Argument(
 
     from framework.registry import FAMILIES, build_registry
 
-    extra = []
     if recipe:
         from framework.config import load_recipe
 
-        extra = load_recipe(recipe).recipe.plugins
-    registry = build_registry(extra)
+        loaded = load_recipe(recipe)
+        registry = build_registry(loaded.recipe.plugins, where=loaded.source_of)
+    else:
+        registry = build_registry()
     table = Table(title="seqtune plugins")
     for column in ("family", "name", "plugin", "distribution"):
         table.add_column(column)

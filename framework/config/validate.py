@@ -63,28 +63,39 @@ def _convert(tp: Any, value: Any, problems: Problems, path: str, minimum: float 
             return value
         hint = did_you_mean(str(value), [str(c) for c in choices])
         return problems.add(path, f"invalid value {value!r}{hint}")
-    if origin is list:
-        if not isinstance(value, list):
-            return problems.add(path, f"expected a list, got {_kind(value)}")
-        (item_tp,) = typing.get_args(tp)
-        items = [_convert(item_tp, v, problems, f"{path}[{i}]", minimum) for i, v in enumerate(value)]
-        return _INVALID if _INVALID in items else items
+    if tp in (list, tuple) or origin in (list, tuple):
+        return _sequence(tp, value, problems, path, minimum)
     if tp is dict or origin is dict:
         return dict(value) if isinstance(value, Mapping) else problems.add(
             path, f"expected a mapping, got {_kind(value)}")
     return _scalar(tp, value, problems, path, minimum)
 
 
+def _sequence(tp: Any, value: Any, problems: Problems, path: str, minimum: float | None) -> Any:
+    """Lists, and tuples (YAML has only lists): every item checked against its annotation."""
+    if not isinstance(value, (list, tuple)):
+        return problems.add(path, f"expected a list, got {_kind(value)}")
+    args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+    if typing.get_origin(tp) is tuple and len(args) > 1 and len(args) != len(value):
+        return problems.add(path, f"expected a list of {len(args)} items, got {len(value)}")
+    item_types = args if len(args) == len(value) and len(args) > 1 else [args[0] if args else Any] * len(value)
+    items = [_convert(t, v, problems, f"{path}[{i}]", minimum)
+             for i, (t, v) in enumerate(zip(item_types, value))]
+    return _INVALID if _INVALID in items else items
+
+
+_CHECKS = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def _scalar(tp: Any, value: Any, problems: Problems, path: str, minimum: float | None) -> Any:
-    if tp is Any:
+    if tp not in _CHECKS:  # a type a plugin may annotate that YAML cannot express: pass it through
         return value
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }[tp]
-    if not ok:
+    if not _CHECKS[tp](value):
         return problems.add(path, f"expected {tp.__name__}, got {_kind(value)}")
     if minimum is not None and tp in (int, float) and value < minimum:
         return problems.add(path, f"must be at least {minimum:g}, got {value!r}")
