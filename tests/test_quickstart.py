@@ -39,7 +39,8 @@ def test_quickstart_trains_and_saves_a_loadable_model(seqtune, tmp_path):
 @pytest.mark.slow
 def test_trackers_selected_by_the_recipe_write_offline_records(seqtune, tmp_path):
     out = tmp_path / "run"
-    result = seqtune("train", "recipes/quickstart.yaml", f"output_dir={out}", "train.max_steps=3", "logging.every_steps=1",
+    result = seqtune("train", "recipes/quickstart.yaml", f"output_dir={out}", "train.max_steps=3",
+                     "logging.every_steps=1",
                      "logging.loggers=[jsonl, wandb, {name: tensorboard, log_dir: tb}]")
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((out / "tb").glob("events.out.tfevents.*"))

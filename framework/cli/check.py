@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Optional
 
 import typer
@@ -47,13 +48,13 @@ def _add_child(node: Any, label: str, value: Any, path: str, provenance: dict[st
     source = provenance.get(path)
     tag = f"  [dim]({escape(source)})[/]" if source else "  [dim italic](default)[/]"
     if isinstance(value, Component):
-        options = ", ".join(f"{k}={v!r}" for k, v in value.options.items())
+        options = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.options.items())
         node.add(f"{label}: [cyan]{escape(value.name)}[/]{escape(f' ({options})') if options else ''}{tag}")
     elif dataclasses.is_dataclass(value) or (isinstance(value, list) and value and not
                                              isinstance(value[0], (str, int, float))):
         _add(node.add(f"[bold]{label}[/]{tag if source else ''}"), value, path, provenance)
     else:
-        node.add(f"{label}: [cyan]{escape(repr(value))}[/]{tag}")
+        node.add(f"{label}: [cyan]{escape(json.dumps(value))}[/]{tag}")  # YAML-like: null, true
 
 
 def register(app: typer.Typer) -> None:

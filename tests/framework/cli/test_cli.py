@@ -31,7 +31,7 @@ def test_check_prints_the_resolved_recipe_with_sources(seqtune):
     result = seqtune("check", QUICKSTART, "train.max_steps=3")
     assert result.returncode == 0, result.stderr
     assert "max_steps: 3  (override train.max_steps=3)" in result.stdout
-    assert "loss_reduction: 'token_mean'" in result.stdout
+    assert 'loss_reduction: "token_mean"' in result.stdout and "deepspeed: null" in result.stdout
     assert "(default)" in result.stdout and "valid recipe" in result.stdout
 
 
