@@ -7,9 +7,12 @@ tokenization of the whole text with offsets then maps those character spans onto
 """
 from __future__ import annotations
 
-from typing import Any
+from bisect import bisect_left
+from typing import Any, Literal
 
 from framework.types import IGNORE_INDEX, Sample
+
+TrainOn = Literal["assistant", "last_assistant", "all"]
 
 
 class TemplateError(ValueError):
@@ -29,30 +32,48 @@ def assistant_spans(tokenizer: Any, messages: list[dict], text: str) -> list[tup
             continue
         start = len(render(tokenizer, messages[:i], generation_prompt=True)) if i else 0
         upto = render(tokenizer, messages[: i + 1])
-        if not text.startswith(upto):
+        if not text.startswith(upto) or start > len(upto):
             raise TemplateError(f"the chat template renders messages[:{i + 1}] differently inside "
                                 "the whole conversation, so the label mask cannot be computed")
         # The template's separator after the end-of-turn token is never generated: not trained.
-        end = len(upto.rstrip())
-        spans.append((start, end))
+        spans.append((start, len(upto.rstrip())))
     return spans
 
 
-def encode_chat(tokenizer: Any, messages: list[dict]) -> Sample:
-    """Token ids of the rendered conversation; labels are -100 outside assistant turns.
+def label_spans(input_ids: list[int], offsets: list[tuple[int, int]],
+                spans: list[tuple[int, int]]) -> list[int]:
+    """Labels that copy input_ids for tokens starting inside a span, -100 elsewhere."""
+    starts = [start for start, _ in offsets]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for span_start, span_end in spans:
+        lo, hi = bisect_left(starts, span_start), bisect_left(starts, span_end)
+        labels[lo:hi] = input_ids[lo:hi]
+    if labels:
+        labels[0] = IGNORE_INDEX  # nothing predicts a row's first token, so it is never trained
+    return labels
+
+
+def encode_chats(tokenizer: Any, conversations: list[list[dict]], train_on: TrainOn = "assistant"
+                 ) -> list[Sample]:
+    """Encode a batch of conversations with one batched tokenizer call.
 
     `labels[t]` is the target at position t (models shift it), so `labels[0]` is always masked and
     `Sample.num_trainable` counts exactly the tokens the loss sees, packed or not.
     """
-    text = render(tokenizer, messages)
-    spans = assistant_spans(tokenizer, messages, text)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [IGNORE_INDEX] * len(encoded["input_ids"])
-    span_index = 0
-    for t, (token_start, _) in enumerate(encoded["offset_mapping"]):
-        while span_index < len(spans) and token_start >= spans[span_index][1]:
-            span_index += 1
-        if span_index < len(spans) and token_start >= spans[span_index][0]:
-            labels[t] = encoded["input_ids"][t]
-    labels[0] = IGNORE_INDEX  # nothing predicts a row's first token, so it is never trained
-    return Sample(list(encoded["input_ids"]), labels)
+    texts = [render(tokenizer, messages) for messages in conversations]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    samples = []
+    for messages, text, ids, offsets in zip(conversations, texts, encoded["input_ids"],
+                                            encoded["offset_mapping"]):
+        if train_on == "all":
+            spans = [(0, len(text))]
+        else:
+            spans = assistant_spans(tokenizer, messages, text)
+            spans = spans[-1:] if train_on == "last_assistant" else spans
+        samples.append(Sample(list(ids), label_spans(ids, offsets, spans)))
+    return samples
+
+
+def encode_chat(tokenizer: Any, messages: list[dict], train_on: TrainOn = "assistant") -> Sample:
+    """One conversation: token ids of its rendering, labels -100 outside the trained turns."""
+    return encode_chats(tokenizer, [messages], train_on)[0]

@@ -29,6 +29,8 @@ optimizers         (param_groups: list[dict])                   a torch.optim.Op
 schedulers         (optimizer, num_training_steps: int)         a torch LR scheduler
 loggers            (output_dir: str)                            an object with lifecycle hookimpls
 =================  ===========================================  =====================================
+
+`seqtune_register_chat_templates` is the one family of plain values: `{name: jinja_source}`.
 """
 from __future__ import annotations
 
@@ -55,6 +57,15 @@ def seqtune_register_dataset_loaders() -> Factories:
 @hookspec
 def seqtune_register_dataset_formats() -> Factories:
     """Formats that turn one raw row into chat messages (`data.mixture[].format`)."""
+
+
+@hookspec
+def seqtune_register_chat_templates() -> dict[str, str]:
+    """Named Jinja chat templates (`tokenizer.chat_template: tulu`), as template source text.
+
+    A template must render messages[:i] as a prefix of messages[:i+1], and end every assistant
+    turn with an end-of-turn token, so that labels can be masked without generation markers.
+    """
 
 
 @hookspec

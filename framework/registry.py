@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "seqtune"
 FAMILIES = {  # family -> (registration hook, what the recipe calls one)
     "dataset_loaders": ("seqtune_register_dataset_loaders", "dataset loader"),
     "dataset_formats": ("seqtune_register_dataset_formats", "dataset format"),
+    "chat_templates": ("seqtune_register_chat_templates", "chat template"),
     "truncation": ("seqtune_register_truncation", "truncation strategy"),
     "packing": ("seqtune_register_packing", "packing strategy"),
     "optimizers": ("seqtune_register_optimizers", "optimizer"),

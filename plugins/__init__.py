@@ -3,6 +3,7 @@ from __future__ import annotations
 
 BUILTIN = (
     "plugins.datasets",
+    "plugins.chat_templates",
     "plugins.truncation",
     "plugins.packing",
     "plugins.optimizers",

@@ -50,6 +50,9 @@ class TokenizerConfig:
     name_or_path: Optional[str] = opt(None, "Hub id or local directory; defaults to model.name_or_path.")
     revision: Optional[str] = opt(None, "Hub revision; defaults to model.revision.")
     use_fast: bool = opt(True, "Use the Rust tokenizer; false is open-instruct's --use_slow_tokenizer.")
+    chat_template: Optional[str] = opt(
+        None, "A named template (tulu, chatml, llama3, gemma; see `seqtune plugins`), a .jinja file or "
+        "Jinja source; null keeps the tokenizer's own.")
 
 
 @dataclass
@@ -72,6 +75,8 @@ class DataConfig:
                                 factory=lambda: Component("right"))
     packing: Component = opt(None, "How rows are grouped into micro-batches.",
                              factory=lambda: Component("none"))
+    train_on: Literal["assistant", "last_assistant", "all"] = opt(
+        "assistant", "Which tokens are trained: every assistant turn, only the last one, or all tokens.")
     num_workers: int = opt(1, "Processes used for tokenization.", minimum=1)
     mix_dir: Optional[str] = opt(None, "If set, the mixed untokenized rows and their stats go here.")
 

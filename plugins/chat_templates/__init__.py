@@ -1,0 +1,13 @@
+"""Named chat templates, one .jinja file each (placeholder: filled in by the chat-templates work)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from framework import hookimpl
+
+HERE = Path(__file__).parent
+
+
+@hookimpl
+def seqtune_register_chat_templates():
+    return {path.stem: path.read_text() for path in sorted(HERE.glob("*.jinja"))}
