@@ -7,7 +7,6 @@ tokenization of the whole text with offsets then maps those character spans onto
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any, Literal
 
 from framework.types import IGNORE_INDEX, Sample
@@ -40,17 +39,33 @@ def assistant_spans(tokenizer: Any, messages: list[dict], text: str) -> list[tup
     return spans
 
 
-def label_spans(input_ids: list[int], offsets: list[tuple[int, int]],
-                spans: list[tuple[int, int]]) -> list[int]:
-    """Labels that copy input_ids for tokens starting inside a span, -100 elsewhere."""
-    starts = [start for start, _ in offsets]
-    labels = [IGNORE_INDEX] * len(input_ids)
-    for span_start, span_end in spans:
-        lo, hi = bisect_left(starts, span_start), bisect_left(starts, span_end)
-        labels[lo:hi] = input_ids[lo:hi]
+def _first_token_from(encoding: Any, char: int, text_len: int) -> int:
+    """Index of the first token that starts at or after `char` (a token straddling it is excluded)."""
+    probe = char
+    index = encoding.char_to_token(probe) if probe < text_len else None
+    while index is None and probe < text_len - 1:  # characters no token covers (dropped spaces)
+        probe += 1
+        index = encoding.char_to_token(probe)
+    if index is None:
+        return len(encoding.ids)
+    return index if encoding.token_to_chars(index)[0] >= char else index + 1
+
+
+def labels_for(ids: list[int], token_ranges: list[tuple[int, int]]) -> list[int]:
+    """Labels that copy `ids` inside the token ranges and are -100 elsewhere (and at position 0)."""
+    labels = [IGNORE_INDEX] * len(ids)
+    for lo, hi in token_ranges:
+        labels[lo:hi] = ids[lo:hi]
     if labels:
         labels[0] = IGNORE_INDEX  # nothing predicts a row's first token, so it is never trained
     return labels
+
+
+def _spans(tokenizer: Any, messages: list[dict], text: str, train_on: TrainOn) -> list[tuple[int, int]]:
+    if train_on == "all":
+        return [(0, len(text))]
+    spans = assistant_spans(tokenizer, messages, text)
+    return spans[-1:] if train_on == "last_assistant" else spans
 
 
 def encode_chats(tokenizer: Any, conversations: list[list[dict]], train_on: TrainOn = "assistant"
@@ -61,17 +76,26 @@ def encode_chats(tokenizer: Any, conversations: list[list[dict]], train_on: Trai
     `Sample.num_trainable` counts exactly the tokens the loss sees, packed or not.
     """
     texts = [render(tokenizer, messages) for messages in conversations]
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return [_encode_by_prefixes(tokenizer, m, t, train_on) for m, t in zip(conversations, texts)]
     samples = []
-    for messages, text, ids, offsets in zip(conversations, texts, encoded["input_ids"],
-                                            encoded["offset_mapping"]):
-        if train_on == "all":
-            spans = [(0, len(text))]
-        else:
-            spans = assistant_spans(tokenizer, messages, text)
-            spans = spans[-1:] if train_on == "last_assistant" else spans
-        samples.append(Sample(list(ids), label_spans(ids, offsets, spans)))
+    for messages, text, encoding in zip(conversations, texts,
+                                        backend.encode_batch(texts, add_special_tokens=False)):
+        ranges = [(_first_token_from(encoding, a, len(text)), _first_token_from(encoding, b, len(text)))
+                  for a, b in _spans(tokenizer, messages, text, train_on)]
+        samples.append(Sample(encoding.ids, labels_for(encoding.ids, ranges)))
     return samples
+
+
+def _encode_by_prefixes(tokenizer: Any, messages: list[dict], text: str, train_on: TrainOn) -> Sample:
+    """For tokenizers without offsets: a span starts after as many tokens as the text before it has."""
+    def count(prefix: str) -> int:
+        return len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ranges = [(count(text[:a]), count(text[:b])) for a, b in _spans(tokenizer, messages, text, train_on)]
+    return Sample(ids, labels_for(ids, ranges))
 
 
 def encode_chat(tokenizer: Any, messages: list[dict], train_on: TrainOn = "assistant") -> Sample:

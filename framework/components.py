@@ -6,7 +6,7 @@ from typing import Callable
 
 from framework.config import LoadedRecipe
 from framework.config.validate import Problems
-from framework.data import pick_loader
+from framework.data.sources import pick_loader
 from framework.errors import UserError
 from framework.registry import Registry, build_registry
 
@@ -41,6 +41,9 @@ def bind_parts(loaded: LoadedRecipe) -> Parts:
         loaders.append(found and found.factory)
         found = get("dataset_formats", entry.format, problems, f"data.mixture[{i}].format")
         formats.append(found and found.factory)
+    template = recipe.tokenizer.chat_template
+    if template and not ("{{" in template or "{%" in template or template.endswith(".jinja")):
+        get("chat_templates", template, problems, "tokenizer.chat_template")
     bind = registry.bind
     parts = Parts(
         registry, loaders, formats,

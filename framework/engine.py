@@ -10,10 +10,10 @@ from typing import Any
 
 from framework.components import Parts, bind_parts
 from framework.config import LoadedRecipe
-from framework.data import Report, load_mixture, tokenize, write_mix
+from framework.data import PreparedData, prepare_data, write_mix
 from framework.modeling import build_model, load_tokenizer, param_groups, preflight
 from framework.output import save_checkpoint, save_final, say
-from framework.types import IGNORE_INDEX, RunInfo, Sample
+from framework.types import IGNORE_INDEX, RunInfo
 
 
 @dataclass
@@ -23,32 +23,23 @@ class Prepared:
     loaded: LoadedRecipe
     parts: Parts
     tokenizer: Any
-    rows: list[Sample]
-    report: Report
-    conversations: list[list[dict]]
+    data: PreparedData
     packing: Any
     steps_per_epoch: int
     total_steps: int
 
 
-def prepare(loaded: LoadedRecipe) -> Prepared:
-    """Validate plugins and the machine, then load and tokenize the data: every user error is here."""
+def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None) -> Prepared:
+    """Load the tokenizer and the data and size the run: every data error is raised here."""
     recipe = loaded.recipe
-    parts = bind_parts(loaded)
-    preflight(recipe)
-    tokenizer = load_tokenizer(recipe)
-    conversations = load_mixture(recipe.data, parts.loaders, parts.formats, recipe.seed)
-    rows, report = tokenize(conversations, tokenizer, recipe.data.max_seq_length, parts.truncation,
-                            recipe.data.num_workers)
-    say(f"data: {report.rows_in:,} rows -> {report.rows_kept:,} kept, {report.rows_truncated:,} "
-        f"truncated, {report.rows_dropped:,} dropped at max_seq_length {recipe.data.max_seq_length}")
+    tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
+    data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first)
+    say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}")
     packing = parts.packing()
-    micro_batches = len(packing.plan([len(r.input_ids) for r in rows], recipe.train.per_device_batch_size,
-                                     recipe.seed))
+    micro_batches = len(packing.plan(data.lengths, recipe.train.per_device_batch_size, recipe.seed))
     steps_per_epoch = math.ceil(micro_batches / recipe.train.gradient_accumulation_steps)
     total_steps = recipe.train.max_steps or steps_per_epoch * recipe.train.epochs
-    return Prepared(loaded, parts, tokenizer, rows, report, conversations, packing, steps_per_epoch,
-                    total_steps)
+    return Prepared(loaded, parts, tokenizer, data, packing, steps_per_epoch, total_steps)
 
 
 def token_loss(model: Any, batch: dict) -> tuple[Any, Any]:
@@ -78,29 +69,31 @@ def train(loaded: LoadedRecipe) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    prep = prepare(loaded)
     recipe, cfg = loaded.recipe, loaded.recipe.train
-    set_seed(recipe.seed)
+    parts = bind_parts(loaded)
+    preflight(recipe)
     accelerator = Accelerator(cpu=recipe.launch.device == "cpu", mixed_precision=recipe.launch.mixed_precision)
+    prep = prepare(loaded, parts, accelerator.local_main_process_first())
+    set_seed(recipe.seed)
     model = build_model(recipe, prep.tokenizer)
     optimizer = prep.parts.optimizer(param_groups(model))
     scheduler = prep.parts.scheduler(optimizer, prep.total_steps)
     output_dir = Path(recipe.output_dir)
     hook = _start_loggers(prep, output_dir, accelerator.is_main_process)
     if recipe.data.mix_dir and accelerator.is_main_process:
-        write_mix(Path(recipe.data.mix_dir), prep.conversations, prep.report)
+        write_mix(Path(recipe.data.mix_dir), prep.data.build_mixture(), prep.data.mixture_stats)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     hook.seqtune_train_start(run=_run_info(prep, model))
 
-    lengths = [len(r.input_ids) for r in prep.rows]
+    lengths = prep.data.lengths
     step, window, started = 0, Window(), time.perf_counter()
     epochs = math.ceil(prep.total_steps / prep.steps_per_epoch)
     for epoch in range(epochs):
         plan = prep.packing.plan(lengths, cfg.per_device_batch_size, recipe.seed + epoch)
         for first in range(0, len(plan), cfg.gradient_accumulation_steps):
             # All micro-batches of one optimizer step, so token_mean knows the step's token count.
-            batches = [prep.packing.collate([prep.rows[i] for i in mb], prep.tokenizer.pad_token_id)
+            batches = [prep.packing.collate(prep.data.take(mb), prep.tokenizer.pad_token_id)
                        for mb in plan[first:first + cfg.gradient_accumulation_steps]]
             batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in batches]
             local_tokens = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batches)
@@ -130,7 +123,7 @@ def train(loaded: LoadedRecipe) -> Path:
         if recipe.checkpoint.every == "epoch":
             _checkpoint(accelerator, model, prep, output_dir, step, hook)
     if accelerator.is_main_process:
-        save_final(accelerator.unwrap_model(model), prep.tokenizer, loaded, prep.report, output_dir)
+        save_final(accelerator.unwrap_model(model), prep.tokenizer, loaded, prep.data.report, output_dir)
     hook.seqtune_train_end(summary={"steps": step, "train_seconds": round(time.perf_counter() - started, 2),
                                     "final_loss": window.last_loss, **window.totals})
     return output_dir
@@ -189,8 +182,8 @@ def _run_info(prep: Prepared, model: Any) -> RunInfo:
     recipe = prep.loaded.recipe
     return RunInfo(run_name=recipe.run_name, output_dir=recipe.output_dir, recipe=prep.loaded.data,
                    total_steps=prep.total_steps, steps_per_epoch=prep.steps_per_epoch,
-                   num_rows=len(prep.rows), num_parameters=sum(p.numel() for p in model.parameters()),
-                   extra={"truncation": prep.report.as_dict()})
+                   num_rows=len(prep.data.dataset), num_parameters=sum(p.numel() for p in model.parameters()),
+                   extra={"truncation": vars(prep.data.report)})
 
 
 def _checkpoint(accelerator: Any, model: Any, prep: Prepared, output_dir: Path, step: int, hook: Any) -> None:

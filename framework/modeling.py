@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from framework.config.schema import Recipe
-from framework.errors import UserError
+from framework.errors import UserError, did_you_mean
 
 
 def preflight(recipe: Recipe) -> None:
@@ -48,7 +49,8 @@ def _not_yet_supported(recipe: Recipe) -> list[str]:
     return problems
 
 
-def load_tokenizer(recipe: Recipe) -> Any:
+def load_tokenizer(recipe: Recipe, templates: dict[str, Any]) -> Any:
+    """The recipe's tokenizer, with the chat template it names (`templates`: the registered ones)."""
     from transformers import AutoTokenizer
 
     cfg = recipe.tokenizer
@@ -60,11 +62,30 @@ def load_tokenizer(recipe: Recipe) -> Any:
     except (OSError, ValueError) as exc:
         raise UserError(f"tokenizer.name_or_path: cannot load tokenizer '{name}': "
                         f"{str(exc).splitlines()[0]}") from None
+    if cfg.chat_template is not None:
+        tokenizer.chat_template = chat_template_source(cfg.chat_template, templates)
     if not tokenizer.chat_template:
-        raise UserError(f"tokenizer.name_or_path: tokenizer '{name}' has no chat template")
+        raise UserError(f"tokenizer.chat_template: tokenizer '{name}' has no chat template of its own; "
+                        f"name one of: {', '.join(sorted(templates))}")
     if tokenizer.pad_token_id is None:  # padding is masked out of the loss, so eos is a safe pad
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def chat_template_source(value: str, templates: dict[str, Any]) -> str:
+    """A registered template name, a .jinja file, or Jinja source itself."""
+    if "{{" in value or "{%" in value:
+        return value
+    if value.endswith(".jinja"):
+        path = Path(value)
+        if not path.is_file():
+            raise UserError(f"tokenizer.chat_template: no such file '{value}'")
+        return path.read_text()
+    if value not in templates:
+        raise UserError(f"tokenizer.chat_template: unknown chat template '{value}'"
+                        + did_you_mean(value, templates))
+    entry = templates[value]
+    return entry.factory if hasattr(entry, "factory") else entry
 
 
 def build_model(recipe: Recipe, tokenizer: Any) -> Any:

@@ -15,7 +15,7 @@ def say(message: str) -> None:
     """A progress message for the user, on stderr so that stdout stays machine-readable."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(message)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(message)
 
 
 def save_checkpoint(model: Any, tokenizer: Any, output_dir: Path, step: int, keep_last: int | None) -> Path:
@@ -41,4 +41,4 @@ def save_final(model: Any, tokenizer: Any, loaded: LoadedRecipe, report: Any, ou
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     (output_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(loaded.data))
-    (output_dir / "truncation_report.json").write_text(json.dumps(report.as_dict(), indent=2))
+    (output_dir / "truncation_report.json").write_text(json.dumps(vars(report), indent=2))

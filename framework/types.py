@@ -19,7 +19,7 @@ class Sample:
 
     @property
     def num_trainable(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 class Packing(Protocol):

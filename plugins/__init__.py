@@ -3,6 +3,7 @@ from __future__ import annotations
 
 BUILTIN = (
     "plugins.datasets",
+    "plugins.formats",
     "plugins.chat_templates",
     "plugins.truncation",
     "plugins.packing",

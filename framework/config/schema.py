@@ -64,7 +64,9 @@ class MixtureEntry:
     count: Optional[int] = opt(None, "Exact number of rows to use (a seeded sample).", minimum=1)
     split: str = opt("train", "Split to read.")
     loader: str = opt("auto", "Dataset loader plugin; auto picks one from the source.")
-    format: str = opt("messages", "Row format plugin that turns a row into chat messages.")
+    format: str = opt("messages", "Row format plugin: messages, prompt_completion, alpaca or text.")
+    columns: dict[str, str] = opt(None, "Column mapping {name the format expects: name in this "
+                                  "source}, e.g. {messages: conversations}.", factory=dict)
 
 
 @dataclass
@@ -79,6 +81,8 @@ class DataConfig:
         "assistant", "Which tokens are trained: every assistant turn, only the last one, or all tokens.")
     num_workers: int = opt(1, "Processes used for tokenization.", minimum=1)
     mix_dir: Optional[str] = opt(None, "If set, the mixed untokenized rows and their stats go here.")
+    cache_dir: Optional[str] = opt(None, "Where preprocessed rows are cached; default $SEQTUNE_CACHE "
+                                   "or ~/.cache/seqtune.")
 
 
 @dataclass

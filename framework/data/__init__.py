@@ -1,0 +1,138 @@
+"""The data pipeline: sources -> mixture -> tokens, labels and truncation -> cached arrow rows.
+
+`prepare_data` is everything between a recipe's `data:` section and rows ready for packing. It
+is cached under a key of everything that changes its result, so a second run (and every non-main
+process of a multi-process run) reads the rows instead of tokenizing again.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from framework.config.schema import Recipe
+from framework.data.cache import cache_key, cache_root, load_cached, save_cached, tokenizer_fingerprint
+from framework.data.sources import (as_dataset, format_source, loaded_fingerprint, local_fingerprint, mix,
+                                    pick_loader, sample_indices, write_mix)
+from framework.data.tokenize import Report, make_encoder
+from framework.types import Sample
+
+__all__ = ["PreparedData", "Report", "pick_loader", "prepare_data", "sample_indices", "write_mix"]
+
+
+@dataclass
+class PreparedData:
+    """Tokenized rows (arrow, memory-mapped) and what preprocessing did to them."""
+
+    dataset: Any  # datasets.Dataset with input_ids, labels, length
+    report: Report
+    mixture_stats: dict[str, Any]
+    from_cache: bool
+    cache_path: Path
+    build_mixture: Callable[[], Any]
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self.dataset["length"])
+
+    def take(self, indices: list[int]) -> list[Sample]:
+        rows = self.dataset[indices]
+        return [Sample(ids, labels) for ids, labels in zip(rows["input_ids"], rows["labels"])]
+
+
+def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable], truncate: Callable,
+                 tokenizer: Any, main_first: Any = None) -> PreparedData:
+    """Load, mix, tokenize and truncate the recipe's data, or read it from the cache.
+
+    `loaders[i]`/`formats[i]` are the bound plugins of data.mixture[i]; `main_first` (a context
+    manager) lets the main process fill the cache before the other processes read it.
+    """
+    with main_first or contextlib.nullcontext(), _quiet_datasets():
+        fingerprints, loaded = _fingerprints(recipe, loaders)
+        path = cache_root(recipe.data.cache_dir) / _key(recipe, fingerprints, tokenizer)
+        build = functools.partial(_build_mixture, recipe, loaders, formats, loaded)
+        cached = load_cached(path)
+        if cached is not None:
+            dataset, meta = cached
+            return PreparedData(dataset, Report(**meta["report"]), meta["mixture"], True, path,
+                                lambda: build()[0])
+        mixture, stats = build()
+        dataset, report = _tokenize(mixture, recipe, truncate, tokenizer)
+        dataset = save_cached(path, dataset, {"report": vars(report), "mixture": stats})
+        return PreparedData(dataset, report, stats, False, path, lambda: mixture)
+
+
+def _fingerprints(recipe: Recipe, loaders: list[Callable]) -> tuple[list[str], dict[int, Any]]:
+    """Each source's fingerprint: from the file system when local, else by loading it (the hub
+    dataset then comes from the local Hugging Face cache); what was loaded is kept for reuse."""
+    fingerprints, loaded = [], {}
+    for i, (entry, load) in enumerate(zip(recipe.data.mixture, loaders)):
+        fingerprint = local_fingerprint(entry.source)
+        if fingerprint is None:
+            loaded[i] = load(entry.source, entry.split)
+            fingerprint = loaded_fingerprint(loaded[i])
+        fingerprints.append(fingerprint)
+    return fingerprints, loaded
+
+
+def _build_mixture(recipe: Recipe, loaders: list[Callable], formats: list[Callable],
+                   loaded: dict[int, Any]) -> tuple[Any, dict]:
+    data, formatted = recipe.data, []
+    with progress_bars():
+        for i, (entry, load, to_messages) in enumerate(zip(data.mixture, loaders, formats)):
+            rows = loaded.pop(i) if i in loaded else load(entry.source, entry.split)
+            formatted.append(format_source(as_dataset(rows), i, entry, to_messages, data.num_workers))
+    mixture, sources = mix(formatted, data, recipe.seed)
+    return mixture, {"rows": len(mixture), "seed": recipe.seed, "sources": sources}
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Only the long steps (formatting, tokenizing) show datasets' progress bars."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def progress_bars():
+    from datasets.utils import logging as ds_logging
+
+    ds_logging.enable_progress_bar()
+    try:
+        yield
+    finally:
+        ds_logging.disable_progress_bar()
+
+
+def _tokenize(mixture: Any, recipe: Recipe, truncate: Callable, tokenizer: Any) -> tuple[Any, Report]:
+    data = recipe.data
+    encode = make_encoder(tokenizer, truncate, data.max_seq_length, data.train_on,
+                          [entry.source for entry in data.mixture])
+    with progress_bars():
+        tokenized = mixture.map(encode, batched=True, remove_columns=mixture.column_names,
+                                num_proc=data.num_workers if data.num_workers > 1 else None,
+                                desc=f"tokenizing (max_seq_length {data.max_seq_length:,})")
+    stats = tokenized.select_columns(["length", "length_before", "trainable", "trainable_before"])
+    report = Report.from_columns(stats.to_dict(), data.max_seq_length)
+    kept = tokenized.filter(lambda lengths: [n > 0 for n in lengths], input_columns="length",
+                            batched=True, desc="dropping rows with nothing to train")
+    return kept.select_columns(["input_ids", "labels", "length"]), report
+
+
+def _key(recipe: Recipe, fingerprints: list[str], tokenizer: Any) -> str:
+    data = recipe.data
+    sources = [{"source": e.source, "loader": e.loader, "split": e.split, "format": e.format,
+                "columns": e.columns, "fraction": e.fraction, "count": e.count, "fingerprint": fp}
+               for e, fp in zip(data.mixture, fingerprints)]
+    return cache_key({"sources": sources, "seed": recipe.seed, "tokenizer": tokenizer_fingerprint(tokenizer),
+                      "max_seq_length": data.max_seq_length, "truncation": vars(data.truncation),
+                      "train_on": data.train_on})
