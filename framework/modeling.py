@@ -67,9 +67,20 @@ def load_tokenizer(recipe: Recipe, templates: dict[str, Any]) -> Any:
     if not tokenizer.chat_template:
         raise UserError(f"tokenizer.chat_template: tokenizer '{name}' has no chat template of its own; "
                         f"name one of: {', '.join(sorted(templates))}")
+    if cfg.add_bos:
+        add_bos(tokenizer)
     if tokenizer.pad_token_id is None:  # padding is masked out of the loss, so eos is a safe pad
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def add_bos(tokenizer: Any) -> None:
+    """Put BOS into the template itself, so training and the saved tokenizer's inference agree."""
+    if tokenizer.bos_token is None:
+        raise UserError("tokenizer.add_bos: this tokenizer has no BOS token; set tokenizer.add_bos=false")
+    probe = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    if not probe.startswith(tokenizer.bos_token):
+        tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
 
 
 def chat_template_source(value: str, templates: dict[str, Any]) -> str:

@@ -53,6 +53,8 @@ class TokenizerConfig:
     chat_template: Optional[str] = opt(
         None, "A named template (tulu, chatml, llama3, gemma; see `seqtune plugins`), a .jinja file or "
         "Jinja source; null keeps the tokenizer's own.")
+    add_bos: bool = opt(False, "Start every rendered conversation with the BOS token when the template "
+                        "does not (open-instruct's --add_bos; gemma needs it).")
 
 
 @dataclass
