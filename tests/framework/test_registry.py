@@ -25,7 +25,7 @@ from framework.registry import FAMILIES, Registry, build_registry, check_options
 # What every built-in plugin module registers: (family, name) -> plugin module.
 BUILTIN_NAMES = {
     ("dataset_loaders", "json"): "plugins.datasets",
-    ("dataset_formats", "messages"): "plugins.datasets",
+    ("dataset_formats", "messages"): "plugins.formats",
     ("truncation", "right"): "plugins.truncation",
     ("packing", "none"): "plugins.packing",
     ("optimizers", "adamw"): "plugins.optimizers",
@@ -135,10 +135,10 @@ def test_builtins_are_listed_with_family_plugin_and_distribution():
 
 def test_builtin_factories_are_the_plugin_modules_functions():
     registry = build_registry()
-    from plugins import datasets, optimizers, truncation
+    from plugins import datasets, formats, optimizers, truncation
 
     assert registry.entries["dataset_loaders"]["json"].factory is datasets.load_json
-    assert registry.entries["dataset_formats"]["messages"].factory is datasets.messages
+    assert registry.entries["dataset_formats"]["messages"].factory is formats.messages
     assert registry.entries["truncation"]["right"].factory is truncation.right
     assert registry.entries["optimizers"]["adamw"].factory is optimizers.adamw
 
@@ -225,15 +225,15 @@ def test_extra_module_by_dotted_path_is_registered(module_dir, tmp_path):
 
         @hookimpl
         def seqtune_register_truncation():
-            return {"left": left}
+            return {"keep_left": left}
         """)
     try:
         registry = build_registry(["acme_pkg.plugin"])
-        entry = registry.entries["truncation"]["left"]
+        entry = registry.entries["truncation"]["keep_left"]
         assert entry.plugin == "acme_pkg.plugin"
         assert entry.distribution == "-"  # a loose module, shipped by no installed distribution
         assert entry.factory([1, 2, 3], [4, 5, 6], 2) == ([2, 3], [5, 6])
-        assert "left" not in build_registry().entries["truncation"]  # only when asked for
+        assert "keep_left" not in build_registry().entries["truncation"]  # only when asked for
     finally:
         sys.modules.pop("acme_pkg.plugin", None)
         sys.modules.pop("acme_pkg", None)

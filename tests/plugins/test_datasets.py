@@ -1,69 +1,71 @@
-"""plugins.datasets: the `json` loader (.json and .jsonl files) and the `messages` format."""
+"""plugins.datasets: the json, parquet, csv, disk and hub loaders (files, folders, splits, errors)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 
 from framework.errors import UserError
-from plugins.datasets import load_json, messages
+from plugins.datasets import (load_csv, load_disk, load_hub, load_json, load_parquet,
+                              seqtune_register_dataset_loaders)
 
 ROW_A = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 ROW_B = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "id": 7}
+TABLE = [{"instruction": f"task {i}", "input": f"in {i}", "output": f"out {i}"} for i in range(5)]
 
 
 @pytest.fixture
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the working directory, and datasets' own cache inside it."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
     return tmp_path
 
 
-def load_error(source: str, split: str = "train") -> str:
+def error_line(load, source: str, split: str = "train") -> str:
     with pytest.raises(UserError) as info:
-        load_json(source, split)
+        load(source, split)
     (line,) = info.value.problems
+    assert "\n" not in line
     return line
 
 
-# -- .jsonl ------------------------------------------------------------------------------------
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_every_builtin_loader_is_registered():
+    assert seqtune_register_dataset_loaders() == {"json": load_json, "parquet": load_parquet, "csv": load_csv,
+                                                  "disk": load_disk, "hub": load_hub}
+
+
+# -- json: .jsonl and .json files ---------------------------------------------------------------
 
 def test_jsonl_gives_one_row_per_line_skipping_blank_lines(here):
     (here / "rows.jsonl").write_text(json.dumps(ROW_A) + "\n\n" + json.dumps(ROW_B) + "\n   \n")
     assert list(load_json("rows.jsonl", "train")) == [ROW_A, ROW_B]
 
 
-def test_jsonl_ignores_the_split(here):
-    (here / "rows.jsonl").write_text(json.dumps(ROW_A) + "\n")
-    assert list(load_json("rows.jsonl", "test")) == [ROW_A]
-
-
 def test_malformed_jsonl_line_names_file_and_line_number(here):
     (here / "rows.jsonl").write_text(json.dumps(ROW_A) + "\n" + json.dumps(ROW_B) + "\n"
                                      + '{"messages": [oops]}\n' + json.dumps(ROW_A) + "\n")
-    line = load_error("rows.jsonl")
-    assert line.startswith("rows.jsonl:3: invalid JSON line")
+    assert error_line(load_json, "rows.jsonl").startswith("rows.jsonl:3: invalid JSON line")
 
 
 def test_blank_lines_still_count_towards_line_numbers(here):
     (here / "rows.jsonl").write_text(json.dumps(ROW_A) + "\n\n{not json\n")
-    assert load_error("rows.jsonl").startswith("rows.jsonl:3: ")
+    assert error_line(load_json, "rows.jsonl").startswith("rows.jsonl:3: ")
 
 
 def test_non_object_jsonl_line_is_an_error(here):
     (here / "rows.jsonl").write_text(json.dumps(ROW_A) + "\n" + "[1, 2]\n")
-    line = load_error("rows.jsonl")
-    assert line.startswith("rows.jsonl:2: ")
-    assert "expected a JSON object per line, got list" in line
+    line = error_line(load_json, "rows.jsonl")
+    assert line.startswith("rows.jsonl:2: ") and "expected a JSON object per line, got list" in line
 
-
-def test_missing_file_is_an_error(here):
-    assert load_error("nowhere.jsonl") == "nowhere.jsonl: no such file"
-    (here / "folder.json").mkdir()
-    assert load_error("folder.json") == "folder.json: no such file"
-
-
-# -- .json -------------------------------------------------------------------------------------
 
 def test_json_list_of_rows(here):
     (here / "rows.json").write_text(json.dumps([ROW_A, ROW_B]))
@@ -78,71 +80,159 @@ def test_json_split_dict_picks_the_split(here):
 
 def test_json_missing_split_lists_the_splits(here):
     (here / "splits.json").write_text(json.dumps({"train": [ROW_A], "validation": [ROW_B]}))
-    line = load_error("splits.json", "test")
-    assert line == "splits.json: has no split 'test' (splits: train, validation)"
+    assert error_line(load_json, "splits.json", "test") == \
+        "splits.json: has no split 'test' (splits: train, validation)"
 
 
 def test_invalid_json_names_file_and_line(here):
     (here / "rows.json").write_text('[\n  {"messages": []},\n  {oops}\n]\n')
-    line = load_error("rows.json")
-    assert line.startswith("rows.json:3: invalid JSON")
+    assert error_line(load_json, "rows.json").startswith("rows.json:3: invalid JSON")
 
 
 def test_json_that_is_not_rows_is_an_error(here):
     (here / "rows.json").write_text("42")
-    assert load_error("rows.json") == "rows.json: expected a list of rows"
+    assert error_line(load_json, "rows.json") == "rows.json: expected a list of rows"
     (here / "splits.json").write_text(json.dumps({"train": "not rows"}))
-    assert load_error("splits.json") == "splits.json: expected a list of rows"
+    assert error_line(load_json, "splits.json") == "splits.json: expected a list of rows"
 
 
-def test_json_rows_must_be_objects_like_jsonl_lines(here):
-    """A loader returns row dicts; a .json list holding a non-object is a UserError naming the file."""
+def test_json_rows_must_be_objects(here):
     (here / "rows.json").write_text(json.dumps([ROW_A, "just text", 5]))
-    with pytest.raises(UserError) as info:
-        load_json("rows.json", "train")
-    assert "rows.json" in str(info.value)
+    assert error_line(load_json, "rows.json") == "rows.json: row 2: expected a JSON object, got str"
 
 
-# -- messages format ---------------------------------------------------------------------------
-
-def test_messages_returns_role_and_content_only():
-    row = {"messages": [{"role": "system", "content": "be brief"},
-                        {"role": "user", "content": "hi", "name": "bob"},
-                        {"role": "assistant", "content": "", "extra": 1},
-                        {"role": "tool", "content": "42"}],
-           "source": "x"}
-    assert messages(row) == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                             {"role": "assistant", "content": ""}, {"role": "tool", "content": "42"}]
+def test_missing_file_is_an_error(here):
+    assert error_line(load_json, "nowhere.jsonl") == "nowhere.jsonl: no such file or folder"
 
 
-@pytest.mark.parametrize("row", [{"messages": []}, {}, {"messages": "hi"}, {"messages": None}],
-                         ids=["empty", "missing", "string", "null"])
-def test_messages_needs_a_non_empty_list(row):
-    with pytest.raises(ValueError, match="non-empty 'messages' list"):
-        messages(row)
+# -- json: folders -------------------------------------------------------------------------------
+
+def test_json_folder_reads_every_file_in_sorted_order(here):
+    jsonl(here / "data" / "b.jsonl", [{"n": 3}, {"n": 4}])
+    (here / "data" / "a.json").write_text(json.dumps([{"n": 1}, {"n": 2}]))
+    jsonl(here / "data" / "c" / "part.jsonl", [{"n": 5}])
+    (here / "data" / "notes.txt").write_text("not rows")
+    (here / "data" / "c" / "README.md").write_text("not rows either")
+    assert list(load_json("data", "train")) == [{"n": n} for n in range(1, 6)]
 
 
-def test_messages_unknown_role():
-    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}
-    with pytest.raises(ValueError) as info:
-        messages(row)
-    text = str(info.value)
-    assert "messages[1]" in text and "'robot'" in text
-    assert "system, user, assistant, tool" in text
+def test_json_folder_bad_line_names_the_file_in_the_folder(here):
+    jsonl(here / "data" / "a.jsonl", [{"n": 1}])
+    (here / "data" / "b.jsonl").write_text('{"n": 2}\n{"n": \n')
+    line = error_line(load_json, "data")
+    assert line.startswith(f"{Path('data') / 'b.jsonl'}:2: invalid JSON line")
 
 
-def test_messages_missing_role():
-    with pytest.raises(ValueError, match=r"messages\[0\] has unknown role None"):
-        messages({"messages": [{"content": "hi"}]})
+def test_json_folder_without_json_files_is_an_error(here):
+    (here / "data").mkdir()
+    (here / "data" / "rows.csv").write_text("a,b\n1,2\n")
+    assert error_line(load_json, "data") == "data: folder holds no .jsonl or .json files"
 
 
-@pytest.mark.parametrize("content", [None, 5, ["a", "b"], {"text": "x"}])
-def test_messages_content_must_be_a_string(content):
-    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content}]}
-    with pytest.raises(ValueError, match=r"messages\[1\] needs a string 'content'"):
-        messages(row)
+# -- local files have a single split, 'train' ---------------------------------------------------
+
+def test_local_jsonl_and_json_list_refuse_other_splits(here):
+    jsonl(here / "rows.jsonl", [ROW_A])
+    (here / "rows.json").write_text(json.dumps([ROW_A]))
+    for source in ("rows.jsonl", "rows.json"):
+        line = error_line(load_json, source, "test")
+        assert line == f"{source}: local files have one split, 'train' (got split 'test')"
 
 
-def test_messages_entries_must_be_mappings():
-    with pytest.raises(ValueError, match=r"messages\[0\] needs a string 'content'"):
-        messages({"messages": ["user: hi"]})
+def test_local_parquet_and_csv_refuse_other_splits(here):
+    datasets.Dataset.from_list(TABLE).to_parquet(str(here / "rows.parquet"))
+    datasets.Dataset.from_list(TABLE).to_csv(str(here / "rows.csv"), index=False)
+    assert "local files have one split, 'train' (got split 'validation')" in \
+        error_line(load_parquet, "rows.parquet", "validation")
+    assert "local files have one split, 'train' (got split 'test')" in error_line(load_csv, "rows.csv", "test")
+
+
+# -- parquet and csv --------------------------------------------------------------------------
+
+def test_parquet_file(here):
+    datasets.Dataset.from_list(TABLE).to_parquet(str(here / "rows.parquet"))
+    loaded = load_parquet("rows.parquet", "train")
+    assert isinstance(loaded, datasets.Dataset)
+    assert loaded.to_list() == TABLE
+
+
+def test_parquet_folder_reads_every_file_in_sorted_order(here):
+    (here / "shards" / "later").mkdir(parents=True)
+    datasets.Dataset.from_list(TABLE[2:4]).to_parquet(str(here / "shards" / "b.parquet"))
+    datasets.Dataset.from_list(TABLE[:2]).to_parquet(str(here / "shards" / "a.parquet"))
+    datasets.Dataset.from_list(TABLE[4:]).to_parquet(str(here / "shards" / "later" / "c.parquet"))
+    (here / "shards" / "notes.txt").write_text("ignored")
+    assert load_parquet("shards", "train").to_list() == TABLE
+
+
+def test_messages_survive_a_parquet_round_trip(here):
+    datasets.Dataset.from_list([ROW_A, {"messages": ROW_B["messages"]}]).to_parquet(str(here / "chat.parquet"))
+    assert load_parquet("chat.parquet", "train")["messages"] == [ROW_A["messages"], ROW_B["messages"]]
+
+
+def test_csv_file(here):
+    datasets.Dataset.from_list(TABLE).to_csv(str(here / "rows.csv"), index=False)
+    loaded = load_csv("rows.csv", "train")
+    assert loaded.to_list() == TABLE
+
+
+def test_csv_folder_reads_every_file_in_sorted_order(here):
+    (here / "tables").mkdir()
+    datasets.Dataset.from_list(TABLE[3:]).to_csv(str(here / "tables" / "2.csv"), index=False)
+    datasets.Dataset.from_list(TABLE[:3]).to_csv(str(here / "tables" / "1.csv"), index=False)
+    assert load_csv("tables", "train").to_list() == TABLE
+
+
+def test_unreadable_parquet_names_the_source(here):
+    (here / "broken.parquet").write_bytes(b"this is not parquet at all")
+    line = error_line(load_parquet, "broken.parquet")
+    assert line.startswith("broken.parquet: cannot read as parquet: ")
+
+
+def test_missing_parquet_and_csv_sources(here):
+    assert error_line(load_parquet, "none.parquet") == "none.parquet: no such file or folder"
+    (here / "empty").mkdir()
+    assert error_line(load_csv, "empty") == "empty: folder holds no .csv files"
+
+
+# -- disk: save_to_disk folders -----------------------------------------------------------------
+
+def test_disk_dataset(here):
+    datasets.Dataset.from_list(TABLE).save_to_disk(str(here / "saved"))
+    assert load_disk("saved", "train").to_list() == TABLE
+
+
+def test_disk_dataset_has_only_the_train_split(here):
+    datasets.Dataset.from_list(TABLE).save_to_disk(str(here / "saved"))
+    assert error_line(load_disk, "saved", "test") == "saved: local files have one split, 'train' (got split 'test')"
+
+
+def test_disk_dataset_dict_picks_the_split(here):
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(TABLE[:3]),
+                          "test": datasets.Dataset.from_list(TABLE[3:])}).save_to_disk(str(here / "saved"))
+    assert load_disk("saved", "train").to_list() == TABLE[:3]
+    assert load_disk("saved", "test").to_list() == TABLE[3:]
+
+
+def test_disk_dataset_dict_missing_split_lists_the_splits(here):
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(TABLE[:3]),
+                          "test": datasets.Dataset.from_list(TABLE[3:])}).save_to_disk(str(here / "saved"))
+    line = error_line(load_disk, "saved", "validation")
+    assert line.startswith("saved: has no split 'validation' (splits: ")
+    assert "train" in line and "test" in line
+
+
+def test_disk_folder_that_is_not_a_saved_dataset(here):
+    (here / "plain").mkdir()
+    (here / "plain" / "rows.jsonl").write_text(json.dumps(ROW_A) + "\n")
+    assert error_line(load_disk, "plain").startswith("plain: not a saved dataset folder")
+
+
+# -- hub --------------------------------------------------------------------------------------------
+
+def test_hub_dataset_not_cached_offline_is_one_line(here):
+    line = error_line(load_hub, "nobody/no-such-dataset-seqtune-test")
+    assert line.startswith("nobody/no-such-dataset-seqtune-test: cannot load split 'train' with "
+                           "datasets.load_dataset: ")
+    assert line.endswith("(offline runs need the dataset in the local Hugging Face cache)")
+    assert "Traceback" not in line
