@@ -1,4 +1,4 @@
-"""Label masks: only assistant content and its end-of-turn token are trained."""
+"""Label-mask edge cases (the token-by-token checks per template are in test_chat_masks.py)."""
 from __future__ import annotations
 
 import pytest
@@ -11,29 +11,6 @@ CHAT = [{"role": "system", "content": "Be brief."},
         {"role": "assistant", "content": "t a c"},
         {"role": "user", "content": "Uppercase: sun"},
         {"role": "assistant", "content": "SUN"}]
-
-
-def trained_text(tokenizer, sample) -> list[str]:
-    """The trained tokens, decoded run by run (each contiguous trained span is one string)."""
-    runs, current = [], []
-    for token, label in zip(sample.input_ids, sample.labels):
-        if label != IGNORE_INDEX:
-            assert label == token  # labels are the inputs themselves; the model shifts
-            current.append(token)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    return runs + ([tokenizer.decode(current)] if current else [])
-
-
-def test_every_assistant_turn_and_its_end_token_are_trained_and_nothing_else(tiny_tokenizer):
-    sample = encode_chat(tiny_tokenizer, CHAT)
-    assert trained_text(tiny_tokenizer, sample) == ["t a c<|im_end|>", "SUN<|im_end|>"]
-
-
-def test_tokens_are_the_whole_rendered_conversation(tiny_tokenizer):
-    sample = encode_chat(tiny_tokenizer, CHAT)
-    assert tiny_tokenizer.decode(sample.input_ids) == tiny_tokenizer.apply_chat_template(CHAT, tokenize=False)
 
 
 def test_first_label_is_always_masked_and_counted_exactly(tiny_tokenizer):
