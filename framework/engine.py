@@ -11,9 +11,11 @@ from typing import Any
 from framework.components import Parts, bind_parts
 from framework.config import LoadedRecipe
 from framework.data import PreparedData, prepare_data, write_mix
+from framework.metrics import Window
 from framework.modeling import build_model, load_tokenizer, param_groups, preflight
 from framework.output import save_checkpoint, save_final, say
-from framework.types import IGNORE_INDEX, RunInfo
+from framework.plan import RunPlan, make_plan
+from framework.types import IGNORE_INDEX, MODEL_INPUTS, RunInfo, Sample
 
 
 @dataclass
@@ -25,29 +27,37 @@ class Prepared:
     tokenizer: Any
     data: PreparedData
     packing: Any
-    steps_per_epoch: int
-    total_steps: int
+    plan: RunPlan
 
 
-def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None) -> Prepared:
-    """Load the tokenizer and the data and size the run: every data error is raised here."""
+def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: int = 0,
+            world: int = 1) -> Prepared:
+    """Load the tokenizer and the data and plan the run: every data error is raised here."""
     recipe = loaded.recipe
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first)
-    say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}")
     packing = parts.packing()
-    micro_batches = len(packing.plan(data.lengths, recipe.train.per_device_batch_size, recipe.seed))
-    steps_per_epoch = math.ceil(micro_batches / recipe.train.gradient_accumulation_steps)
-    total_steps = recipe.train.max_steps or steps_per_epoch * recipe.train.epochs
-    return Prepared(loaded, parts, tokenizer, data, packing, steps_per_epoch, total_steps)
+    plan = make_plan(packing, data.lengths, recipe.train, recipe.data.max_seq_length, recipe.seed, rank,
+                     world, padding_free=padding_free(recipe, packing))
+    say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}")
+    say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
+        f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
+    return Prepared(loaded, parts, tokenizer, data, packing, plan)
+
+
+def padding_free(recipe: Any, packing: Any) -> bool:
+    """flash-attention takes packed sequences only as one padding-free row."""
+    return (recipe.model.attn_implementation.startswith("flash_attention")
+            and getattr(packing, "supports_padding_free", False))
 
 
 def token_loss(model: Any, batch: dict) -> tuple[Any, Any]:
     """Summed next-token cross-entropy over trainable tokens (fp32), and how many there were."""
     import torch.nn.functional as F
 
-    labels = batch.pop("labels")[:, 1:]
-    logits = model(**batch, use_cache=False).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
+    logits = model(**inputs, use_cache=False).logits[:, :-1]
     loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, (labels != IGNORE_INDEX).sum()
@@ -65,7 +75,6 @@ def scale_loss(loss_sum: Any, tokens: Any, step_tokens: Any, n_micro: int, reduc
 
 def train(loaded: LoadedRecipe) -> Path:
     """Run the recipe to completion and return the output directory."""
-    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -73,11 +82,12 @@ def train(loaded: LoadedRecipe) -> Path:
     parts = bind_parts(loaded)
     preflight(recipe)
     accelerator = Accelerator(cpu=recipe.launch.device == "cpu", mixed_precision=recipe.launch.mixed_precision)
-    prep = prepare(loaded, parts, accelerator.local_main_process_first())
+    prep = prepare(loaded, parts, accelerator.local_main_process_first(), accelerator.process_index,
+                   accelerator.num_processes)
     set_seed(recipe.seed)
     model = build_model(recipe, prep.tokenizer)
     optimizer = prep.parts.optimizer(param_groups(model))
-    scheduler = prep.parts.scheduler(optimizer, prep.total_steps)
+    scheduler = prep.parts.scheduler(optimizer, prep.plan.total_steps)
     output_dir = Path(recipe.output_dir)
     hook = _start_loggers(prep, output_dir, accelerator.is_main_process)
     if recipe.data.mix_dir and accelerator.is_main_process:
@@ -86,79 +96,53 @@ def train(loaded: LoadedRecipe) -> Path:
     model.train()
     hook.seqtune_train_start(run=_run_info(prep, model))
 
-    lengths = prep.data.lengths
     step, window, started = 0, Window(), time.perf_counter()
-    epochs = math.ceil(prep.total_steps / prep.steps_per_epoch)
-    for epoch in range(epochs):
-        plan = prep.packing.plan(lengths, cfg.per_device_batch_size, recipe.seed + epoch)
-        for first in range(0, len(plan), cfg.gradient_accumulation_steps):
+    for epoch, micro_batches in enumerate(prep.plan.epochs):
+        for first in range(0, len(micro_batches), cfg.gradient_accumulation_steps):
             # All micro-batches of one optimizer step, so token_mean knows the step's token count.
-            batches = [prep.packing.collate(prep.data.take(mb), prep.tokenizer.pad_token_id)
-                       for mb in plan[first:first + cfg.gradient_accumulation_steps]]
-            batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in batches]
+            batches = [_collate(prep, mb, accelerator.device)
+                       for mb in micro_batches[first:first + cfg.gradient_accumulation_steps]]
             local_tokens = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batches)
             step_tokens = accelerator.reduce(local_tokens.clone(), "sum")
             for k, batch in enumerate(batches):
-                window.count(batch)
-                last = k == len(batches) - 1
-                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with contextlib.nullcontext() if k == len(batches) - 1 else accelerator.no_sync(model):
                     loss_sum, tokens = token_loss(model, batch)
                     accelerator.backward(scale_loss(loss_sum, tokens, step_tokens, len(batches),
                                                     cfg.loss_reduction, cfg.gradient_accumulation_steps,
                                                     accelerator.num_processes))
-                window.loss_sum += loss_sum.detach()
+                window.count(batch, loss_sum)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             hook.seqtune_step_end(step=step)
-            if step % recipe.logging.every_steps == 0 or step == prep.total_steps:
-                lr = scheduler.get_last_lr()[0]
-                hook.seqtune_log(step=step, metrics=window.flush(accelerator, lr, grad_norm, step / prep.steps_per_epoch))
+            if step % recipe.logging.every_steps == 0 or step == prep.plan.total_steps:
+                progress = epoch + (first + len(batches)) / len(micro_batches)
+                hook.seqtune_log(step=step, metrics=window.flush(accelerator, scheduler.get_last_lr()[0],
+                                                                  grad_norm, progress))
             if recipe.checkpoint.every not in (None, "epoch") and step % recipe.checkpoint.every == 0:
                 _checkpoint(accelerator, model, prep, output_dir, step, hook)
-            if step == prep.total_steps:
+            if step == prep.plan.total_steps:
                 break
         if recipe.checkpoint.every == "epoch":
             _checkpoint(accelerator, model, prep, output_dir, step, hook)
     if accelerator.is_main_process:
         save_final(accelerator.unwrap_model(model), prep.tokenizer, loaded, prep.data.report, output_dir)
     hook.seqtune_train_end(summary={"steps": step, "train_seconds": round(time.perf_counter() - started, 2),
-                                    "final_loss": window.last_loss, **window.totals})
+                                    "final_loss": window.last_loss, **window.totals,
+                                    "packing_efficiency": round(prep.plan.efficiency, 4)})
     return output_dir
 
 
-class Window:
-    """Token and loss tallies between two logging steps (and over the whole run)."""
-
-    def __init__(self):
-        self.totals = {"tokens": 0, "trainable_tokens": 0}
-        self.last_loss = math.nan
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss_sum, self.tokens, self.trainable, self.started = 0.0, 0, 0, time.perf_counter()
-
-    def count(self, batch: dict) -> None:
-        mask = batch.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        self.trainable += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-
-    def flush(self, accelerator: Any, lr: float, grad_norm: Any, epoch: float) -> dict[str, float]:
-        """This window's metrics summed over all ranks; every rank must call it."""
-        import torch
-
-        local = torch.tensor([float(self.loss_sum), self.tokens, self.trainable], dtype=torch.float64,
-                             device=accelerator.device)
-        loss_sum, tokens, trainable = accelerator.reduce(local, "sum").tolist()
-        seconds = max(time.perf_counter() - self.started, 1e-9)
-        self.totals["tokens"] += int(tokens)
-        self.totals["trainable_tokens"] += int(trainable)
-        self.last_loss = loss_sum / max(trainable, 1)
-        self._reset()
-        return {"loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
-                "tokens_per_s": tokens / seconds, "trainable_tokens_per_s": trainable / seconds}
+def _collate(prep: Prepared, micro_batch: Any, device: Any) -> dict:
+    """A micro-batch's tensors on the device; an empty one (None) when this rank has run out."""
+    empty = [[Sample([prep.tokenizer.pad_token_id], [IGNORE_INDEX])]]  # keeps the ranks in step
+    rows = prep.data.take(micro_batch) if micro_batch is not None else empty
+    batch = prep.packing.collate(rows, prep.tokenizer.pad_token_id, padding_free(prep.loaded.recipe, prep.packing))
+    if micro_batch is None:
+        batch["num_tokens"] = batch["num_tokens"] * 0  # the placeholder token is not data
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 class _Silent:
@@ -181,9 +165,9 @@ def _start_loggers(prep: Prepared, output_dir: Path, is_main: bool) -> Any:
 def _run_info(prep: Prepared, model: Any) -> RunInfo:
     recipe = prep.loaded.recipe
     return RunInfo(run_name=recipe.run_name, output_dir=recipe.output_dir, recipe=prep.loaded.data,
-                   total_steps=prep.total_steps, steps_per_epoch=prep.steps_per_epoch,
+                   total_steps=prep.plan.total_steps, steps_per_epoch=prep.plan.steps_per_epoch[0],
                    num_rows=len(prep.data.dataset), num_parameters=sum(p.numel() for p in model.parameters()),
-                   extra={"truncation": vars(prep.data.report)})
+                   extra={"truncation": vars(prep.data.report), "packing_efficiency": prep.plan.efficiency})
 
 
 def _checkpoint(accelerator: Any, model: Any, prep: Prepared, output_dir: Path, step: int, hook: Any) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 if TYPE_CHECKING:
     import torch
@@ -22,14 +22,23 @@ class Sample:
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
+Piece = Union[int, tuple[int, int, int]]  # a sample index, or (index, start, stop): a slice of one
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # collate keys the model receives
+
+
 class Packing(Protocol):
     """What a packing factory returns: a micro-batch plan and a collate function."""
 
-    def plan(self, lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
-        """Group row indices into micro-batches; must be deterministic for a seed."""
+    pad_to_multiple_of: int
+    supports_padding_free: bool  # whether collate honours padding_free (one row, no padding)
 
-    def collate(self, rows: list[Sample], pad_token_id: int) -> dict[str, torch.Tensor]:
-        """Turn one micro-batch of rows into model inputs with `labels`."""
+    def plan(self, lengths: list[int], batch_size: int, max_len: int, seed: int) -> list[list[list[Piece]]]:
+        """Micro-batches of rows of pieces; deterministic for a seed (the engine passes seed + epoch)."""
+
+    def collate(self, rows: list[list[Sample]], pad_token_id: int, padding_free: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """One micro-batch as tensors: the MODEL_INPUTS it uses, `labels`, and `num_tokens` (the
+        real, non-padding tokens). `padding_free` asks for one row without padding (flash-attention)."""
 
 
 @dataclass

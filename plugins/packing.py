@@ -1,43 +1,200 @@
-"""Packing strategies: how tokenized rows become micro-batches."""
+"""Packing strategies: how tokenized rows become micro-batches.
+
+A plan is a list of micro-batches; a micro-batch is a list of rows; a row is a list of pieces,
+each a sample index or an (index, start, stop) slice of one. Plans are made before training, so
+the number of micro-batches and optimizer steps is exact.
+"""
 from __future__ import annotations
 
 import random
+from bisect import bisect_left, insort
 from typing import Optional
 
 from framework import IGNORE_INDEX, Sample, hookimpl
 
 
+def _chunks(rows: list, size: int) -> list[list]:
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
 class PadToLongest:
     """No packing: shuffled rows, padded to the longest row of each micro-batch."""
 
-    def __init__(self, pad_to_multiple_of: Optional[int] = None):
-        self.multiple = pad_to_multiple_of or 1
+    supports_padding_free = False  # rows keep their padding and attention_mask
 
-    def plan(self, lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    def __init__(self, pad_to_multiple_of: Optional[int]):
+        self.pad_to_multiple_of = pad_to_multiple_of or 1
+
+    def plan(self, lengths: list[int], batch_size: int, max_len: int, seed: int) -> list[list[list]]:
         order = list(range(len(lengths)))
         random.Random(seed).shuffle(order)
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return _chunks([[i] for i in order], batch_size)
 
-    def collate(self, rows: list[Sample], pad_token_id: int):
+    def collate(self, rows: list[list[Sample]], pad_token_id: int, padding_free: bool = False):
         import torch
 
-        longest = max(len(r.input_ids) for r in rows)
-        width = -(-longest // self.multiple) * self.multiple
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row.input_ids)
-            ids[i, :n] = torch.tensor(row.input_ids)
-            labels[i, :n] = torch.tensor(row.labels)
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        samples = [row[0] for row in rows]
+        longest = max(len(s.input_ids) for s in samples)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for i, sample in enumerate(samples):
+            n = len(sample.input_ids)
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(sample.input_ids), torch.tensor(sample.labels), 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_tokens": mask.sum()}
 
 
 def none(*, pad_to_multiple_of: Optional[int] = None) -> PadToLongest:
     return PadToLongest(pad_to_multiple_of)
 
 
+def best_fit_decreasing(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
+    """Bins of at most `capacity` tokens: longest items first, each into the fullest bin it fits.
+
+    All items of one length are placed together. Open bins sit in buckets by remaining room; the
+    tightest bucket that fits takes items first, and a bin keeps the same-length items it can hold
+    (after one, it is the tightest fit for the next), so the work is a few list operations per bin
+    touched rather than a search per item. Items of equal length are shuffled with the seed, so
+    the seed decides which rows share a bin.
+    """
+    rng = random.Random(seed)
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(index)
+    if by_length and max(by_length) > capacity:
+        raise ValueError(f"a row of {max(by_length)} tokens cannot fit a bin of {capacity}")
+    rooms = _Rooms(capacity)
+    bins: list[list[int]] = []
+    for length in sorted(by_length, reverse=True):
+        items = by_length[length]
+        rng.shuffle(items)
+        placed = _fill_open_bins(items, length, rooms, bins)
+        for start in range(placed, len(items), max(1, capacity // length)):  # new bins, filled alike
+            group = items[start:start + max(1, capacity // length)]
+            rooms.add(capacity - length * len(group), len(bins))
+            bins.append(group)
+    return bins
+
+
+class _Rooms:
+    """Open bins by remaining room, with a sorted list of the rooms that have any bin."""
+
+    def __init__(self, capacity: int):
+        self.bins: list[list[int]] = [[] for _ in range(capacity + 1)]
+        self.nonempty: list[int] = []
+
+    def add(self, room: int, bin_id: int) -> None:
+        if room > 0:
+            if not self.bins[room]:
+                insort(self.nonempty, room)
+            self.bins[room].append(bin_id)
+
+    def tightest(self, at_least: int) -> int | None:
+        i = bisect_left(self.nonempty, at_least)
+        return self.nonempty[i] if i < len(self.nonempty) else None
+
+    def take(self, room: int, count: int) -> list[int]:
+        bucket = self.bins[room]
+        chosen = bucket[len(bucket) - count:]
+        del bucket[len(bucket) - count:]
+        if not bucket:
+            self.nonempty.remove(room)
+        return chosen
+
+
+def _fill_open_bins(items: list[int], length: int, rooms: _Rooms, bins: list[list[int]]) -> int:
+    placed = 0
+    while placed < len(items):
+        room = rooms.tightest(length)
+        if room is None:
+            break
+        per_bin = room // length
+        wanted = -(-(len(items) - placed) // per_bin)
+        for bin_id in rooms.take(room, min(wanted, len(rooms.bins[room]))):
+            group = items[placed:placed + per_bin]
+            bins[bin_id].extend(group)
+            placed += len(group)
+            rooms.add(room - length * len(group), bin_id)
+    return placed
+
+
+class BestFitDecreasing:
+    """Rows of up to max_seq_length tokens holding several samples; attention stays inside each."""
+
+    pad_to_multiple_of = 1
+    supports_padding_free = True
+
+    def plan(self, lengths: list[int], batch_size: int, max_len: int, seed: int) -> list[list[list]]:
+        bins = best_fit_decreasing(lengths, max_len, seed)
+        random.Random(seed + 1).shuffle(bins)  # no micro-batch of only the longest rows
+        return _chunks(bins, batch_size)
+
+    def collate(self, rows: list[list[Sample]], pad_token_id: int, padding_free: bool = False):
+        """Samples end to end with position_ids restarting at 0 for each, which is how transformers
+        tells the sequences apart: a block-diagonal mask on the sdpa/eager path, flash-attention's
+        variable-length kernel when `padding_free` puts the whole micro-batch in one row. Padding
+        is its own sequence with masked labels; `cu_seq_lens` holds every sequence boundary."""
+        import torch
+
+        rows = [[s for row in rows for s in row]] if padding_free else rows
+        width = max(sum(len(s.input_ids) for s in row) for row in rows)
+        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        bounds, real = [0], 0
+        for r, row in enumerate(rows):
+            at = 0
+            for sample in row:
+                n = len(sample.input_ids)
+                ids[r, at:at + n], labels[r, at:at + n] = torch.tensor(sample.input_ids), torch.tensor(sample.labels)
+                positions[r, at:at + n] = torch.arange(n)
+                at, real = at + n, real + n
+                bounds.append(r * width + at)
+            if at < width:  # the padding tail is a sequence of its own, with nothing trained
+                positions[r, at:] = torch.arange(width - at)
+                bounds.append((r + 1) * width)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions,
+                "cu_seq_lens": torch.tensor(bounds, dtype=torch.int32), "num_tokens": torch.tensor(real)}
+
+
+def bfd() -> BestFitDecreasing:
+    return BestFitDecreasing()
+
+
+class Wrapped:
+    """All samples end to end, cut into rows of exactly max_seq_length tokens. Rows cross document
+    boundaries (attention too): meant for `text` data, as in pre-training."""
+
+    pad_to_multiple_of = 1
+    supports_padding_free = False
+
+    def plan(self, lengths: list[int], batch_size: int, max_len: int, seed: int) -> list[list[list]]:
+        order = list(range(len(lengths)))
+        random.Random(seed).shuffle(order)
+        rows, row, room = [], [], max_len
+        for index in order:
+            start = 0
+            while start < lengths[index]:
+                take = min(room, lengths[index] - start)
+                row.append((index, start, start + take))
+                start, room = start + take, room - take
+                if room == 0:
+                    rows.append(row)
+                    row, room = [], max_len
+        if row:
+            rows.append(row)
+        return _chunks(rows, batch_size)
+
+    def collate(self, rows: list[list[Sample]], pad_token_id: int, padding_free: bool = False):
+        joined = [Sample(sum((s.input_ids for s in row), []), sum((s.labels for s in row), [])) for row in rows]
+        return PadToLongest(None).collate([[s] for s in joined], pad_token_id)
+
+
+def wrapped() -> Wrapped:
+    return Wrapped()
+
+
 @hookimpl
 def seqtune_register_packing():
-    return {"none": none}
+    return {"none": none, "bfd": bfd, "wrapped": wrapped}

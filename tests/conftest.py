@@ -8,6 +8,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# pytest-xdist runs one worker per core: torch's own thread pool in each would oversubscribe the
+# cores many times over (100x slower here), so every worker and the processes it starts use one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ[name] = value

@@ -18,7 +18,7 @@ from framework.data.sources import (format_source, loaded_fingerprint, local_fin
                                     pick_loader, sample_indices, write_mix)
 from framework.data.tokenize import Report, make_encoder
 from framework.errors import UserError
-from framework.types import Sample
+from framework.types import Piece, Sample
 
 __all__ = ["PreparedData", "Report", "pick_loader", "prepare_data", "sample_indices", "write_mix"]
 
@@ -38,9 +38,14 @@ class PreparedData:
     def lengths(self) -> list[int]:
         return list(self.dataset["length"])
 
-    def take(self, indices: list[int]) -> list[Sample]:
-        rows = self.dataset[indices]
-        return [Sample(ids, labels) for ids, labels in zip(rows["input_ids"], rows["labels"])]
+    def take(self, rows: list[list[Piece]]) -> list[list[Sample]]:
+        """The samples of a micro-batch's rows, read in one go; slices are cut after reading."""
+        wanted = sorted({piece if isinstance(piece, int) else piece[0] for row in rows for piece in row})
+        read = self.dataset[wanted]
+        found = {i: Sample(ids, labels) for i, ids, labels in zip(wanted, read["input_ids"], read["labels"])}
+        return [[found[p] if isinstance(p, int) else Sample(found[p[0]].input_ids[p[1]:p[2]],
+                                                            found[p[0]].labels[p[1]:p[2]])
+                 for p in row] for row in rows]
 
 
 def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable], truncate: Callable,

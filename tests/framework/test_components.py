@@ -109,7 +109,7 @@ def test_defaults_bind_without_any_plugin_keys(write):
     path = write("recipe.yaml", HEAD + DATA)
     parts = bind_parts(load_recipe(path))
     assert parts.optimizer.keywords == {}
-    assert parts.packing().plan([3, 1, 2], 2, seed=0)  # the default packing strategy works
+    assert parts.packing().plan([3, 1, 2], 2, max_len=8, seed=0)  # the default packing strategy works
     assert len(parts.loggers) == 2
 
 

@@ -195,9 +195,11 @@ def test_tokenized_rows_follow_the_mixture_order(tmp_path, write_recipe, kit, ti
     expected = [encode_chat(tiny_tokenizer, rows[row - 1]["messages"]) for _, row in mixture_of(data)]
     assert kit.rows_of(data) == [(tuple(s.input_ids), tuple(s.labels)) for s in expected]
     assert data.lengths == [len(s.input_ids) for s in expected]
-    taken = data.take([3, 0])
+    (taken,) = data.take([[3, 0]])  # one row of two pieces
     assert (taken[0].input_ids, taken[0].labels) == (expected[3].input_ids, expected[3].labels)
     assert (taken[1].input_ids, taken[1].labels) == (expected[0].input_ids, expected[0].labels)
+    (sliced,) = data.take([[(3, 1, 4)]])  # a slice of a row, as `wrapped` makes
+    assert sliced[0].input_ids == expected[3].input_ids[1:4]
 
 
 def test_write_mix_writes_the_rows_in_order_and_the_stats(two_sources, write_recipe, kit, tmp_path):

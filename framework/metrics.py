@@ -1,0 +1,43 @@
+"""Training metrics between two logging steps, summed over every rank."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from framework.types import IGNORE_INDEX
+
+
+class Window:
+    """Token and loss tallies between two logging steps (and over the whole run)."""
+
+    def __init__(self):
+        self.totals = {"tokens": 0, "trainable_tokens": 0}
+        self.last_loss = math.nan
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum, self.tokens, self.slots, self.trainable = 0.0, 0, 0, 0
+        self.started = time.perf_counter()
+
+    def count(self, batch: dict, loss_sum: Any) -> None:
+        self.tokens += int(batch["num_tokens"])
+        self.slots += batch["input_ids"].numel()
+        self.trainable += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        self.loss_sum += loss_sum.detach()
+
+    def flush(self, accelerator: Any, lr: float, grad_norm: Any, epoch: float) -> dict[str, float]:
+        """This window's metrics summed over all ranks; every rank must call it."""
+        import torch
+
+        local = torch.tensor([float(self.loss_sum), self.tokens, self.trainable, self.slots],
+                             dtype=torch.float64, device=accelerator.device)
+        loss_sum, tokens, trainable, slots = accelerator.reduce(local, "sum").tolist()
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        self.totals["tokens"] += int(tokens)
+        self.totals["trainable_tokens"] += int(trainable)
+        self.last_loss = loss_sum / max(trainable, 1)
+        self._reset()
+        return {"loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
+                "tokens_per_s": tokens / seconds, "trainable_tokens_per_s": trainable / seconds,
+                "padding_fraction": 1 - tokens / max(slots, 1)}

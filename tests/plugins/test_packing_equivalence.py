@@ -1,0 +1,82 @@
+"""Packed micro-batches are exactly the same computation as the sequences run one by one.
+
+For two architectures and both CPU attention paths: the summed token loss and every parameter's
+gradient of a bfd-packed micro-batch (several rows, and one padding-free row) equal those of the
+same samples padded without packing (fp32, atol 1e-5). A row packed without position resets
+(attention crossing samples) must differ, which shows the comparison can fail.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from framework.chat import encode_chat
+from framework.engine import token_loss
+from plugins.packing import BestFitDecreasing, PadToLongest
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Reverse: c a t"}, {"role": "assistant", "content": "t a c"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Uppercase: sun"},
+     {"role": "assistant", "content": "SUN"}, {"role": "user", "content": "What is 4 + 5?"},
+     {"role": "assistant", "content": "4 + 5 = 9"}],
+    [{"role": "user", "content": "Sort: 7 2 9 1"}, {"role": "assistant", "content": "1 2 7 9"}],
+    [{"role": "user", "content": "Repeat sun 3 times."}, {"role": "assistant", "content": "sun sun sun"}],
+    [{"role": "user", "content": "What letter comes after k?"}, {"role": "assistant", "content": "l"}],
+]
+ARCHITECTURES = {
+    "llama": {"model_type": "llama"},
+    "qwen2": {"model_type": "qwen2", "use_sliding_window": False},
+}
+
+
+def tiny_model(arch: str, attn: str, vocab_size: int):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(**ARCHITECTURES[arch], vocab_size=vocab_size, hidden_size=32,
+                                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, max_position_embeddings=256)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
+    return model.train()
+
+
+def loss_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss_sum, tokens = token_loss(model, batch)
+    loss = loss_sum / tokens  # token_mean over this micro-batch: the same divisor both ways
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_tokenizer):
+    return [encode_chat(tiny_tokenizer, c) for c in CONVERSATIONS]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("padding_free", [False, True], ids=["rows", "padding-free"])
+def test_packed_loss_and_gradients_equal_unpacked(arch, attn, padding_free, samples, tiny_tokenizer):
+    pad = tiny_tokenizer.pad_token_id
+    model = tiny_model(arch, attn, len(tiny_tokenizer))
+    unpacked = PadToLongest(None).collate([[s] for s in samples], pad)
+    packed = BestFitDecreasing().collate([samples[:2], samples[2:]], pad, padding_free=padding_free)
+    assert packed["input_ids"].shape[0] == (1 if padding_free else 2)
+
+    want_loss, want_grads = loss_and_grads(model, unpacked)
+    got_loss, got_grads = loss_and_grads(model, packed)
+    torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=0)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_without_position_resets_attention_crosses_samples_and_the_loss_differs(arch, samples, tiny_tokenizer):
+    pad = tiny_tokenizer.pad_token_id
+    model = tiny_model(arch, "sdpa", len(tiny_tokenizer))
+    unpacked = PadToLongest(None).collate([[s] for s in samples], pad)
+    packed = BestFitDecreasing().collate([samples], pad, padding_free=True)
+    packed["position_ids"] = torch.arange(packed["input_ids"].shape[1]).unsqueeze(0)  # one long sequence
+    want_loss, _ = loss_and_grads(model, unpacked)
+    got_loss, _ = loss_and_grads(model, packed)
+    assert not torch.allclose(got_loss, want_loss, atol=1e-3)
