@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from framework.errors import UserError
 from framework.hookspecs import hookimpl, hookspec
-from framework.types import IGNORE_INDEX, Packing, RunInfo, Sample
+from framework.types import IGNORE_INDEX, MODEL_INPUTS, Packing, Piece, RunInfo, Sample
 
-__all__ = ["IGNORE_INDEX", "Packing", "RunInfo", "Sample", "UserError", "hookimpl", "hookspec"]
+__all__ = ["IGNORE_INDEX", "MODEL_INPUTS", "Packing", "Piece", "RunInfo", "Sample", "UserError", "hookimpl",
+           "hookspec"]
 __version__ = "0.1.0"

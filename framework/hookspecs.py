@@ -21,10 +21,13 @@ Factory signatures per family (what the engine passes positionally, what each mu
 =================  ===========================================  =====================================
 family             factory(positional..., *, options)           returns
 =================  ===========================================  =====================================
-dataset_loaders    (source: str, split: str)                    an iterable of row dicts
-dataset_formats    (row: dict)                                  a list of {role, content} messages
+dataset_loaders    (source: str, split: str)                    row dicts, or a datasets.Dataset
+dataset_formats    (row: dict)                                  {role, content} messages, or a str
+                                                                (plain text: every token trained)
 truncation         (input_ids: list, labels: list, max_len)     (input_ids, labels), or None to drop
-packing            ()                                           a `framework.types.Packing`
+packing            ()                                           a `framework.types.Packing`: plan
+                                                                (micro-batches of rows of pieces)
+                                                                and collate (tensors)
 optimizers         (param_groups: list[dict])                   a torch.optim.Optimizer
 schedulers         (optimizer, num_training_steps: int)         a torch LR scheduler
 loggers            (output_dir: str)                            an object with lifecycle hookimpls
