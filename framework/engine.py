@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,15 @@ from typing import Any
 from framework.components import Parts, bind_parts
 from framework.config import LoadedRecipe
 from framework.data import PreparedData, prepare_data, write_mix
+from framework.hardware import peak_memory_gib, peak_tflops
 from framework.metrics import Window
 from framework.modeling import build_model, load_tokenizer, param_groups, preflight
-from framework.output import save_checkpoint, save_final, say
+from framework.checkpoint import TrainerState, find_resume
+from framework.checkpoint import load as load_checkpoint
+from framework.checkpoint import save as save_checkpoint
+from framework.errors import RunStopped
+from framework.output import save_final, say
+from framework.signals import StopSignals
 from framework.plan import RunPlan, make_plan
 from framework.types import IGNORE_INDEX, MODEL_INPUTS, RunInfo, Sample
 
@@ -73,66 +80,154 @@ def scale_loss(loss_sum: Any, tokens: Any, step_tokens: Any, n_micro: int, reduc
     return loss_sum / accumulation  # open-instruct's reduce_loss sum under accelerate's accumulate
 
 
-def train(loaded: LoadedRecipe) -> Path:
-    """Run the recipe to completion and return the output directory."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass
+class Run:
+    """A run ready for its first (or next) optimizer step."""
+
+    loaded: LoadedRecipe
+    prep: Prepared
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    hook: Any
+    state: TrainerState
+    output_dir: Path
+
+
+def start(loaded: LoadedRecipe) -> Run:
+    """Everything before the first step. Input errors surface before output_dir is written."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    recipe, cfg = loaded.recipe, loaded.recipe.train
+    recipe = loaded.recipe
     parts = bind_parts(loaded)
     preflight(recipe)
+    output_dir = Path(recipe.output_dir)
+    resume_from = find_resume(recipe.checkpoint.resume, output_dir)
     accelerator = Accelerator(cpu=recipe.launch.device == "cpu", mixed_precision=recipe.launch.mixed_precision)
     prep = prepare(loaded, parts, accelerator.local_main_process_first(), accelerator.process_index,
                    accelerator.num_processes)
     set_seed(recipe.seed)
-    model = build_model(recipe, prep.tokenizer)
-    optimizer = prep.parts.optimizer(param_groups(model))
-    scheduler = prep.parts.scheduler(optimizer, prep.plan.total_steps)
-    output_dir = Path(recipe.output_dir)
+    model = build_model(recipe, prep.tokenizer, resume_from)
+    optimizer = parts.optimizer(param_groups(model))
+    scheduler = parts.scheduler(optimizer, prep.plan.total_steps)
     hook = _start_loggers(prep, output_dir, accelerator.is_main_process)
     if recipe.data.mix_dir and accelerator.is_main_process:
         write_mix(Path(recipe.data.mix_dir), prep.data.build_mixture(), prep.data.mixture_stats)
     model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    hook.seqtune_train_start(run=_run_info(prep, model))
+    fingerprint = _fingerprint(prep, accelerator.num_processes)
+    state = TrainerState(fingerprint=fingerprint)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, accelerator, optimizer, scheduler, fingerprint)
+        say(f"resuming from {resume_from} at step {state.step:,}")
+    return Run(loaded, prep, accelerator, model, optimizer, scheduler, hook, state, output_dir)
 
-    step, window, started = 0, Window(), time.perf_counter()
-    for epoch, micro_batches in enumerate(prep.plan.epochs):
-        for first in range(0, len(micro_batches), cfg.gradient_accumulation_steps):
-            # All micro-batches of one optimizer step, so token_mean knows the step's token count.
-            batches = [_collate(prep, mb, accelerator.device)
-                       for mb in micro_batches[first:first + cfg.gradient_accumulation_steps]]
-            local_tokens = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batches)
-            step_tokens = accelerator.reduce(local_tokens.clone(), "sum")
-            for k, batch in enumerate(batches):
-                with contextlib.nullcontext() if k == len(batches) - 1 else accelerator.no_sync(model):
-                    loss_sum, tokens = token_loss(model, batch)
-                    accelerator.backward(scale_loss(loss_sum, tokens, step_tokens, len(batches),
-                                                    cfg.loss_reduction, cfg.gradient_accumulation_steps,
-                                                    accelerator.num_processes))
-                window.count(batch, loss_sum)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            hook.seqtune_step_end(step=step)
-            if step % recipe.logging.every_steps == 0 or step == prep.plan.total_steps:
-                progress = epoch + (first + len(batches)) / len(micro_batches)
-                hook.seqtune_log(step=step, metrics=window.flush(accelerator, scheduler.get_last_lr()[0],
-                                                                  grad_norm, progress))
-            if recipe.checkpoint.every not in (None, "epoch") and step % recipe.checkpoint.every == 0:
-                _checkpoint(accelerator, model, prep, output_dir, step, hook)
-            if step == prep.plan.total_steps:
+
+def train(loaded: LoadedRecipe) -> Path:
+    """Run the recipe to completion (or from its last checkpoint) and return the output directory."""
+    run = start(loaded)
+    recipe, cfg, plan = loaded.recipe, loaded.recipe.train, run.prep.plan
+    accelerator, model, optimizer, scheduler, hook, state = (
+        run.accelerator, run.model, run.optimizer, run.scheduler, run.hook, run.state)
+    model.train()
+    hook.seqtune_train_start(run=_run_info(run.prep, model, state.step))
+    window = Window(state.totals, sum(p.numel() for p in model.parameters()),
+                    peak_tflops(recipe.logging.peak_tflops))
+    started = time.perf_counter()
+    with StopSignals() as signals:
+        for epoch in range(state.epoch, len(plan.epochs)):
+            micro_batches = plan.epochs[epoch]
+            for first in range(state.micro_batch if epoch == state.epoch else 0, len(micro_batches),
+                               cfg.gradient_accumulation_steps):
+                # All micro-batches of one optimizer step, so token_mean knows the step's token count.
+                step_plan = micro_batches[first:first + cfg.gradient_accumulation_steps]
+                batches = [_collate(run.prep, mb, accelerator.device) for mb in step_plan]
+                step_tokens = accelerator.reduce(sum(b["labels"][:, 1:].ne(IGNORE_INDEX).sum() for b in batches), "sum")
+                step_loss = 0.0
+                for k, batch in enumerate(batches):
+                    hook.seqtune_micro_batch(step=state.step + 1, pieces=step_plan[k])
+                    with contextlib.nullcontext() if k == len(batches) - 1 else accelerator.no_sync(model):
+                        loss_sum, tokens = token_loss(model, batch)
+                        accelerator.backward(scale_loss(loss_sum, tokens, step_tokens, len(batches),
+                                                        cfg.loss_reduction, cfg.gradient_accumulation_steps,
+                                                        accelerator.num_processes))
+                    window.count(batch, loss_sum)
+                    step_loss = step_loss + loss_sum.detach()
+                # One collective per step: is the loss finite everywhere, and did any rank get a signal?
+                finite, stop = _step_checks(accelerator, step_loss, signals.requested)
+                if not finite:
+                    raise RunStopped(_non_finite_message(state.step + 1, run.output_dir), exit_code=1)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step, state.epoch, state.micro_batch = _advance(state.step, epoch, first + len(batches),
+                                                                     len(micro_batches))
+                hook.seqtune_step_end(step=state.step)
+                if state.step % recipe.logging.every_steps == 0 or state.step == plan.total_steps:
+                    progress = epoch + (first + len(batches)) / len(micro_batches)
+                    hook.seqtune_log(step=state.step, metrics=window.flush(accelerator, scheduler.get_last_lr()[0],
+                                                                          grad_norm, progress))
+                if accelerator.num_processes == 1:  # alone, a signal that came during this step stops now
+                    stop = stop or signals.requested or 0
+                every = recipe.checkpoint.every
+                if stop or (every not in (None, "epoch") and state.step % every == 0):
+                    _checkpoint(run, window)
+                if stop:
+                    raise RunStopped(f"stopped by {signal.Signals(stop).name} after step {state.step:,}; "
+                                     f"run the same command again to resume", exit_code=128 + stop)
+                if state.step == plan.total_steps:
+                    break
+            if recipe.checkpoint.every == "epoch":
+                _checkpoint(run, window)
+            if state.step == plan.total_steps:
                 break
-        if recipe.checkpoint.every == "epoch":
-            _checkpoint(accelerator, model, prep, output_dir, step, hook)
     if accelerator.is_main_process:
-        save_final(accelerator.unwrap_model(model), prep.tokenizer, loaded, prep.data.report, output_dir)
-    hook.seqtune_train_end(summary={"steps": step, "train_seconds": round(time.perf_counter() - started, 2),
+        save_final(accelerator.unwrap_model(model), run.prep.tokenizer, loaded, run.prep.data.report, run.output_dir)
+    hook.seqtune_train_end(summary={"steps": state.step, "train_seconds": round(time.perf_counter() - started, 2),
                                     "final_loss": window.last_loss, **window.totals,
-                                    "packing_efficiency": round(prep.plan.efficiency, 4)})
-    return output_dir
+                                    "packing_efficiency": round(plan.efficiency, 4),
+                                    "peak_memory_gib": round(peak_memory_gib(accelerator.device), 3)})
+    return run.output_dir
+
+
+def _advance(step: int, epoch: int, next_micro_batch: int, epoch_length: int) -> tuple[int, int, int]:
+    """(step, epoch, micro-batch) after an optimizer step: where a resume would continue."""
+    if next_micro_batch >= epoch_length:
+        return step + 1, epoch + 1, 0
+    return step + 1, epoch, next_micro_batch
+
+
+def _step_checks(accelerator: Any, step_loss: Any, signum: int | None) -> tuple[bool, int]:
+    """(is the step's loss finite on every rank, the stop signal any rank received or 0)."""
+    import torch
+
+    asked = [float(signum == s) for s in STOP_SIGNALS]
+    flags = torch.tensor([float(step_loss), *asked], dtype=torch.float64, device=accelerator.device)
+    loss, *received = accelerator.reduce(flags, "sum").tolist()
+    return math.isfinite(loss), next((s for s, n in zip(STOP_SIGNALS, received) if n), 0)
+
+
+def _non_finite_message(step: int, output_dir: Path) -> str:
+    found = find_resume("auto", output_dir)
+    last = f"the last good checkpoint is {found}" if found else "no checkpoint was written yet"
+    return (f"the loss is not finite (nan or inf) at step {step:,}; stopped before the optimizer step, "
+            f"{last}; lower optimizer.lr, set train.clip_grad_norm, or check the data")
+
+
+def _fingerprint(prep: Prepared, world: int) -> str:
+    """What must not change for a checkpoint to continue this run exactly."""
+    import hashlib
+
+    recipe = prep.loaded.recipe
+    parts = [prep.data.cache_path.name, world, recipe.train.per_device_batch_size,
+             recipe.train.gradient_accumulation_steps, recipe.data.packing.name, recipe.seed,
+             [len(epoch) for epoch in prep.plan.epochs]]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def _collate(prep: Prepared, micro_batch: Any, device: Any) -> dict:
@@ -162,17 +257,17 @@ def _start_loggers(prep: Prepared, output_dir: Path, is_main: bool) -> Any:
     return prep.parts.registry.pm.hook
 
 
-def _run_info(prep: Prepared, model: Any) -> RunInfo:
+def _run_info(prep: Prepared, model: Any, start_step: int) -> RunInfo:
     recipe = prep.loaded.recipe
     return RunInfo(run_name=recipe.run_name, output_dir=recipe.output_dir, recipe=prep.loaded.data,
                    total_steps=prep.plan.total_steps, steps_per_epoch=prep.plan.steps_per_epoch[0],
                    num_rows=len(prep.data.dataset), num_parameters=sum(p.numel() for p in model.parameters()),
+                   start_step=start_step,
                    extra={"truncation": vars(prep.data.report), "packing_efficiency": prep.plan.efficiency})
 
 
-def _checkpoint(accelerator: Any, model: Any, prep: Prepared, output_dir: Path, step: int, hook: Any) -> None:
-    if accelerator.is_main_process:
-        path = save_checkpoint(accelerator.unwrap_model(model), prep.tokenizer, output_dir, step,
-                               prep.loaded.recipe.checkpoint.keep_last)
-        hook.seqtune_checkpoint_saved(step=step, path=str(path))
-    accelerator.wait_for_everyone()
+def _checkpoint(run: Run, window: Window) -> None:
+    run.state.totals = dict(window.totals)
+    path = save_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler, run.prep.tokenizer,
+                           run.output_dir, run.state, run.loaded.recipe.checkpoint.keep_last)
+    run.hook.seqtune_checkpoint_saved(step=run.state.step, path=str(path))

@@ -16,6 +16,18 @@ class UserError(Exception):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
 
+    def __reduce__(self):  # survives the trip back from a datasets.map worker process intact
+        return (UserError, (self.problems,))
+
+
+class RunStopped(Exception):
+    """A run that stopped early on purpose (a signal) or for safety (a non-finite loss): not a
+    mistake in the recipe, but the CLI still shows one message and no traceback."""
+
+    def __init__(self, message: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(message)
+
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A `; did you mean 'x'?` suffix, or a list of the valid choices when nothing is close."""

@@ -104,6 +104,12 @@ def seqtune_train_start(run: RunInfo) -> None:
 
 
 @hookspec
+def seqtune_micro_batch(step: int, pieces: list) -> None:
+    """Called before each micro-batch of optimizer step `step` with the rows it holds (lists of
+    sample indices or slices; None for a rank's empty filler): for data-order audits."""
+
+
+@hookspec
 def seqtune_step_end(step: int) -> None:
     """Called after every optimizer step (`step` counts from 1)."""
 

@@ -5,14 +5,17 @@ import math
 import time
 from typing import Any
 
+from framework.hardware import mfu, peak_memory_gib
 from framework.types import IGNORE_INDEX
 
 
 class Window:
     """Token and loss tallies between two logging steps (and over the whole run)."""
 
-    def __init__(self):
-        self.totals = {"tokens": 0, "trainable_tokens": 0}
+    def __init__(self, totals: dict[str, float] | None = None, num_parameters: int = 0,
+                 peak_tflops: float | None = None):
+        self.totals = {"tokens": 0, "trainable_tokens": 0, **(totals or {})}
+        self.num_parameters, self.peak_tflops = num_parameters, peak_tflops
         self.last_loss = math.nan
         self._reset()
 
@@ -38,6 +41,11 @@ class Window:
         self.totals["trainable_tokens"] += int(trainable)
         self.last_loss = loss_sum / max(trainable, 1)
         self._reset()
-        return {"loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
-                "tokens_per_s": tokens / seconds, "trainable_tokens_per_s": trainable / seconds,
-                "padding_fraction": 1 - tokens / max(slots, 1)}
+        metrics = {"loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
+                   "tokens_per_s": tokens / seconds, "trainable_tokens_per_s": trainable / seconds,
+                   "padding_fraction": 1 - tokens / max(slots, 1),
+                   "peak_memory_gib": peak_memory_gib(accelerator.device)}
+        utilisation = mfu(self.num_parameters, tokens / seconds, self.peak_tflops, accelerator.num_processes)
+        if utilisation is not None:  # no peak figure for a CPU: no MFU rather than a made-up one
+            metrics["mfu"] = utilisation
+        return metrics

@@ -99,15 +99,19 @@ def chat_template_source(value: str, templates: dict[str, Any]) -> str:
     return entry.factory if hasattr(entry, "factory") else entry
 
 
-def build_model(recipe: Recipe, tokenizer: Any) -> Any:
-    """Pretrained weights from name_or_path, or a random init from model.config."""
+def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None) -> Any:
+    """Pretrained weights from name_or_path (or from a checkpoint being resumed), or a random init
+    from model.config."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = recipe.model
     dtype = getattr(torch, cfg.dtype)
     common = {"attn_implementation": cfg.attn_implementation, "dtype": dtype}
-    if cfg.config is not None:
+    if checkpoint is not None:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=cfg.trust_remote_code,
+                                                     **common)
+    elif cfg.config is not None:
         options = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                    "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
                    **cfg.config}

@@ -52,4 +52,5 @@ class RunInfo:
     steps_per_epoch: int
     num_rows: int
     num_parameters: int
+    start_step: int = 0  # > 0 when the run resumed from a checkpoint
     extra: dict[str, Any] = field(default_factory=dict)

@@ -41,7 +41,7 @@ class RichLogger:
         self.progress = Progress(TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
                                  console=self.console, transient=False)
-        self.task = self.progress.add_task("train", total=run.total_steps, metrics="")
+        self.task = self.progress.add_task("train", total=run.total_steps, completed=run.start_step, metrics="")
         self.progress.start()
 
     @hookimpl
@@ -84,7 +84,8 @@ class JsonlLogger:
     @hookimpl
     def seqtune_train_start(self, run: RunInfo) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.path.open("w", encoding="utf-8")
+        # A resumed run continues the record of the run it resumes.
+        self.file = self.path.open("a" if run.start_step else "w", encoding="utf-8")
 
     @hookimpl
     def seqtune_log(self, step: int, metrics: dict[str, float]) -> None:

@@ -1,7 +1,13 @@
-"""Learning-rate schedules, sized by the exact number of optimizer steps of the run."""
+"""Learning-rate schedules, sized by the exact number of optimizer steps of the run.
+
+Every schedule is a `torch.optim.lr_scheduler.LambdaLR` built by `_schedule`: a linear warmup from
+0 over the warmup steps, then a shape over the rest of the run (`progress` from 0 at the end of
+warmup to 1 at the last step; steps past the last one keep the last step's factor).
+"""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Callable, Optional
 
 from framework import UserError, hookimpl
 
@@ -11,24 +17,75 @@ def warmup_steps_of(num_training_steps: int, warmup_ratio: float, warmup_steps: 
         raise UserError("scheduler: set warmup_ratio or warmup_steps, not both")
     if not 0.0 <= warmup_ratio <= 1.0:
         raise UserError(f"scheduler.warmup_ratio: must be between 0 and 1, got {warmup_ratio}")
+    if warmup_steps is not None and warmup_steps < 0:
+        raise UserError(f"scheduler.warmup_steps: must be at least 0, got {warmup_steps}")
     return warmup_steps if warmup_steps is not None else int(warmup_ratio * num_training_steps)
+
+
+def _schedule(optimizer, num_training_steps: int, warmup: int, shape: Callable[[float], float]):
+    """LambdaLR: `step / warmup` during warmup, then `shape(progress)`."""
+    import torch
+
+    if any(group.get("lr") is None for group in optimizer.param_groups):
+        raise UserError("scheduler: the optimizer has no lr to schedule (adafactor without lr sets "
+                        "its own step size); give the optimizer an lr")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        return shape(min(1.0, (step - warmup) / max(1, num_training_steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _flat(progress: float) -> float:
+    return 1.0
+
+
+def _falling(progress: float) -> float:
+    return 1.0 - progress
 
 
 def linear(optimizer, num_training_steps: int, *, warmup_ratio: float = 0.0,
            warmup_steps: Optional[int] = None):
     """Linear warmup from 0, then linear decay to 0 at the last step (HF's linear schedule)."""
-    import torch
+    warmup = warmup_steps_of(num_training_steps, warmup_ratio, warmup_steps)
+    return _schedule(optimizer, num_training_steps, warmup, _falling)
 
+
+def cosine(optimizer, num_training_steps: int, *, warmup_ratio: float = 0.0,
+           warmup_steps: Optional[int] = None, min_lr_ratio: float = 0.0, num_cycles: float = 0.5):
+    """Linear warmup from 0, then a cosine from the full lr to `min_lr_ratio` of it at the last step.
+
+    The factor is min + (1 - min) * (1 + cos(2 pi num_cycles progress)) / 2; with the default half
+    cycle it falls once, and other values make it rise and fall again (1.0: back to the full lr).
+    """
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise UserError(f"scheduler.min_lr_ratio: must be between 0 and 1, got {min_lr_ratio}")
+    if num_cycles <= 0:
+        raise UserError(f"scheduler.num_cycles: must be above 0, got {num_cycles}")
     warmup = warmup_steps_of(num_training_steps, warmup_ratio, warmup_steps)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (num_training_steps - step) / max(1, num_training_steps - warmup))
+    def shape(progress: float) -> float:
+        wave = 0.5 * (1.0 + math.cos(math.pi * 2.0 * num_cycles * progress))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * wave
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return _schedule(optimizer, num_training_steps, warmup, shape)
+
+
+def constant(optimizer, num_training_steps: int):
+    """The optimizer's lr at every step."""
+    return _schedule(optimizer, num_training_steps, 0, _flat)
+
+
+def constant_with_warmup(optimizer, num_training_steps: int, *, warmup_ratio: float = 0.0,
+                         warmup_steps: Optional[int] = None):
+    """Linear warmup from 0, then the optimizer's lr."""
+    warmup = warmup_steps_of(num_training_steps, warmup_ratio, warmup_steps)
+    return _schedule(optimizer, num_training_steps, warmup, _flat)
 
 
 @hookimpl
 def seqtune_register_schedulers():
-    return {"linear": linear}
+    return {"linear": linear, "cosine": cosine, "constant": constant,
+            "constant_with_warmup": constant_with_warmup}

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from framework.errors import UserError
+from framework.errors import RunStopped, UserError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
@@ -18,7 +18,8 @@ OVERRIDES_HELP = "Overrides as key=value, e.g. train.max_steps=10 data.max_seq_l
 
 
 def user_errors(command: Callable) -> Callable:
-    """Show a UserError as bullet lines and exit 2: a user mistake never prints a traceback."""
+    """Show a UserError as bullet lines and exit 2, a stopped run as one line with its own exit
+    code: neither prints a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -30,5 +31,8 @@ def user_errors(command: Callable) -> Callable:
             for line in exc.problems:
                 err_console.print(f"  [red]•[/] {escape(line)}")
             raise typer.Exit(2) from None
+        except RunStopped as exc:
+            err_console.print(f"[bold yellow]stopped[/]: {escape(str(exc))}")
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper

@@ -106,11 +106,15 @@ class CheckpointConfig:
     every: Union[Literal["epoch"], int, None] = opt(
         None, "Save a checkpoint every epoch, every N optimizer steps, or never (null).", minimum=1)
     keep_last: Optional[int] = opt(None, "Keep only the newest N checkpoints.", minimum=1)
+    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in output_dir if there "
+                      "is one; never: start over; or the path of a checkpoints/step-N folder.")
 
 
 @dataclass
 class LoggingConfig:
     every_steps: int = opt(1, "Log metrics every N optimizer steps.", minimum=1)
+    peak_tflops: Optional[float] = opt(None, "Peak dense TFLOP/s of one device, for MFU; known GPUs "
+                                       "(3090, 4090, A100, H100, H200) need not set it.", minimum=0.0)
     loggers: list[Component] = opt(None, "Logger plugins, by name or {name, options}.",
                                    factory=lambda: [Component("rich"), Component("jsonl")])
 

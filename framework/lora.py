@@ -1,0 +1,141 @@
+"""LoRA fine-tuning through peft: wrap the model, count what trains, save the adapter (and a merged model).
+
+peft is an optional dependency (`seqtune[peft]`), so it is imported inside the functions: importing this
+module costs nothing for full fine-tuning runs.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+from framework.errors import UserError
+
+MISSING_PEFT = "lora needs the peft package: pip install 'seqtune[peft]', or override lora=null"
+
+
+def apply_lora(model: Any, cfg: Any) -> Any:
+    """The model wrapped in a peft LoRA adapter: only the lora_A/lora_B weights require grad.
+
+    Call it after build_model and before param_groups/the optimizer, so the optimizer only sees
+    the adapter weights. `cfg` is the recipe's `lora:` section (r, alpha, dropout, target_modules).
+    """
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise UserError(MISSING_PEFT) from None
+
+    targets = _targets(model, cfg.target_modules)
+    try:
+        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha,
+                            lora_dropout=cfg.dropout, target_modules=targets)
+        with warnings.catch_warnings():
+            # peft probes the deprecated is_gradient_checkpointing; the warning is not the user's to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config)
+    except ValueError as exc:  # peft's checks of r, dropout and the targets: one line for the user
+        raise UserError(_peft_problem(exc, model)) from None
+    _inputs_require_grad(peft_model.get_base_model())
+    return peft_model
+
+
+def _peft_problem(exc: ValueError, model: Any) -> str:
+    """The recipe key a peft ValueError belongs to, with its first line."""
+    import peft
+
+    # NoMatchingPeftModuleError (recent peft) marks "no module matched"; older peft raised a
+    # plain ValueError saying "Target modules ... not found", so fall back to its wording
+    no_match = getattr(peft, "NoMatchingPeftModuleError", ())
+    if isinstance(exc, no_match) or "target module" in str(exc).lower():
+        return (f"lora.target_modules: {_first_line(exc)}; the model's linear modules are: "
+                f"{', '.join(linear_module_names(model))}")
+    return f"lora: {_first_line(exc)}"
+
+
+def _targets(model: Any, wanted: Any) -> str | list[str]:
+    """The string all-linear as it is, or the list with each name checked against the linear layers.
+
+    peft raises only when *no* name matches, so a typo next to a valid name ("q_proj", "v_prj")
+    would silently train fewer layers than the recipe asks for; every name must match here.
+    """
+    if isinstance(wanted, str):
+        return wanted  # the schema allows only "all-linear" as a string
+    wanted = [str(name) for name in wanted]  # OmegaConf ListConfig -> plain list for peft's json
+    available = linear_module_names(model)
+    full_names = [name for name, module in model.named_modules() if _is_linear(module)]
+    # peft's rule for a list: a module matches when its name equals the entry or ends with ".entry"
+    unknown = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in full_names)]
+    if unknown:
+        raise UserError(f"lora.target_modules: {', '.join(unknown)} match no linear module of this model; "
+                        f"its linear modules are: {', '.join(available)} (or use all-linear)")
+    return wanted
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The distinct short names (q_proj, down_proj, lm_head...) of the model's linear layers."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module)})
+
+
+def _is_linear(module: Any) -> bool:
+    import torch
+
+    # GPT-2 style models use transformers' Conv1D for their projections; peft adapts those too
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _inputs_require_grad(model: Any) -> None:
+    """With reentrant gradient checkpointing and a frozen embedding, no input of a checkpointed
+    block requires grad, so torch skips the backward through it and the LoRA weights get no
+    gradient. A hook making the embedding output require grad fixes that. Recent transformers
+    (on enabling checkpointing) and peft (on wrapping) add it themselves; add it only where it is
+    missing, since a second hook would replace the handle of the first and leave it dangling."""
+    if not _is_checkpointing(model):
+        return
+    if getattr(model, "_require_grads_hooks", None) or getattr(model, "_require_grads_hook", None):
+        return  # already in place (peft or an earlier call)
+    model.enable_input_require_grads()
+
+
+def _is_checkpointing(model: Any) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (which now warns) to is_activation_checkpointing
+    current = getattr(model, "is_activation_checkpointing", None)
+    if current is not None:
+        return bool(current)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def trainable_summary(model: Any) -> dict:
+    """Trainable and total parameter counts, and the trainable share (for the log and run info)."""
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return {"trainable": trainable, "total": total, "trainable_fraction": trainable / total if total else 0.0}
+
+
+def save_lora(model: Any, tokenizer: Any, output_dir: Path, merge: bool) -> None:
+    """Write the adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer to
+    output_dir; with `merge`, also a full model with the adapter folded in, plus the tokenizer, to
+    output_dir/merged (loadable with AutoModelForCausalLM.from_pretrained, no peft needed).
+
+    `model` is the peft model itself: pass accelerator.unwrap_model(model), not a DDP wrapper.
+    The merge runs on a deep copy, so the caller's model is left exactly as it was (still a
+    PeftModel, adapter unmerged, still trainable); the cost is memory for a second copy of the
+    model on its device while the merged one is written.
+    """
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)  # peft writes only the adapter weights and their config
+    tokenizer.save_pretrained(output_dir)
+    if merge:
+        # merge_and_unload rewrites the base weights and strips the LoRA layers in place;
+        # merging unmerge-style instead (merge_adapter/unmerge_adapter) would leave rounding
+        # error in the caller's base weights, which the copy avoids.
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(output_dir / "merged")
+        tokenizer.save_pretrained(output_dir / "merged")
+        del merged
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
