@@ -13,6 +13,7 @@ from framework.components import Parts, bind_parts
 from framework.config import LoadedRecipe
 from framework.data import PreparedData, prepare_data, write_mix
 from framework.hardware import peak_memory_gib, peak_tflops
+from framework.lora import apply_lora, load_lora_weights, save_lora, trainable_summary
 from framework.metrics import Window
 from framework.modeling import build_model, load_tokenizer, param_groups, preflight
 from framework.checkpoint import TrainerState, find_resume
@@ -112,7 +113,7 @@ def start(loaded: LoadedRecipe) -> Run:
     prep = prepare(loaded, parts, accelerator.local_main_process_first(), accelerator.process_index,
                    accelerator.num_processes)
     set_seed(recipe.seed)
-    model = build_model(recipe, prep.tokenizer, resume_from)
+    model = _model(recipe, prep.tokenizer, resume_from)
     optimizer = parts.optimizer(param_groups(model))
     scheduler = parts.scheduler(optimizer, prep.plan.total_steps)
     hook = _start_loggers(prep, output_dir, accelerator.is_main_process)
@@ -125,6 +126,19 @@ def start(loaded: LoadedRecipe) -> Run:
         state = load_checkpoint(resume_from, accelerator, optimizer, scheduler, fingerprint)
         say(f"resuming from {resume_from} at step {state.step:,}")
     return Run(loaded, prep, accelerator, model, optimizer, scheduler, hook, state, output_dir)
+
+
+def _model(recipe: Any, tokenizer: Any, resume_from: Path | None) -> Any:
+    """The model to train: full weights, or a LoRA adapter on the base (a LoRA checkpoint holds only
+    the adapter, so a resumed one rebuilds the base and loads the adapter into it)."""
+    if recipe.lora is None:
+        return build_model(recipe, tokenizer, resume_from)
+    model = apply_lora(build_model(recipe, tokenizer), recipe.lora)
+    if resume_from is not None:
+        load_lora_weights(model, resume_from)
+    counts = trainable_summary(model)
+    say(f"lora: {counts['trainable']:,} of {counts['total']:,} parameters trainable")
+    return model
 
 
 def train(loaded: LoadedRecipe) -> Path:
@@ -188,6 +202,8 @@ def train(loaded: LoadedRecipe) -> Path:
                 break
     if accelerator.is_main_process:
         save_final(accelerator.unwrap_model(model), run.prep.tokenizer, loaded, run.prep.data.report, run.output_dir)
+        if recipe.lora is not None and recipe.lora.merge:
+            save_lora(accelerator.unwrap_model(model), run.prep.tokenizer, run.output_dir, merge=True)
     hook.seqtune_train_end(summary={"steps": state.step, "train_seconds": round(time.perf_counter() - started, 2),
                                     "final_loss": window.last_loss, **window.totals,
                                     "packing_efficiency": round(plan.efficiency, 4),

@@ -137,5 +137,30 @@ def save_lora(model: Any, tokenizer: Any, output_dir: Path, merge: bool) -> None
         del merged
 
 
+def load_lora_weights(model: Any, checkpoint: Path) -> None:
+    """Resume: copy a checkpoint's adapter weights into a model just wrapped by apply_lora.
+
+    A LoRA checkpoint holds only the adapter (PeftModel.save_pretrained), so the base model is
+    rebuilt as at the start (same weights, or the same seeded init) and the adapter loaded onto it.
+    The copy is in place, so parameters an optimizer already holds stay the same objects.
+    """
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    try:
+        result = set_peft_model_state_dict(model, load_peft_weights(str(checkpoint), device="cpu"))
+    except RuntimeError as exc:  # shape mismatch: the checkpoint was trained with another lora.r
+        if "size mismatch" not in str(exc):
+            raise
+        raise UserError(f"checkpoint.resume: the adapter in {checkpoint} does not fit this recipe's lora.r "
+                        "or model (adapter weight shapes differ); use checkpoint.resume=never to start over"
+                        ) from None
+    # load_state_dict(strict=False) reports every base weight as missing; only adapter keys count
+    missing = [key for key in result.missing_keys if ".lora_" in key]
+    if missing or result.unexpected_keys:
+        raise UserError(f"checkpoint.resume: the adapter in {checkpoint} does not fit this recipe's "
+                        f"lora.target_modules ({len(missing)} adapter weights missing, "
+                        f"{len(result.unexpected_keys)} unexpected); use checkpoint.resume=never to start over")
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -127,8 +127,8 @@ def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None) 
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"model: vocab_size {model.config.vocab_size} is smaller than the tokenizer's "
                         f"{len(tokenizer)} tokens")
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # renamed activation_checkpointing_enable in transformers 5.x
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.config.use_cache = False  # a KV cache in training lets packed rows attend across rows
     return model
 

@@ -140,6 +140,16 @@ class LaunchConfig:
 
 
 @dataclass
+class LoraConfig:
+    r: int = opt(16, "Rank of the low-rank update.", minimum=1)
+    alpha: float = opt(32.0, "Scaling: the update is multiplied by alpha / r.", minimum=0.0)
+    dropout: float = opt(0.05, "Dropout on the LoRA branch.", minimum=0.0)
+    target_modules: Union[list[str], Literal["all-linear"]] = opt(
+        "all-linear", "Linear modules to adapt, by name (q_proj, v_proj, ...), or all-linear.")
+    merge: bool = opt(False, "Also write the base model with the adapter merged in, to output_dir/merged.")
+
+
+@dataclass
 class Recipe:
     output_dir: str = opt(REQUIRED, "Where the checkpoint, metrics and resolved recipe go.")
     run_name: str = opt("seqtune", "Name shown by loggers (open-instruct's --exp_name).")
@@ -159,3 +169,5 @@ class Recipe:
     logging: LoggingConfig = opt(None, "Which loggers, how often.", factory=LoggingConfig)
     launch: LaunchConfig = opt(None, "Processes, machines, precision and DeepSpeed.",
                                factory=LaunchConfig)
+    lora: Optional[LoraConfig] = opt(None, "Train a LoRA adapter (peft) instead of every weight; null "
+                                     "trains the full model.")

@@ -9,7 +9,8 @@ import torch
 
 from framework.config import load_recipe
 from framework.errors import UserError
-from framework.lora import apply_lora, linear_module_names, save_lora, trainable_summary, _inputs_require_grad
+from framework.lora import (_inputs_require_grad, apply_lora, linear_module_names, load_lora_weights, save_lora,
+                            trainable_summary)
 from framework.modeling import build_model, param_groups
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -149,6 +150,25 @@ def test_saved_adapter_reloads_on_a_rebuilt_base_with_the_same_logits(trained, m
     assert not torch.allclose(expected, logits(make_model()), atol=1e-5)  # the step changed the output
     reloaded = PeftModel.from_pretrained(make_model(), out)
     torch.testing.assert_close(logits(reloaded), expected, atol=1e-5, rtol=0)
+
+
+def test_resume_loads_the_adapter_into_a_freshly_wrapped_model(trained, make_model, tmp_path, tiny_tokenizer):
+    model, _ = trained
+    save_lora(model, tiny_tokenizer, tmp_path / "ckpt", merge=False)
+    fresh = apply_lora(make_model(), lora_cfg())
+    held = {id(p) for p in fresh.parameters()}
+    load_lora_weights(fresh, tmp_path / "ckpt")
+    torch.testing.assert_close(logits(fresh), logits(model), atol=1e-5, rtol=0)
+    assert {id(p) for p in fresh.parameters()} == held  # an optimizer built before still holds them
+    assert all(p.requires_grad for n, p in fresh.named_parameters() if ".lora_" in n)
+
+
+@pytest.mark.parametrize("changes", [{"r": 2}, {"target_modules": ["q_proj"]}])
+def test_resume_with_other_lora_settings_is_a_user_error(trained, make_model, tmp_path, tiny_tokenizer,
+                                                         changes):
+    save_lora(trained[0], tiny_tokenizer, tmp_path / "ckpt", merge=False)
+    with pytest.raises(UserError, match=r"^checkpoint\.resume: the adapter in .* does not fit .*resume=never"):
+        load_lora_weights(apply_lora(make_model(), lora_cfg(**changes)), tmp_path / "ckpt")
 
 
 def test_merged_model_loads_without_peft_and_the_callers_model_is_untouched(trained, tmp_path,

@@ -181,6 +181,23 @@ def test_every_schedule_scales_each_group(make):
 
 
 @pytest.mark.parametrize("make", [linear, cosine, constant, constant_with_warmup])
+def test_a_resumed_schedule_continues_where_it_stopped(make):
+    """What a checkpoint keeps (optimizer and scheduler state dicts) restores the schedule."""
+    options = {} if make is constant else {"warmup_steps": 2}
+    opt = optimizer()
+    whole = lrs(make(opt, 8, **options), opt, 8)
+    opt = optimizer()
+    scheduler = make(opt, 8, **options)
+    first = lrs(scheduler, opt, 3)
+    saved = (opt.state_dict(), scheduler.state_dict())
+    opt = optimizer()
+    scheduler = make(opt, 8, **options)
+    opt.load_state_dict(saved[0])
+    scheduler.load_state_dict(saved[1])
+    assert first + lrs(scheduler, opt, 5)[1:] == pytest.approx(whole)
+
+
+@pytest.mark.parametrize("make", [linear, cosine, constant, constant_with_warmup])
 def test_an_optimizer_without_an_lr_is_an_error(make):
     from plugins.optimizers import adafactor  # relative-step Adafactor has lr None
 

@@ -41,7 +41,7 @@ data:
 
 def test_unknown_key_with_nothing_close_lists_the_valid_keys(write, minimal, problem):
     line = problem(write("recipe.yaml", minimal + "checkpoint:\n  zzz: 1\n"))
-    assert line == "recipe.yaml: checkpoint.zzz: unknown key; expected one of: every, keep_last"
+    assert line == "recipe.yaml: checkpoint.zzz: unknown key; expected one of: every, keep_last, resume"
 
 
 # --- wrong types ---------------------------------------------------------------------------------
