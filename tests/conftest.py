@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO / "tests"))  # for seqtune_testing; appended so the real packages win
 
 # pytest-xdist runs one worker per core: torch's own thread pool in each would oversubscribe the
 # cores many times over (100x slower here), so every worker and the processes it starts use one.

@@ -11,6 +11,7 @@ from framework.chat import encode_chat
 from framework.data.tokenize import make_encoder, truncate_row
 from framework.errors import UserError
 from framework.types import IGNORE_INDEX, Sample
+from seqtune_testing import trained_runs
 from plugins.truncation import drop, left, refuse, right, seqtune_register_truncation, turns
 
 CHAT = [{"role": "system", "content": "Answer briefly."},
@@ -39,32 +40,20 @@ def full(tokenizer) -> Sample:
     return sample
 
 
-def runs(labels: list[int]) -> list[tuple[int, int]]:
-    """[start, end) of each contiguous run of trained labels."""
-    found, start = [], None
-    for t, label in enumerate([*labels, IGNORE_INDEX]):
-        if label != IGNORE_INDEX and start is None:
-            start = t
-        elif label == IGNORE_INDEX and start is not None:
-            found.append((start, t))
-            start = None
-    return found
-
-
 def test_every_builtin_strategy_is_registered():
     assert seqtune_register_truncation() == {"right": right, "left": left, "drop": drop, "raise": refuse,
                                              "turns": turns}
 
 
 def test_the_conversation_has_three_trained_turns_ending_with_im_end(full, im_end):
-    assert len(runs(full.labels)) == 3
-    assert all(full.input_ids[end - 1] == im_end for _, end in runs(full.labels))
+    assert len(trained_runs(full.labels)) == 3
+    assert all(full.input_ids[end - 1] == im_end for _, end in trained_runs(full.labels))
 
 
 # -- right -----------------------------------------------------------------------------------------
 
 def test_right_keeps_the_first_max_len_tokens(full):
-    (start, _), *_ = runs(full.labels)
+    (start, _), *_ = trained_runs(full.labels)
     for max_len in (start + 1, start + 20, len(full.input_ids) - 1):
         ids, labels = right(full.input_ids, full.labels, max_len)
         assert (list(ids), list(labels)) == (full.input_ids[:max_len], full.labels[:max_len])
@@ -73,15 +62,15 @@ def test_right_keeps_the_first_max_len_tokens(full):
 
 
 def test_right_cutting_inside_an_answer_loses_its_end_of_turn(full, im_end):
-    (start, end), *_ = runs(full.labels)
+    (start, end), *_ = trained_runs(full.labels)
     kept = truncate_row(full, right, end - 1)
     assert kept.input_ids == full.input_ids[:end - 1]
-    assert runs(kept.labels) == [(start, end - 1)] and kept.input_ids[-1] != im_end
+    assert trained_runs(kept.labels) == [(start, end - 1)] and kept.input_ids[-1] != im_end
     assert kept.num_trainable == end - 1 - start
 
 
 def test_right_that_leaves_nothing_trained_drops_the_row(full):
-    (start, _), *_ = runs(full.labels)
+    (start, _), *_ = trained_runs(full.labels)
     assert truncate_row(full, right, start) is None
     assert truncate_row(full, right, start + 1) is not None
 
@@ -144,42 +133,42 @@ def test_raise_through_the_encoder_names_source_row_and_length(tokenizer, full):
 
 def expected_turns(full: Sample, max_len: int) -> Sample | None:
     """The longest prefix within max_len that ends right after a whole trained turn."""
-    ends = [end for _, end in runs(full.labels) if end <= max_len]
+    ends = [end for _, end in trained_runs(full.labels) if end <= max_len]
     return Sample(full.input_ids[:ends[-1]], full.labels[:ends[-1]]) if ends else None
 
 
 def test_turns_keeps_only_complete_assistant_turns(full, im_end):
     n = len(full.input_ids)
-    (_, first_end), *_ = runs(full.labels)
+    (_, first_end), *_ = trained_runs(full.labels)
     for max_len in range(first_end, n):
         kept = truncate_row(full, turns, max_len)
         assert kept == expected_turns(full, max_len), max_len
         assert len(kept.input_ids) <= max_len
         assert kept.labels[-1] != IGNORE_INDEX and kept.input_ids[-1] == im_end  # cut right after a turn
-        for _, end in runs(kept.labels):
+        for _, end in trained_runs(kept.labels):
             assert kept.input_ids[end - 1] == im_end
         assert kept.input_ids == full.input_ids[:len(kept.input_ids)]
 
 
 def test_turns_keeps_every_turn_that_fits(full):
-    ends = [end for _, end in runs(full.labels)]
+    ends = [end for _, end in trained_runs(full.labels)]
     # Exactly up to the second turn's end: the first two turns are kept, and nothing after them.
     kept = truncate_row(full, turns, ends[1])
     assert kept.input_ids == full.input_ids[:ends[1]]
-    assert len(runs(kept.labels)) == 2
+    assert len(trained_runs(kept.labels)) == 2
     # One token short of the second turn: only the first survives.
     assert truncate_row(full, turns, ends[1] - 1).input_ids == full.input_ids[:ends[0]]
 
 
 def test_turns_drops_a_row_whose_first_turn_does_not_fit(full):
-    (_, first_end), *_ = runs(full.labels)
+    (_, first_end), *_ = trained_runs(full.labels)
     assert turns(full.input_ids, full.labels, first_end - 1) is None
     assert truncate_row(full, turns, first_end - 1) is None
 
 
 def test_turns_with_train_on_last_assistant_keeps_only_a_whole_last_turn(tokenizer):
     sample = encode_chat(tokenizer, CHAT, "last_assistant")
-    (_, end), = runs(sample.labels)
+    (_, end), = trained_runs(sample.labels)
     assert end == len(sample.input_ids) - 1  # then only the final newline
     assert truncate_row(sample, turns, end) == Sample(sample.input_ids[:end], sample.labels[:end])
     assert truncate_row(sample, turns, end - 1) is None

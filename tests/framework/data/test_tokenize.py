@@ -16,19 +16,9 @@ from framework.data import Report
 from framework.data.tokenize import encode_text
 from framework.errors import UserError
 from framework.types import IGNORE_INDEX, Sample
+from seqtune_testing import trained_runs
 
 N_ROWS = 30
-
-
-def trained_runs(labels: list[int]) -> list[tuple[int, int]]:
-    found, start = [], None
-    for t, label in enumerate([*labels, IGNORE_INDEX]):
-        if label != IGNORE_INDEX and start is None:
-            start = t
-        elif label == IGNORE_INDEX and start is not None:
-            found.append((start, t))
-            start = None
-    return found
 
 
 def reference(strategy: str, full: Sample, max_len: int) -> Sample | None:

@@ -1,0 +1,16 @@
+"""Helpers shared by test modules (importable because tests/conftest.py appends tests/ to sys.path)."""
+from __future__ import annotations
+
+from framework.types import IGNORE_INDEX
+
+
+def trained_runs(labels: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each contiguous run of trained labels."""
+    found, start = [], None
+    for t, label in enumerate([*labels, IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = t
+        elif label == IGNORE_INDEX and start is not None:
+            found.append((start, t))
+            start = None
+    return found
