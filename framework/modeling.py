@@ -40,9 +40,6 @@ def preflight(recipe: Recipe) -> None:
 def _not_yet_supported(recipe: Recipe) -> list[str]:
     """Launch features this version does not run yet: refuse them rather than ignore them."""
     problems = []
-    if recipe.launch.num_processes > 1 or recipe.launch.num_machines > 1:
-        problems.append("launch.num_processes>1: multi-process and multi-machine runs are not "
-                        "available in this version of seqtune; override launch.num_processes=1")
     if recipe.launch.deepspeed is not None:
         problems.append("launch.deepspeed: DeepSpeed runs are not available in this version of "
                         "seqtune; override launch.deepspeed=null")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,12 @@ from framework.config import LoadedRecipe
 
 
 def say(message: str) -> None:
-    """A progress message for the user, on stderr so that stdout stays machine-readable."""
+    """A progress message for the user, on stderr so that stdout stays machine-readable; in a
+    multi-process run only the main process speaks."""
     from rich.console import Console
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     Console(stderr=True, highlight=False, soft_wrap=True).print(message)
 
 

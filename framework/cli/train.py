@@ -10,15 +10,40 @@ from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, user_erro
 
 @user_errors
 def train(recipe: str = typer.Argument(..., help=RECIPE_HELP),
-          overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
+          overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+          print_launch: bool = typer.Option(False, "--print-launch",
+                                            help="Print the command each machine must run, and exit.")) -> None:
     """Train a model from a recipe and save it to the recipe's output_dir."""
     from framework.config import load_recipe
+    from framework.launch import is_worker, launch, needs_launch, print_commands
 
-    loaded = load_recipe(recipe, overrides or [])
+    overrides = overrides or []
+    loaded = load_recipe(recipe, overrides)
+    if print_launch:
+        for line in print_commands(loaded.recipe, recipe, overrides):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
+        return
+    if needs_launch(loaded.recipe):
+        _check_before_launch(loaded)
+        code = launch(loaded.recipe, recipe, overrides)
+        if code:
+            raise typer.Exit(code)
+        console.print(f"[green]done[/]: model saved to {loaded.recipe.output_dir}")
+        return
     from framework.engine import train as run  # torch and transformers load only now
 
     output_dir = run(loaded)
-    console.print(f"[green]done[/]: model saved to {output_dir}")
+    if not is_worker():  # a launched run says it once, from the launcher
+        console.print(f"[green]done[/]: model saved to {output_dir}")
+
+
+def _check_before_launch(loaded) -> None:
+    """Recipe, plugin and machine errors show once, here, not once per worker."""
+    from framework.components import bind_parts
+    from framework.modeling import preflight
+
+    bind_parts(loaded)
+    preflight(loaded.recipe)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,66 @@
+"""Multi-process runs on the CPU (gloo) through the real CLI, and the multi-machine launch commands."""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from framework.config import load_recipe
+from framework.launch import print_commands
+
+ROWS = "data.mixture=[{source: recipes/quickstart/data/train.jsonl, count: 96}]"
+COMMON = [ROWS, "train.max_steps=3", "train.per_device_batch_size=4", "train.loss_reduction=token_mean",
+          "optimizer={name: sgd, lr: 0.5}", "scheduler=constant", "logging.loggers=[jsonl]", "launch.device=cpu"]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_doubled_accumulation(seqtune, tmp_path):
+    """Rank r takes micro-batches r, r+2, ...: two ranks accumulating 2 see exactly the micro-batches
+    one process accumulating 4 sees, and token_mean makes their gradients the same."""
+    two = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'two'}", *COMMON,
+                  "launch.num_processes=2", "train.gradient_accumulation_steps=2", timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'one'}", *COMMON,
+                  "train.gradient_accumulation_steps=4")
+    assert one.returncode == 0, one.stderr[-3000:]
+    want, got = load_file(str(tmp_path / "one/model.safetensors")), load_file(str(tmp_path / "two/model.safetensors"))
+    assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-5
+    assert two.stdout.count("done") == 1  # the launcher reports once, not every worker
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_stops_the_whole_run(seqtune, tmp_path, monkeypatch):
+    (tmp_path / "die_plugin.py").write_text(
+        "import os\nfrom framework import hookimpl\n\n@hookimpl\ndef seqtune_step_end(step):\n"
+        "    if step == 2 and os.environ.get('RANK') == '0':  # hooks run on the main process\n        os._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    result = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'out'}", *COMMON,
+                     "train.max_steps=50", "launch.num_processes=2", "plugins=[die_plugin]", timeout=240)
+    assert result.returncode != 0
+    assert not (tmp_path / "out/model.safetensors").exists()
+
+
+def test_print_launch_gives_each_machine_its_command(tmp_path, repo):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((repo / "recipes/tulu3/gemma2-2b-sft.yaml").read_text())
+    overrides = ["launch.num_machines=2", "launch.num_processes=8", "launch.main_process_ip=10.1.2.3"]
+    loaded = load_recipe(recipe, overrides)
+    lines = print_commands(loaded.recipe, "recipe.yaml", overrides)
+    seqtune_lines = [shlex.split(line) for line in lines if line.startswith("seqtune ")]
+    launcher_lines = [shlex.split(line) for line in lines if line.startswith("SEQTUNE_WORKER=1 accelerate launch")]
+    assert len(seqtune_lines) == len(launcher_lines) == 2
+    for rank, (seqtune, launcher) in enumerate(zip(seqtune_lines, launcher_lines)):
+        assert seqtune[:3] == ["seqtune", "train", "recipe.yaml"] and seqtune[-1] == f"launch.machine_rank={rank}"
+        options = dict(zip(launcher[3::2], launcher[4::2]))
+        assert options["--num_processes"] == "8" and options["--num_machines"] == "2"
+        assert options["--machine_rank"] == str(rank) and options["--main_process_ip"] == "10.1.2.3"
+        assert options["--main_process_port"] == "29400" and options["--mixed_precision"] == "bf16"
+        assert launcher[-6:-3] == ["framework.cli", "train", "recipe.yaml"] or "framework.cli" in launcher
+
+
+def test_print_launch_through_the_cli_needs_no_gpu(seqtune):
+    result = seqtune("train", "recipes/tulu3/gemma2-2b-sft.yaml", "--print-launch")
+    assert result.returncode == 0, result.stderr
+    assert "--num_processes 4" in result.stdout and "launch.machine_rank=0" in result.stdout
