@@ -53,10 +53,11 @@ def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer
 
     root = checkpoints_dir(output_dir)
     final, partial = root / f"step-{state.step:08d}", root / f".partial-step-{state.step:08d}"
+    weights = accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        accelerator.unwrap_model(model).save_pretrained(partial)
+        accelerator.unwrap_model(model).save_pretrained(partial, state_dict=weights)
         tokenizer.save_pretrained(partial)
         torch.save(optimizer.state_dict(), partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")

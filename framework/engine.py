@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from framework.modeling import build_model, load_tokenizer, param_groups, prefli
 from framework.checkpoint import TrainerState, find_resume
 from framework.checkpoint import load as load_checkpoint
 from framework.checkpoint import save as save_checkpoint
-from framework.errors import RunStopped
+from framework.deepspeed import deepspeed_config
+from framework.errors import RunStopped, UserError
 from framework.output import save_final, say
 from framework.signals import StopSignals
 from framework.plan import RunPlan, make_plan
@@ -101,7 +103,6 @@ class Run:
 
 def start(loaded: LoadedRecipe) -> Run:
     """Everything before the first step. Input errors surface before output_dir is written."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     recipe = loaded.recipe
@@ -109,17 +110,21 @@ def start(loaded: LoadedRecipe) -> Run:
     preflight(recipe)
     output_dir = Path(recipe.output_dir)
     resume_from = find_resume(recipe.checkpoint.resume, output_dir)
-    accelerator = Accelerator(cpu=recipe.launch.device == "cpu", mixed_precision=recipe.launch.mixed_precision)
+    accelerator = make_accelerator(recipe)
+    if resume_from is not None and recipe.launch.deepspeed is not None:
+        raise UserError("checkpoint.resume: resuming a DeepSpeed run is not available yet (its optimizer "
+                        "state is sharded); use checkpoint.resume=never")
     prep = prepare(loaded, parts, accelerator.local_main_process_first(), accelerator.process_index,
                    accelerator.num_processes)
     set_seed(recipe.seed)
     model = _model(recipe, prep.tokenizer, resume_from)
     optimizer = parts.optimizer(param_groups(model))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # After prepare: ZeRO-3 regroups the optimizer's parameters, and the schedule must see its groups.
     scheduler = parts.scheduler(optimizer, prep.plan.total_steps)
     hook = _start_loggers(prep, output_dir, accelerator.is_main_process)
     if recipe.data.mix_dir and accelerator.is_main_process:
         write_mix(Path(recipe.data.mix_dir), prep.data.build_mixture(), prep.data.mixture_stats)
-    model, optimizer = accelerator.prepare(model, optimizer)
     fingerprint = _fingerprint(prep, accelerator.num_processes)
     state = TrainerState(fingerprint=fingerprint)
     if resume_from is not None:
@@ -164,11 +169,11 @@ def train(loaded: LoadedRecipe) -> Path:
                 step_loss = 0.0
                 for k, batch in enumerate(batches):
                     hook.seqtune_micro_batch(step=state.step + 1, pieces=step_plan[k])
-                    with contextlib.nullcontext() if k == len(batches) - 1 else accelerator.no_sync(model):
+                    with _accumulating(accelerator, model, last=k == len(batches) - 1):
                         loss_sum, tokens = token_loss(model, batch)
-                        accelerator.backward(scale_loss(loss_sum, tokens, step_tokens, len(batches),
-                                                        cfg.loss_reduction, cfg.gradient_accumulation_steps,
-                                                        accelerator.num_processes))
+                        loss = scale_loss(loss_sum, tokens, step_tokens, len(batches), cfg.loss_reduction,
+                                          cfg.gradient_accumulation_steps, accelerator.num_processes)
+                        accelerator.backward(loss * _deepspeed_gas(accelerator, model))
                     window.count(batch, loss_sum)
                     step_loss = step_loss + loss_sum.detach()
                 # One collective per step: is the loss finite everywhere, and did any rank get a signal?
@@ -200,8 +205,10 @@ def train(loaded: LoadedRecipe) -> Path:
                 _checkpoint(run, window)
             if state.step == plan.total_steps:
                 break
+    weights = accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
     if accelerator.is_main_process:
-        save_final(accelerator.unwrap_model(model), run.prep.tokenizer, loaded, run.prep.data.report, run.output_dir)
+        save_final(accelerator.unwrap_model(model), run.prep.tokenizer, loaded, run.prep.data.report, run.output_dir,
+                   weights)
         if recipe.lora is not None and recipe.lora.merge:
             save_lora(accelerator.unwrap_model(model), run.prep.tokenizer, run.output_dir, merge=True)
     hook.seqtune_train_end(summary={"steps": state.step, "train_seconds": round(time.perf_counter() - started, 2),
@@ -209,6 +216,40 @@ def train(loaded: LoadedRecipe) -> Path:
                                     "packing_efficiency": round(plan.efficiency, 4),
                                     "peak_memory_gib": round(peak_memory_gib(accelerator.device), 3)})
     return run.output_dir
+
+
+def make_accelerator(recipe: Any) -> Any:
+    """DDP (or one process) on CUDA or the CPU; DeepSpeed ZeRO when the recipe asks for it."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    launch = recipe.launch
+    if launch.deepspeed is None:
+        return Accelerator(cpu=launch.device == "cpu", mixed_precision=launch.mixed_precision)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, world))
+    # On the CPU, DeepSpeed runs over gloo; Accelerator(cpu=True) would silently drop DeepSpeed.
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if launch.device == "cpu" else []
+    return Accelerator(deepspeed_plugin=plugin, mixed_precision=launch.mixed_precision, kwargs_handlers=handlers)
+
+
+def _is_deepspeed(accelerator: Any) -> bool:
+    return accelerator.distributed_type.name == "DEEPSPEED"
+
+
+def _accumulating(accelerator: Any, model: Any, last: bool) -> Any:
+    """No gradient sync before a step's last micro-batch. DeepSpeed instead learns where the window
+    ends (it steps itself there; ZeRO-2/3 have no no_sync)."""
+    if _is_deepspeed(accelerator):
+        accelerator.gradient_state._set_sync_gradients(last)
+        return contextlib.nullcontext()
+    return contextlib.nullcontext() if last else accelerator.no_sync(model)
+
+
+def _deepspeed_gas(accelerator: Any, model: Any) -> int:
+    """DeepSpeed divides every micro-batch's loss by its accumulation count; the loss is already
+    normalised for the whole step, so that division is undone (with the engine's own count)."""
+    return model.gradient_accumulation_steps() if _is_deepspeed(accelerator) else 1
 
 
 def _advance(step: int, epoch: int, next_micro_batch: int, epoch_length: int) -> tuple[int, int, int]:

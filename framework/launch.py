@@ -23,7 +23,9 @@ def is_worker() -> bool:
 
 
 def needs_launch(recipe: Recipe) -> bool:
-    return not is_worker() and (recipe.launch.num_processes > 1 or recipe.launch.num_machines > 1)
+    """Several processes, several machines, or DeepSpeed (which wants a launcher's environment)."""
+    launch = recipe.launch
+    return not is_worker() and (launch.num_processes > 1 or launch.num_machines > 1 or launch.deepspeed is not None)
 
 
 def launcher_args(recipe: Recipe, machine_rank: int | None = None) -> list[str]:
@@ -49,6 +51,8 @@ def launch(recipe: Recipe, recipe_path: str, overrides: list[str]) -> int:
     argv = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(recipe),
             *worker_argv(recipe_path, overrides)]
     env = {**os.environ, WORKER_ENV: "1"}
+    if recipe.launch.deepspeed is not None and recipe.launch.device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"  # before DeepSpeed is imported, or it looks for CUDA
     return subprocess.run(argv, env=env).returncode
 
 

@@ -32,18 +32,8 @@ def preflight(recipe: Recipe) -> None:
     if recipe.launch.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
         problems.append("launch.deepspeed needs the deepspeed package: pip install 'seqtune[deepspeed]',"
                         " or override launch.deepspeed=null")
-    problems += _not_yet_supported(recipe)
     if problems:
         raise UserError(problems)
-
-
-def _not_yet_supported(recipe: Recipe) -> list[str]:
-    """Launch features this version does not run yet: refuse them rather than ignore them."""
-    problems = []
-    if recipe.launch.deepspeed is not None:
-        problems.append("launch.deepspeed: DeepSpeed runs are not available in this version of "
-                        "seqtune; override launch.deepspeed=null")
-    return problems
 
 
 def load_tokenizer(recipe: Recipe, templates: dict[str, Any]) -> Any:

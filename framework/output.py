@@ -21,10 +21,11 @@ def say(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(message)
 
 
-def save_final(model: Any, tokenizer: Any, loaded: LoadedRecipe, report: Any, output_dir: Path) -> None:
+def save_final(model: Any, tokenizer: Any, loaded: LoadedRecipe, report: Any, output_dir: Path,
+               state_dict: dict | None = None) -> None:
     """A Hugging Face checkpoint (safetensors, config, tokenizer with its chat template) plus the
     resolved recipe and the truncation report, so the run can be read and repeated."""
-    model.save_pretrained(output_dir)
+    model.save_pretrained(output_dir, state_dict=state_dict)
     tokenizer.save_pretrained(output_dir)
     (output_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(loaded.data))
     (output_dir / "truncation_report.json").write_text(json.dumps(vars(report), indent=2))
