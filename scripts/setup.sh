@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install seqtune (editable) with its test extras. Idempotent: a stamp of
-# pyproject.toml skips the install when nothing changed since the last one.
+# Create .venv and install seqtune (editable): `bash scripts/setup.sh` for running recipes,
+# `bash scripts/setup.sh test` with the test extras (deepspeed, peft, trackers, a production
+# tokenizer). Idempotent: a stamp of pyproject.toml and this script skips an unchanged install.
 #
 # torch is installed first, pinned to the CPU build this project's machines carry on disk
 # (SEQTUNE_TORCH overrides it); the package itself only asks for a range, so a GPU machine keeps
@@ -9,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 torch_req=${SEQTUNE_TORCH:-torch==2.13.0}
+extras=${1:-}
 
 # pip warns about each unused local index location of this machine's pip config; keep the rest.
 pip_install() {
@@ -16,11 +18,11 @@ pip_install() {
 }
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=.venv/.seqtune-installed
+stamp=.venv/.seqtune-installed${extras:+-$extras}
 want=$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "setting up .venv (first run: about two minutes)" >&2
+    echo "setting up .venv${extras:+ with the $extras extras} (first run: a few minutes)" >&2
     .venv/bin/python -c "import torch" 2>/dev/null || pip_install "$torch_req"
-    pip_install -e ".[test]"
+    pip_install -e ".${extras:+[$extras]}"
     echo "$want" > "$stamp"
 fi
