@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,10 @@ def test_wandb_offline_writes_a_run_directory(tmp_path: Path, offline_wandb, hoo
     assert len(runs) == 1, list(out.rglob("*"))
     records = list(Path(runs[0]).glob("run-*.wandb"))
     assert len(records) == 1
-    data = records[0].read_bytes()
+    # wandb's service process may still be writing its record when finish() returns: wait, bounded.
+    deadline = time.monotonic() + 30
+    while b"0.875" not in (data := records[0].read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert b"loss" in data and b"0.875" in data
     assert b"tiny-run" in data  # the run name
     assert b"seqtune-tests" in data  # the project option
