@@ -165,7 +165,8 @@ def train(loaded: LoadedRecipe) -> Path:
                 # All micro-batches of one optimizer step, so token_mean knows the step's token count.
                 step_plan = micro_batches[first:first + cfg.gradient_accumulation_steps]
                 batches = [_collate(run.prep, mb, accelerator.device) for mb in step_plan]
-                step_tokens = accelerator.reduce(sum(b["labels"][:, 1:].ne(IGNORE_INDEX).sum() for b in batches), "sum")
+                local_tokens = sum(b["labels"][:, 1:].ne(IGNORE_INDEX).sum() for b in batches)
+                step_tokens = accelerator.reduce(local_tokens, "sum")
                 step_loss = 0.0
                 for k, batch in enumerate(batches):
                     hook.seqtune_micro_batch(step=state.step + 1, pieces=step_plan[k])
@@ -189,8 +190,8 @@ def train(loaded: LoadedRecipe) -> Path:
                 hook.seqtune_step_end(step=state.step)
                 if state.step % recipe.logging.every_steps == 0 or state.step == plan.total_steps:
                     progress = epoch + (first + len(batches)) / len(micro_batches)
-                    hook.seqtune_log(step=state.step, metrics=window.flush(accelerator, scheduler.get_last_lr()[0],
-                                                                          grad_norm, progress))
+                    metrics = window.flush(accelerator, scheduler.get_last_lr()[0], grad_norm, progress)
+                    hook.seqtune_log(step=state.step, metrics=metrics)
                 if accelerator.num_processes == 1:  # alone, a signal that came during this step stops now
                     stop = stop or signals.requested or 0
                 every = recipe.checkpoint.every
@@ -207,8 +208,8 @@ def train(loaded: LoadedRecipe) -> Path:
                 break
     weights = accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
     if accelerator.is_main_process:
-        save_final(accelerator.unwrap_model(model), run.prep.tokenizer, loaded, run.prep.data.report, run.output_dir,
-                   weights)
+        save_final(accelerator.unwrap_model(model), run.prep.tokenizer, loaded, run.prep.data.report,
+                   run.output_dir, weights)
         if recipe.lora is not None and recipe.lora.merge:
             save_lora(accelerator.unwrap_model(model), run.prep.tokenizer, run.output_dir, merge=True)
     hook.seqtune_train_end(summary={"steps": state.step, "train_seconds": round(time.perf_counter() - started, 2),
@@ -272,8 +273,8 @@ def _step_checks(accelerator: Any, step_loss: Any, signum: int | None) -> tuple[
 def _non_finite_message(step: int, output_dir: Path) -> str:
     found = find_resume("auto", output_dir)
     last = f"the last good checkpoint is {found}" if found else "no checkpoint was written yet"
-    return (f"the loss is not finite (nan or inf) at step {step:,}; stopped before the optimizer step, "
-            f"{last}; lower optimizer.lr, set train.clip_grad_norm, or check the data")
+    return (f"the loss is not finite (nan or inf) at step {step:,}; stopped without saving, {last}; "
+            "lower optimizer.lr, set train.clip_grad_norm, or check the data")
 
 
 def _fingerprint(prep: Prepared, world: int) -> str:
