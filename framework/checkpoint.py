@@ -1,8 +1,9 @@
 """Checkpoints that are complete or invisible, and resume that continues at the exact micro-batch.
 
 A checkpoint is a Hugging Face model directory (loadable on its own) plus what resuming needs:
-optimizer and scheduler state, every rank's RNG state, and `trainer_state.json` (step, the next
-micro-batch, running totals, and a fingerprint of the data and plan it belongs to). It is written
+optimizer state (DeepSpeed's own sharded checkpoint under ZeRO), scheduler state, every rank's RNG
+state, and `trainer_state.json` (step, the next micro-batch, running totals, and a fingerprint of
+the data and plan it belongs to). It is written
 under `.partial-step-N` and renamed to `step-N` only when every file is there.
 """
 from __future__ import annotations
@@ -59,9 +60,12 @@ def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer
         partial.mkdir(parents=True)
         accelerator.unwrap_model(model).save_pretrained(partial, state_dict=weights)
         tokenizer.save_pretrained(partial)
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        if not _sharded(accelerator):
+            torch.save(optimizer.state_dict(), partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
     accelerator.wait_for_everyone()
+    if _sharded(accelerator):  # ZeRO shards the optimizer: DeepSpeed writes every rank's part
+        accelerator.save_state(str(partial / "deepspeed"))
     torch.save(_rng_state(), partial / f"rng_rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -83,12 +87,19 @@ def load(path: Path, accelerator: Any, optimizer: Any, scheduler: Any, fingerpri
     if state.fingerprint != fingerprint:
         raise UserError(f"checkpoint.resume: {path} was made with other data, batch or launch settings, so "
                         "it cannot continue this run exactly; use checkpoint.resume=never to start over")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    if _sharded(accelerator):
+        accelerator.load_state(str(path / "deepspeed"))
+    else:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = path / f"rng_rank{accelerator.process_index}.pt"
     if rng.is_file():
         _set_rng_state(torch.load(rng, weights_only=False))
     return state
+
+
+def _sharded(accelerator: Any) -> bool:
+    return accelerator.distributed_type.name == "DEEPSPEED"
 
 
 def _rng_state() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from framework.checkpoint import TrainerState, find_resume
 from framework.checkpoint import load as load_checkpoint
 from framework.checkpoint import save as save_checkpoint
 from framework.deepspeed import deepspeed_config
-from framework.errors import RunStopped, UserError
+from framework.errors import RunStopped
 from framework.output import save_final, say
 from framework.signals import StopSignals
 from framework.plan import RunPlan, make_plan
@@ -111,9 +111,6 @@ def start(loaded: LoadedRecipe) -> Run:
     output_dir = Path(recipe.output_dir)
     resume_from = find_resume(recipe.checkpoint.resume, output_dir)
     accelerator = make_accelerator(recipe)
-    if resume_from is not None and recipe.launch.deepspeed is not None:
-        raise UserError("checkpoint.resume: resuming a DeepSpeed run is not available yet (its optimizer "
-                        "state is sharded); use checkpoint.resume=never")
     prep = prepare(loaded, parts, accelerator.local_main_process_first(), accelerator.process_index,
                    accelerator.num_processes)
     set_seed(recipe.seed)

@@ -104,3 +104,25 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_like_ddp_and_saves_a_loadabl
     for path in (tmp_path / "ds", tmp_path / "ds/checkpoints/step-00000002"):
         model = AutoModelForCausalLM.from_pretrained(path)
         assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in want.values())
+
+
+@pytest.mark.slow
+def test_a_deepspeed_run_killed_after_a_checkpoint_resumes_to_identical_weights(seqtune, tmp_path, monkeypatch):
+    (tmp_path / "kill_plugin.py").write_text(
+        "import os, signal\nfrom framework import hookimpl\n\n@hookimpl\ndef seqtune_step_end(step):\n"
+        "    if step == int(os.environ.get('KILL_AT', '0')):\n        os.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    args = [*COMMON, "train.max_steps=8", "optimizer={name: adamw, lr: 1e-3}", "launch.num_processes=2",
+            "train.gradient_accumulation_steps=2", "launch.deepspeed={zero_stage: 2}", "checkpoint.every=3",
+            "plugins=[kill_plugin]"]
+    assert seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'whole'}", *args,
+                   timeout=400).returncode == 0
+    monkeypatch.setenv("KILL_AT", "5")
+    killed = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'resumed'}", *args, timeout=400)
+    assert killed.returncode != 0 and (tmp_path / "resumed/checkpoints/step-00000003/deepspeed").is_dir()
+    monkeypatch.delenv("KILL_AT")
+    resumed = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'resumed'}", *args, timeout=400)
+    assert resumed.returncode == 0 and "at step 3" in resumed.stderr, resumed.stderr[-3000:]
+    want = load_file(str(tmp_path / "whole/model.safetensors"))
+    got = load_file(str(tmp_path / "resumed/model.safetensors"))
+    assert all(torch.equal(want[k], got[k]) for k in want)
