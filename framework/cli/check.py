@@ -13,15 +13,67 @@ from framework.config.schema import Component
 
 @user_errors
 def check(recipe: str = typer.Argument(..., help=RECIPE_HELP),
-          overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
-    """Validate a recipe and its plugin options; print the resolved recipe (exit 0) or the errors (exit 2)."""
+          overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+          gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan memory for this GPU: "
+                                            "3090, 4090, a100-40, a100-80, h100, h200, or its memory in GiB.")) -> None:
+    """Validate a recipe and its plugin options and print it resolved; with --gpu, also the memory
+    plan per GPU. Exit 0 when valid (and it fits), 1 when it does not fit, 2 when invalid."""
     from framework.components import bind_parts
     from framework.config import load_recipe
 
+    target = gpu_memory(gpu) if gpu is not None else None  # a bad --gpu is an error before any output
     loaded = load_recipe(recipe, overrides or [])
     bind_parts(loaded)
     console.print(recipe_tree(loaded))
     console.print(f"[green]ok[/]: {loaded.path} is a valid recipe")
+    if target is not None and not memory_plan(loaded, *target):
+        raise typer.Exit(1)
+
+
+def memory_plan(loaded: Any, name: str, gib: float) -> bool:
+    """Print the plan per GPU for a GPU of `gib` GiB; whether the recipe fits."""
+    from rich.table import Table
+
+    from framework.memory import load_shape, plan_from_recipe
+
+    recipe = loaded.recipe
+    vocab = _tokenizer_size(recipe) if recipe.model.config and "vocab_size" not in recipe.model.config else None
+    plan = plan_from_recipe(loaded, shape=load_shape(recipe.model, vocab_size=vocab))
+    table = Table(title=f"memory per GPU ({recipe.launch.num_processes} x {name}, {gib:g} GiB)")
+    for column in ("part", "GiB", "how"):
+        table.add_column(column)
+    for part, amount, how in plan.rows():
+        table.add_row(part, amount, how)
+    console.print(table)
+    for note in plan.notes:
+        console.print(f"note: {note}")
+    fits = plan.fits(gib)
+    verdict = "[green]fits[/]" if fits else "[red]does not fit[/]"
+    console.print(f"{verdict}: {plan.total_gib:.1f} GiB of {gib:g} GiB per GPU at max_seq_length "
+                  f"{recipe.data.max_seq_length:,}")
+    return fits
+
+
+def gpu_memory(gpu: str) -> tuple[str, float]:
+    from framework.errors import UserError, did_you_mean
+    from framework.hardware import GPUS
+
+    if gpu.lower() in GPUS:
+        found = GPUS[gpu.lower()]
+        return found.name, found.memory_gib
+    try:
+        return "GPU", float(gpu)
+    except ValueError:
+        prefixed = [key for key in GPUS if key.startswith(gpu.lower())]
+        hint = f"; did you mean one of: {', '.join(prefixed)}?" if prefixed else did_you_mean(gpu.lower(), GPUS)
+        raise UserError(f"--gpu: unknown GPU '{gpu}'{hint} (or give its memory in GiB, e.g. --gpu 24)") from None
+
+
+def _tokenizer_size(recipe: Any) -> int:
+    """A model built from a config takes its vocabulary from the tokenizer."""
+    from framework.modeling import load_tokenizer
+
+    return len(load_tokenizer(recipe, {}))
 
 
 def recipe_tree(loaded: Any):
