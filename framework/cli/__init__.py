@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import typer
 
-from framework.cli import check, plugins, train
+from framework.cli import check, plan, plugins, train
 from framework.cli.common import console
 
 app = typer.Typer(name="seqtune", no_args_is_help=True, add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fine-tune causal language models from declarative YAML recipes.")
-for module in (train, check, plugins):
+for module in (train, check, plan, plugins):
     module.register(app)
 
 

@@ -34,11 +34,10 @@ def memory_plan(loaded: Any, name: str, gib: float) -> bool:
     """Print the plan per GPU for a GPU of `gib` GiB; whether the recipe fits."""
     from rich.table import Table
 
-    from framework.memory import load_shape, plan_from_recipe
+    from framework.memory import plan_from_recipe
 
     recipe = loaded.recipe
-    vocab = _tokenizer_size(recipe) if recipe.model.config and "vocab_size" not in recipe.model.config else None
-    plan = plan_from_recipe(loaded, shape=load_shape(recipe.model, vocab_size=vocab))
+    plan = plan_from_recipe(loaded, shape=shape_of(recipe))
     table = Table(title=f"memory per GPU ({recipe.launch.num_processes} x {name}, {gib:g} GiB)")
     for column in ("part", "GiB", "how"):
         table.add_column(column)
@@ -69,11 +68,14 @@ def gpu_memory(gpu: str) -> tuple[str, float]:
         raise UserError(f"--gpu: unknown GPU '{gpu}'{hint} (or give its memory in GiB, e.g. --gpu 24)") from None
 
 
-def _tokenizer_size(recipe: Any) -> int:
-    """A model built from a config takes its vocabulary from the tokenizer."""
+def shape_of(recipe: Any) -> Any:
+    """The model's shape; a model built from a config takes its vocabulary from the tokenizer."""
+    from framework.memory import load_shape
     from framework.modeling import load_tokenizer
 
-    return len(load_tokenizer(recipe, {}))
+    config = recipe.model.config
+    vocab = len(load_tokenizer(recipe, {})) if config and "vocab_size" not in config else None
+    return load_shape(recipe.model, vocab_size=vocab)
 
 
 def recipe_tree(loaded: Any):
