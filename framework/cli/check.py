@@ -15,7 +15,9 @@ from framework.config.schema import Component
 def check(recipe: str = typer.Argument(..., help=RECIPE_HELP),
           overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
           gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan memory for this GPU: "
-                                            "3090, 4090, a100-40, a100-80, h100, h200, or its memory in GiB.")) -> None:
+                                            "3090, 4090, a100-40, a100-80, h100, h200, or its memory in GiB."),
+          samples: int = typer.Option(0, "--samples", help="Preprocess the data (cached) and show N rows as "
+                                      "the model sees them, the truncation report and the run's size.")) -> None:
     """Validate a recipe and its plugin options and print it resolved; with --gpu, also the memory
     plan per GPU. Exit 0 when valid (and it fits), 1 when it does not fit, 2 when invalid."""
     from framework.components import bind_parts
@@ -23,11 +25,36 @@ def check(recipe: str = typer.Argument(..., help=RECIPE_HELP),
 
     target = gpu_memory(gpu) if gpu is not None else None  # a bad --gpu is an error before any output
     loaded = load_recipe(recipe, overrides or [])
-    bind_parts(loaded)
+    parts = bind_parts(loaded)
     console.print(recipe_tree(loaded))
     console.print(f"[green]ok[/]: {loaded.path} is a valid recipe")
+    if samples:
+        data_preview(loaded, parts, samples)
     if target is not None and not memory_plan(loaded, *target):
         raise typer.Exit(1)
+
+
+def data_preview(loaded: Any, parts: Any, count: int) -> None:
+    """The data as training will see it: the report, the run's size, and `count` rendered rows."""
+    from framework.engine import prepare
+    from framework.preview import render_sample, run_size, samples_to_show
+
+    recipe = loaded.recipe
+    prep = prepare(loaded, parts)  # prints the truncation report and the packing line
+    for name, value in run_size(recipe, prep.plan, prep.data.lengths):
+        console.print(f"{name}: {value}", highlight=False)
+    mixture = prep.data.build_mixture()
+    rows = mixture.select(range(min(20 * count, len(mixture))))  # a few candidates, in training order
+    chats = [row["messages"] for row in rows if row["text"] is None]
+    candidates = samples_to_show(prep.tokenizer, chats, parts.truncation, recipe.data.max_seq_length,
+                                 recipe.data.train_on)
+    cut = [c for c in candidates if c[1] is None or len(c[1].input_ids) < len(c[0].input_ids)]
+    shown = cut[:(count + 1) // 2]  # show what truncation does, when it does anything
+    shown += [c for c in candidates if c not in shown][:count - len(shown)]
+    for i, (full, kept) in enumerate(shown, start=1):
+        console.rule(f"sample {i}: {len(full.input_ids):,} tokens, {full.num_trainable:,} trained "
+                     "(bold green: trained; dim: masked)")
+        console.print(render_sample(prep.tokenizer, full, kept))
 
 
 def memory_plan(loaded: Any, name: str, gib: float) -> bool:
