@@ -4,7 +4,8 @@
 # Needs only python with a CUDA build of torch; installs this project with its deepspeed extra.
 # Trains recipes/gpu_smoke.yaml (a random ~0.48B model, bf16, bfd packing, ZeRO-2) at
 # max_seq_length 2048 and 4096 with flash-attention when flash_attn imports, else sdpa, and prints
-# one JSON line per run: tokens/s, MFU and peak GPU memory.
+# one JSON line per run: tokens/s, MFU, peak GPU memory and the memory plan's estimate for the
+# same run (`seqtune check --gpu`; target: within 10% of the measured peak).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -29,12 +30,19 @@ for length in 2048 4096; do
         "model.attn_implementation=$attn" >"$run.log" 2>&1 || { tail -20 "$run.log"; exit 1; }
     "$python" - "$run/metrics.jsonl" "$length" "$attn" <<'PY'
 import json, sys
+from framework.cli.check import shape_of
+from framework.config import load_recipe
+from framework.memory import plan_from_recipe
+loaded = load_recipe("recipes/gpu_smoke.yaml", [f"data.max_seq_length={sys.argv[2]}",
+                                                  f"model.attn_implementation={sys.argv[3]}"])
+planned = plan_from_recipe(loaded, shape=shape_of(loaded.recipe)).total_gib
 records = [json.loads(line) for line in open(sys.argv[1])]
 logs = [r for r in records if "loss" in r][1:] or [r for r in records if "loss" in r]  # skip warm-up
 mean = lambda key: sum(r.get(key) or 0 for r in logs) / len(logs)
 print(json.dumps({"max_seq_length": int(sys.argv[2]), "attention": sys.argv[3],
                   "tokens_per_s": round(mean("tokens_per_s")), "mfu": round(mean("mfu"), 4),
                   "peak_memory_gib": round(max(r["peak_memory_gib"] for r in logs), 2),
+                  "planned_gib": round(planned, 2),
                   "final_loss": round(logs[-1]["loss"], 4)}))
 PY
 done

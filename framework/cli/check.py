@@ -26,7 +26,7 @@ def check(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     target = gpu_memory(gpu) if gpu is not None else None  # a bad --gpu is an error before any output
     loaded = load_recipe(recipe, overrides or [])
     parts = bind_parts(loaded)
-    console.print(recipe_tree(loaded))
+    console.print(recipe_tree(loaded, parts.registry))
     console.print(f"[green]ok[/]: {loaded.path} is a valid recipe")
     if samples:
         data_preview(loaded, parts, samples)
@@ -105,35 +105,39 @@ def shape_of(recipe: Any) -> Any:
     return load_shape(recipe.model, vocab_size=vocab)
 
 
-def recipe_tree(loaded: Any):
-    """The resolved recipe as a tree; each value says whether a file, an override or a default set it."""
+def recipe_tree(loaded: Any, registry: Any = None):
+    """The resolved recipe as a tree; each value says whether a file, an override or a default set it,
+    and each plugin selection which plugin (and distribution) provides it."""
     from rich.tree import Tree
 
     tree = Tree(f"[bold]{loaded.path}[/]")
-    _add(tree, loaded.recipe, "", loaded.provenance)
+    providers = {entry.name: f"{entry.plugin}, {entry.distribution}" for entry in registry.all_entries()} if registry else {}
+    _add(tree, loaded.recipe, "", loaded.provenance, providers)
     return tree
 
 
-def _add(node: Any, value: Any, path: str, provenance: dict[str, str]) -> None:
+def _add(node: Any, value: Any, path: str, provenance: dict[str, str], providers: dict[str, str]) -> None:
     if dataclasses.is_dataclass(value) and not isinstance(value, Component):
         for f in dataclasses.fields(value):
-            _add_child(node, f.name, getattr(value, f.name), f"{path}.{f.name}".lstrip("."), provenance)
+            _add_child(node, f.name, getattr(value, f.name), f"{path}.{f.name}".lstrip("."), provenance, providers)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _add_child(node, f"[{i}]", item, f"{path}[{i}]", provenance)
+            _add_child(node, f"[{i}]", item, f"{path}[{i}]", provenance, providers)
 
 
-def _add_child(node: Any, label: str, value: Any, path: str, provenance: dict[str, str]) -> None:
+def _add_child(node: Any, label: str, value: Any, path: str, provenance: dict[str, str],
+               providers: dict[str, str]) -> None:
     from rich.markup import escape
 
     source = provenance.get(path)
     tag = f"  [dim]({escape(source)})[/]" if source else "  [dim italic](default)[/]"
     if isinstance(value, Component):
         options = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.options.items())
-        node.add(f"{label}: [cyan]{escape(value.name)}[/]{escape(f' ({options})') if options else ''}{tag}")
+        provider = f" [magenta]<- {escape(providers[value.name])}[/]" if value.name in providers else ""
+        node.add(f"{label}: [cyan]{escape(value.name)}[/]{escape(f' ({options})') if options else ''}{provider}{tag}")
     elif dataclasses.is_dataclass(value) or (isinstance(value, list) and value and not
                                              isinstance(value[0], (str, int, float))):
-        _add(node.add(f"[bold]{label}[/]{tag if source else ''}"), value, path, provenance)
+        _add(node.add(f"[bold]{label}[/]{tag if source else ''}"), value, path, provenance, providers)
     else:
         node.add(f"{label}: [cyan]{escape(json.dumps(value))}[/]{tag}")  # YAML-like: null, true
 

@@ -33,6 +33,7 @@ def test_check_prints_the_resolved_recipe_with_sources(seqtune):
     assert "max_steps: 3  (override train.max_steps=3)" in result.stdout
     assert 'loss_reduction: "token_mean"' in result.stdout and "deepspeed: null" in result.stdout
     assert "(default)" in result.stdout and "valid recipe" in result.stdout
+    assert "truncation: right <- plugins.truncation, seqtune" in result.stdout  # who provides each choice
 
 
 def test_check_accepts_the_tulu_recipe_without_importing_heavy_packages(repo):
