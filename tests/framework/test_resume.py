@@ -7,7 +7,6 @@ step, and records every micro-batch's rows for the data-order audit.
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import pytest
@@ -90,6 +89,7 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_with_identical_weights(run,
 @pytest.mark.slow
 def test_sigterm_finishes_the_step_checkpoints_and_exits_nonzero_then_resumes_exactly(run, tmp_path):
     whole = run("whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
     stopped = run("stopped", fault_at=7, fault="SIGTERM")
     assert stopped.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM after step 7" in stopped.stderr and "Traceback" not in stopped.stderr

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import json
-from pathlib import Path
 
 import datasets
 import pytest
