@@ -99,9 +99,12 @@ def shape_of(recipe: Any) -> Any:
     """The model's shape; a model built from a config takes its vocabulary from the tokenizer."""
     from framework.memory import load_shape
     from framework.modeling import load_tokenizer
+    from framework.registry import build_registry
 
     config = recipe.model.config
-    vocab = len(load_tokenizer(recipe, {})) if config and "vocab_size" not in config else None
+    vocab = None
+    if config and "vocab_size" not in config:  # the recipe may name a template: give it the registered ones
+        vocab = len(load_tokenizer(recipe, build_registry(recipe.plugins).entries["chat_templates"]))
     return load_shape(recipe.model, vocab_size=vocab)
 
 
