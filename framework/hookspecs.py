@@ -24,7 +24,8 @@ family             factory(positional..., *, options)           returns
 dataset_loaders    (source: str, split: str)                    row dicts, or a datasets.Dataset
 dataset_formats    (row: dict)                                  {role, content} messages, or a str
                                                                 (plain text: every token trained)
-truncation         (input_ids: list, labels: list, max_len)     (input_ids, labels), or None to drop
+truncation         (input_ids: list, labels: list,              (input_ids, labels), or None to drop
+                   max_seq_length: int)
 packing            ()                                           a `framework.types.Packing`: plan
                                                                 (micro-batches of rows of pieces)
                                                                 and collate (tensors)
@@ -34,6 +35,23 @@ loggers            (output_dir: str)                            an object with l
 =================  ===========================================  =====================================
 
 `seqtune_register_chat_templates` is the one family of plain values: `{name: jinja_source}`.
+
+**Declared for planning.** `seqtune check` and `seqtune plan` size a run without building it, and
+the framework never names a plugin, so what they need is declared by the plugin itself and read
+generically (`framework.registry.declared`). A declared value is a constant, or a function called
+with the runtime arguments listed and those of the recipe's options it accepts:
+
+=================  =========================================  ========================================
+family             declared                                   meaning (when undeclared)
+=================  =========================================  ========================================
+optimizers         factory.state_tensors -> int               full-size state tensors per trained
+                   (options)                                  parameter: AdamW 2, SGD with momentum 1
+                                                              (planned as 2, Adam-like, with a note)
+schedulers         factory.warmup_steps -> int                optimizer steps of warmup for a run of
+                   (num_training_steps, options)              that many steps (shown as unknown)
+packing            Packing.pad_to_multiple_of,                on the object the factory returns: see
+                   .supports_padding_free, .packs_rows        `framework.types.Packing`
+=================  =========================================  ========================================
 """
 from __future__ import annotations
 

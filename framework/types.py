@@ -27,12 +27,15 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # collate keys t
 
 
 class Packing(Protocol):
-    """What a packing factory returns: a micro-batch plan and a collate function."""
+    """What a packing factory returns: a micro-batch plan, a collate function, and what the planner
+    and the dry run read about its layout."""
 
-    pad_to_multiple_of: int
+    pad_to_multiple_of: int  # rows are padded to a multiple of this (1: no rounding)
     supports_padding_free: bool  # whether collate honours padding_free (one row, no padding)
+    packs_rows: bool  # whether a row holds several samples, filled up to max_seq_length
 
-    def plan(self, lengths: list[int], batch_size: int, max_len: int, seed: int) -> list[list[list[Piece]]]:
+    def plan(self, lengths: list[int], batch_size: int, max_seq_length: int, seed: int
+             ) -> list[list[list[Piece]]]:
         """Micro-batches of rows of pieces; deterministic for a seed (the engine passes seed + epoch)."""
 
     def collate(self, rows: list[list[Sample]], pad_token_id: int, padding_free: bool = False

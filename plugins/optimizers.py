@@ -1,6 +1,6 @@
 """Optimizers. They receive parameter groups whose weight decay the engine has already set.
 
-The engine passes two groups (`framework.modeling.param_groups`): the matrices, which take the
+The engine passes two groups (`framework.model.loading.param_groups`): the matrices, which take the
 optimizer's `weight_decay`, and the biases and norm weights, which set `weight_decay: 0.0` of their
 own. Each factory imports torch (or transformers) when called, so importing this module is cheap.
 """
@@ -72,6 +72,12 @@ def adafactor(param_groups: list[dict], *, lr: Optional[float] = None,
     return Adafactor(_decayed(param_groups, weight_decay), lr=lr, scale_parameter=scale_parameter,
                      relative_step=relative_step, warmup_init=warmup_init, weight_decay=weight_decay,
                      clip_threshold=clip_threshold, beta1=beta1)
+
+
+# Full-size state tensors per trained parameter, for the memory plan (see hookspecs.py).
+adamw.state_tensors = 2  # momentum and variance
+sgd.state_tensors = lambda *, momentum=0.0: 1 if momentum else 0  # the momentum buffer
+adafactor.state_tensors = lambda *, beta1=None: 1 if beta1 else 0  # factored second moments are negligible
 
 
 @hookimpl

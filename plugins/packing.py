@@ -21,11 +21,12 @@ class PadToLongest:
     """No packing: shuffled rows, padded to the longest row of each micro-batch."""
 
     supports_padding_free = False  # rows keep their padding and attention_mask
+    packs_rows = False  # one sample per row
 
     def __init__(self, pad_to_multiple_of: Optional[int]):
         self.pad_to_multiple_of = pad_to_multiple_of or 1
 
-    def plan(self, lengths: list[int], batch_size: int, max_len: int, seed: int) -> list[list[list]]:
+    def plan(self, lengths: list[int], batch_size: int, max_seq_length: int, seed: int) -> list[list[list]]:
         order = list(range(len(lengths)))
         random.Random(seed).shuffle(order)
         return _chunks([[i] for i in order], batch_size)
@@ -124,9 +125,10 @@ class BestFitDecreasing:
 
     pad_to_multiple_of = 1
     supports_padding_free = True
+    packs_rows = True
 
-    def plan(self, lengths: list[int], batch_size: int, max_len: int, seed: int) -> list[list[list]]:
-        bins = best_fit_decreasing(lengths, max_len, seed)
+    def plan(self, lengths: list[int], batch_size: int, max_seq_length: int, seed: int) -> list[list[list]]:
+        bins = best_fit_decreasing(lengths, max_seq_length, seed)
         random.Random(seed + 1).shuffle(bins)  # no micro-batch of only the longest rows
         return _chunks(bins, batch_size)
 
@@ -168,11 +170,12 @@ class Wrapped:
 
     pad_to_multiple_of = 1
     supports_padding_free = False
+    packs_rows = True
 
-    def plan(self, lengths: list[int], batch_size: int, max_len: int, seed: int) -> list[list[list]]:
+    def plan(self, lengths: list[int], batch_size: int, max_seq_length: int, seed: int) -> list[list[list]]:
         order = list(range(len(lengths)))
         random.Random(seed).shuffle(order)
-        rows, row, room = [], [], max_len
+        rows, row, room = [], [], max_seq_length
         for index in order:
             start = 0
             while start < lengths[index]:
@@ -181,7 +184,7 @@ class Wrapped:
                 start, room = start + take, room - take
                 if room == 0:
                     rows.append(row)
-                    row, room = [], max_len
+                    row, room = [], max_seq_length
         if row:
             rows.append(row)
         return _chunks(rows, batch_size)

@@ -2,7 +2,8 @@
 
 Every schedule is a `torch.optim.lr_scheduler.LambdaLR` built by `_schedule`: a linear warmup from
 0 over the warmup steps, then a shape over the rest of the run (`progress` from 0 at the end of
-warmup to 1 at the last step; steps past the last one keep the last step's factor).
+warmup to 1 at the last step; steps past the last one keep the last step's factor). Each factory
+declares its `warmup_steps`, so the dry run shows them without building anything.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Callable, Optional
 from framework import UserError, hookimpl
 
 
-def warmup_steps_of(num_training_steps: int, warmup_ratio: float, warmup_steps: Optional[int]) -> int:
+def warmup_steps_of(num_training_steps: int, *, warmup_ratio: float = 0.0, warmup_steps: Optional[int] = None
+                    ) -> int:
     if warmup_steps is not None and warmup_ratio:
         raise UserError("scheduler: set warmup_ratio or warmup_steps, not both")
     if not 0.0 <= warmup_ratio <= 1.0:
@@ -49,7 +51,7 @@ def _falling(progress: float) -> float:
 def linear(optimizer, num_training_steps: int, *, warmup_ratio: float = 0.0,
            warmup_steps: Optional[int] = None):
     """Linear warmup from 0, then linear decay to 0 at the last step (HF's linear schedule)."""
-    warmup = warmup_steps_of(num_training_steps, warmup_ratio, warmup_steps)
+    warmup = warmup_steps_of(num_training_steps, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps)
     return _schedule(optimizer, num_training_steps, warmup, _falling)
 
 
@@ -64,7 +66,7 @@ def cosine(optimizer, num_training_steps: int, *, warmup_ratio: float = 0.0,
         raise UserError(f"scheduler.min_lr_ratio: must be between 0 and 1, got {min_lr_ratio}")
     if num_cycles <= 0:
         raise UserError(f"scheduler.num_cycles: must be above 0, got {num_cycles}")
-    warmup = warmup_steps_of(num_training_steps, warmup_ratio, warmup_steps)
+    warmup = warmup_steps_of(num_training_steps, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps)
 
     def shape(progress: float) -> float:
         wave = 0.5 * (1.0 + math.cos(math.pi * 2.0 * num_cycles * progress))
@@ -81,8 +83,12 @@ def constant(optimizer, num_training_steps: int):
 def constant_with_warmup(optimizer, num_training_steps: int, *, warmup_ratio: float = 0.0,
                          warmup_steps: Optional[int] = None):
     """Linear warmup from 0, then the optimizer's lr."""
-    warmup = warmup_steps_of(num_training_steps, warmup_ratio, warmup_steps)
+    warmup = warmup_steps_of(num_training_steps, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps)
     return _schedule(optimizer, num_training_steps, warmup, _flat)
+
+
+linear.warmup_steps = cosine.warmup_steps = constant_with_warmup.warmup_steps = warmup_steps_of
+constant.warmup_steps = 0
 
 
 @hookimpl

@@ -30,12 +30,13 @@ for length in 2048 4096; do
         "model.attn_implementation=$attn" >"$run.log" 2>&1 || { tail -20 "$run.log"; exit 1; }
     "$python" - "$run/metrics.jsonl" "$length" "$attn" <<'PY'
 import json, sys
-from framework.cli.check import shape_of
 from framework.config import load_recipe
-from framework.memory import plan_from_recipe
+from framework.estimation.for_recipe import estimate_for_recipe
+from framework.model.loading import recipe_shape
+from framework.registry import build_registry
 loaded = load_recipe("recipes/gpu_smoke.yaml", [f"data.max_seq_length={sys.argv[2]}",
                                                   f"model.attn_implementation={sys.argv[3]}"])
-planned = plan_from_recipe(loaded, shape=shape_of(loaded.recipe)).total_gib
+planned = estimate_for_recipe(loaded, recipe_shape(loaded.recipe, build_registry())).total_gib
 records = [json.loads(line) for line in open(sys.argv[1])]
 logs = [r for r in records if "loss" in r][1:] or [r for r in records if "loss" in r]  # skip warm-up
 mean = lambda key: sum(r.get(key) or 0 for r in logs) / len(logs)

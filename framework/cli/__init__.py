@@ -5,6 +5,9 @@ bad recipe answer at once.
 """
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 import typer
 
 from framework.cli import check, plan, plugins, train
@@ -15,6 +18,19 @@ app = typer.Typer(name="seqtune", no_args_is_help=True, add_completion=False,
                   help="Fine-tune causal language models from declarative YAML recipes.")
 for module in (train, check, plan, plugins):
     module.register(app)
+
+
+@app.callback()
+def options(block_plugin: Optional[list[str]] = typer.Option(
+        None, "--block-plugin", metavar="NAME",
+        help="Skip the plugin NAME (as `seqtune plugins` lists it); repeatable. Same as "
+             "SEQTUNE_BLOCK_PLUGINS=NAME,...; SEQTUNE_DISABLE_PLUGIN_AUTOLOAD=1 skips every third-party plugin.")
+            ) -> None:
+    """Fine-tune causal language models from declarative YAML recipes."""
+    if block_plugin:  # through the environment, so launched workers block them too
+        from framework.registry.manager import BLOCK_ENV, blocked_plugins
+
+        os.environ[BLOCK_ENV] = ",".join([*blocked_plugins(), *block_plugin])
 
 
 def main() -> None:

@@ -17,6 +17,12 @@ RECIPE_HELP = "Recipe YAML file."
 OVERRIDES_HELP = "Overrides as key=value, e.g. train.max_steps=10 data.max_seq_length=1024."
 
 
+def show_warnings(lines: list[str]) -> None:
+    """One line each, on stderr: the command goes on, but the user should know."""
+    for line in lines:
+        err_console.print(f"[bold yellow]warning[/]: {escape(line)}")
+
+
 def user_errors(command: Callable) -> Callable:
     """Show a UserError as bullet lines and exit 2, a stopped run as one line with its own exit
     code: neither prints a traceback."""

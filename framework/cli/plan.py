@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, user_errors
+from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
 
 
 @user_errors
@@ -17,57 +17,72 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
          plot: Optional[Path] = typer.Option(None, "--plot", help="Write a length histogram PNG here.")) -> None:
     """A table over candidate max_seq_length values (memory per GPU, fit, rows cut, trainable tokens
     lost, packing efficiency) and a recommendation. Exit 1 when the recipe's own length does not fit."""
-    from framework.cli.check import gpu_memory, shape_of
-    from framework.components import bind_parts
     from framework.config import load_recipe
-    from framework.memory import plan_from_recipe
+    from framework.estimation.hardware import resolve_gpu
+    from framework.model.loading import recipe_shape
+    from framework.registry import bind_parts
+    from framework.registry.factories import optimizer_state_tensors
 
-    name, gib = gpu_memory(gpu)
+    name, gib = resolve_gpu(gpu)
     loaded = load_recipe(recipe, overrides or [])
     parts = bind_parts(loaded)
-    shape = shape_of(loaded.recipe)
-    samples_ = _samples(loaded, parts, samples)
-    rows = _rows(loaded, parts, shape, gib, samples_)
-    _print(loaded, rows, name, gib, samples_, plot)
-    if not plan_from_recipe(loaded, shape=shape).fits(gib):
-        _remedies(loaded, shape, gib)
+    show_warnings(parts.registry.warnings)
+    states, note = optimizer_state_tensors(parts.optimizer, loaded.recipe.optimizer.name)
+    show_warnings([note] if note else [])
+    sweep = _Sweep(loaded, parts, recipe_shape(loaded.recipe, parts.registry), states)
+    measured = _samples(loaded, parts, samples)
+    rows = sweep.rows(gib, measured)
+    _print(loaded, rows, name, gib, measured, plot)
+    if not sweep.estimate().fits(gib):
+        _remedies(loaded, sweep, gib)
         raise typer.Exit(1)
 
 
-def _samples(loaded, parts, count: int):
+class _Sweep:
+    """The recipe's memory estimate at other settings, and its data at other lengths."""
+
+    def __init__(self, loaded: Any, parts: Any, shape: Any, optimizer_states: int):
+        self.loaded, self.parts, self.shape, self.states = loaded, parts, shape, optimizer_states
+
+    def estimate(self, **changes: Any) -> Any:
+        from framework.estimation.for_recipe import estimate_for_recipe
+
+        return estimate_for_recipe(self.loaded, self.shape, optimizer_states=self.states, **changes)
+
+    def rows(self, gib: float, samples: Any) -> list:
+        from framework.estimation.sweep import CANDIDATES, LengthRow, data_at
+
+        recipe, rows = self.loaded.recipe, []
+        for max_seq_length in CANDIDATES:
+            estimate = self.estimate(max_seq_length=max_seq_length)
+            row = LengthRow(max_seq_length, estimate.total_gib, estimate.fits(gib))
+            if samples:
+                row.rows_truncated, row.rows_dropped, row.trainable_lost, row.efficiency = data_at(
+                    samples, self.parts.truncation, self.parts.packing(), recipe.train.per_device_batch_size,
+                    max_seq_length, recipe.seed)
+            rows.append(row)
+        return rows
+
+
+def _samples(loaded: Any, parts: Any, count: int):
     """The recipe's rows untruncated, or None with a note when its data cannot be read here."""
+    from framework.data.pipeline import untruncated_sample
     from framework.errors import UserError
-    from framework.modeling import load_tokenizer
-    from framework.planner import untruncated_samples
+    from framework.model.tokenizer import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(loaded.recipe, parts.registry.entries["chat_templates"])
-        return untruncated_samples(loaded, parts, tokenizer, count)
+        return untruncated_sample(loaded.recipe, parts.loaders, parts.formats, tokenizer, count)
     except UserError as exc:
         console.print(f"[yellow]data columns skipped[/]: {exc.problems[0]}", soft_wrap=True)
         return None
 
 
-def _rows(loaded, parts, shape, gib: float, samples):
-    from framework.memory import plan_from_recipe
-    from framework.planner import CANDIDATES, LengthRow, data_at
-
-    recipe, rows = loaded.recipe, []
-    for seq_len in CANDIDATES:
-        plan = plan_from_recipe(loaded, shape=shape, seq_len=seq_len)
-        row = LengthRow(seq_len, plan.total_gib, plan.fits(gib))
-        if samples:
-            row.rows_truncated, row.rows_dropped, row.trainable_lost, row.efficiency = data_at(
-                samples, parts.truncation, parts.packing(), recipe.train.per_device_batch_size, seq_len, recipe.seed)
-        rows.append(row)
-    return rows
-
-
-def _print(loaded, rows, name: str, gib: float, samples, plot: Optional[Path]) -> None:
+def _print(loaded: Any, rows: list, name: str, gib: float, samples: Any, plot: Optional[Path]) -> None:
     from rich.table import Table
 
-    from framework.histogram import terminal, write_png
-    from framework.planner import CANDIDATES, recommend
+    from framework.cli.histogram import terminal, write_png
+    from framework.estimation.sweep import CANDIDATES, recommend
 
     recipe = loaded.recipe
     table = Table(title=f"{loaded.path} on {recipe.launch.num_processes} x {name} ({gib:g} GiB), "
@@ -78,7 +93,7 @@ def _print(loaded, rows, name: str, gib: float, samples, plot: Optional[Path]) -
     for r in rows:
         data = ([f"{r.rows_truncated:,}", f"{r.rows_dropped:,}", f"{r.trainable_lost:.2%}", f"{r.efficiency:.1%}"]
                 if r.trainable_lost is not None else ["-"] * 4)
-        table.add_row(f"{r.seq_len:,}", f"{r.memory_gib:.1f}", "yes" if r.fits else "[red]no[/]", *data)
+        table.add_row(f"{r.max_seq_length:,}", f"{r.memory_gib:.1f}", "yes" if r.fits else "[red]no[/]", *data)
     console.print(table)
     if samples:
         lengths = [len(s.input_ids) for s in samples]
@@ -93,15 +108,14 @@ def _print(loaded, rows, name: str, gib: float, samples, plot: Optional[Path]) -
                   + (f"; smallest keeping 99% of trainable tokens: {keeping:,}" if keeping else ""), soft_wrap=True)
 
 
-def _remedies(loaded, shape, gib: float) -> None:
-    from framework.memory import plan_from_recipe
-    from framework.planner import REMEDIES
+def _remedies(loaded: Any, sweep: _Sweep, gib: float) -> None:
+    from framework.estimation.sweep import REMEDIES
 
     console.print(f"at max_seq_length {loaded.recipe.data.max_seq_length:,} it does not fit; "
                   "each change alone gives:", soft_wrap=True)
-    for override, keywords in REMEDIES:
-        plan = plan_from_recipe(loaded, shape=shape, **keywords)
-        console.print(f"  {override}: {plan.total_gib:.1f} GiB ({'fits' if plan.fits(gib) else 'does not fit'})",
+    for override, changes in REMEDIES:
+        estimate = sweep.estimate(**changes)
+        console.print(f"  {override}: {estimate.total_gib:.1f} GiB ({'fits' if estimate.fits(gib) else 'does not fit'})",
                       highlight=False, soft_wrap=True)
 
 

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from framework.cli.common import console, user_errors
+from framework.cli.common import console, show_warnings, user_errors
 
 
 @user_errors
@@ -23,6 +23,7 @@ def plugins(recipe: Optional[str] = typer.Argument(
         registry = build_registry(loaded.recipe.plugins, where=loaded.source_of)
     else:
         registry = build_registry()
+    show_warnings(registry.warnings)
     table = Table(title="seqtune plugins")
     for column in ("family", "name", "plugin", "distribution"):
         table.add_column(column)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, user_errors
+from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
 
 
 @user_errors
@@ -15,7 +15,7 @@ def train(recipe: str = typer.Argument(..., help=RECIPE_HELP),
                                             help="Print the command each machine must run, and exit.")) -> None:
     """Train a model from a recipe and save it to the recipe's output_dir."""
     from framework.config import load_recipe
-    from framework.launch import is_worker, launch, needs_launch, print_commands
+    from framework.launch.launcher import is_worker, launch, needs_launch, print_commands
 
     overrides = overrides or []
     loaded = load_recipe(recipe, overrides)
@@ -30,7 +30,7 @@ def train(recipe: str = typer.Argument(..., help=RECIPE_HELP),
             raise typer.Exit(code)
         console.print(f"[green]done[/]: model saved to {loaded.recipe.output_dir}")
         return
-    from framework.engine import train as run  # torch and transformers load only now
+    from framework.training.loop import train as run  # torch and transformers load only now
 
     output_dir = run(loaded)
     if not is_worker():  # a launched run says it once, from the launcher
@@ -39,10 +39,10 @@ def train(recipe: str = typer.Argument(..., help=RECIPE_HELP),
 
 def _check_before_launch(loaded) -> None:
     """Recipe, plugin and machine errors show once, here, not once per worker."""
-    from framework.components import bind_parts
-    from framework.modeling import preflight
+    from framework.launch.preflight import preflight
+    from framework.registry import bind_parts
 
-    bind_parts(loaded)
+    show_warnings(bind_parts(loaded).registry.warnings)
     preflight(loaded.recipe)
 
 

@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework.config.checks import check_combinations
 from framework.config.schema import Recipe
-from framework.config.validate import Problems, build
+from framework.config.validate import Problems, convert
 from framework.errors import UserError
 
 @dataclass
@@ -52,7 +52,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise UserError(f"{provenance.get(key, top)}: {key}: cannot resolve interpolation: {msg}")
 
     problems = Problems(lambda key: _source(provenance, key, top))
-    recipe = build(Recipe, data, problems)
+    recipe = convert(Recipe, data, problems)
     if not problems.lines:
         for key, message in check_combinations(recipe):
             problems.add(key, message)

@@ -22,6 +22,13 @@ def opt(default: Any = None, help: str = "", *, minimum: float | None = None, fa
 REQUIRED: Any = object()  # sentinel default: the key must be set by the recipe
 
 
+def choices(cls: type, name: str) -> tuple:
+    """The values a Literal-typed key allows, so other modules check against the schema itself."""
+    import typing
+
+    return typing.get_args(typing.get_type_hints(cls)[name])
+
+
 @dataclass
 class Component:
     """A plugin selection: its registered name and the options passed to its factory."""

@@ -31,13 +31,9 @@ class Problems:
         return _INVALID
 
 
-def build(cls: type, data: Any, problems: Problems, path: str = "") -> Any:
-    """Convert `data` into an instance of the dataclass `cls`; problems are collected."""
-    return _convert(cls, data, problems, path, minimum=None)
-
-
-def convert(tp: Any, value: Any, problems: Problems, path: str) -> Any:
-    """Check one value against a type annotation (used for plugin options); `_INVALID` on error."""
+def convert(tp: Any, value: Any, problems: Problems, path: str = "") -> Any:
+    """Check `value` against a type annotation and convert it: a schema dataclass (the recipe, built
+    from its plain data) or a plugin option's type. Problems are collected; `_INVALID` on error."""
     return _convert(tp, value, problems, path, minimum=None)
 
 

@@ -1,18 +1,17 @@
-"""Sources and mixtures: load each source, map its columns, format rows, sample and shuffle.
+"""Sources: pick each mixture entry's loader, fingerprint it, map its columns and format its rows.
 
-The mixture is a `datasets.Dataset` with columns `messages` (chat turns, or empty), `text` (plain
-language-modelling text, or None), `source` (index into data.mixture) and `row` (1-based row
+A formatted source is a `datasets.Dataset` with columns `messages` (chat turns, or empty), `text`
+(plain language-modelling text, or None), `source` (index into data.mixture) and `row` (1-based row
 number in that source), so that any later error can still name the row it is about.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 from typing import Any, Callable
 
-from framework.config.schema import DataConfig, MixtureEntry
+from framework.config.schema import MixtureEntry
 from framework.errors import UserError
 
 LOADER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -54,13 +53,6 @@ def loaded_fingerprint(loaded: Any) -> str:
     if fingerprint:
         return str(fingerprint)
     return hashlib.sha256(json.dumps(list(loaded), sort_keys=True, default=str).encode()).hexdigest()
-
-
-def sample_indices(size: int, entry: MixtureEntry, seed: int) -> list[int]:
-    """Whole copies plus a seeded sample of the remainder, for a fraction or a count."""
-    want = entry.count if entry.count is not None else round(entry.fraction * size)
-    copies, remainder = divmod(want, size) if size else (0, 0)
-    return list(range(size)) * copies + sorted(random.Random(seed).sample(range(size), remainder))
 
 
 def format_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable,
@@ -120,28 +112,3 @@ def _format_row(to_messages: Callable, row: dict, source: str, number: int) -> l
         return to_messages(row)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UserError(f"{source}: row {number}: {exc}") from None
-
-
-def mix(formatted: list[Any], data: DataConfig, seed: int) -> tuple[Any, list[dict]]:
-    """Sample each formatted source by its fraction/count, concatenate and shuffle with the seed."""
-    from datasets import concatenate_datasets
-
-    picked, stats = [], []
-    for i, (dataset, entry) in enumerate(zip(formatted, data.mixture)):
-        indices = sample_indices(len(dataset), entry, seed + i)
-        picked.append(dataset.select(indices))
-        stats.append({"source": entry.source, "rows_available": len(dataset), "rows_used": len(indices),
-                      "fraction": entry.fraction, "count": entry.count})
-    mixture = concatenate_datasets(picked)
-    if len(mixture) == 0:
-        raise UserError("data.mixture: the mixture has no rows; check the sources and their fractions")
-    return mixture.shuffle(seed=seed).flatten_indices(), stats
-
-
-def write_mix(mix_dir: Path, mixture: Any, stats: dict[str, Any]) -> None:
-    """The mixed, untokenized rows in training order (JSONL), and the mixture's stats."""
-    mix_dir.mkdir(parents=True, exist_ok=True)
-    with (mix_dir / "mixture.jsonl").open("w", encoding="utf-8") as out:
-        for row in mixture:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (mix_dir / "mixture_stats.json").write_text(json.dumps(stats, indent=2))

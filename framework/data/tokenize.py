@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from framework.chat import TemplateError, encode_chats
+from framework.data.chat import TemplateError, encode_chats
 from framework.errors import UserError
 from framework.types import IGNORE_INDEX, Sample
 
@@ -17,10 +17,22 @@ def encode_text(tokenizer: Any, text: str) -> Sample:
     return Sample(ids, [IGNORE_INDEX] + ids[1:])
 
 
-def truncate_row(sample: Sample, truncate: Callable, max_len: int) -> Sample | None:
+def encode_rows(tokenizer: Any, messages: list[list[dict]], texts: list[str | None], train_on: str
+                ) -> list[Sample]:
+    """Rows as the mixture holds them (chat `messages`, or plain `text` where it is not None), encoded
+    whole, the chats in one batched call."""
+    chats = [m for m, text in zip(messages, texts) if text is None]
+    try:
+        encoded = iter(encode_chats(tokenizer, chats, train_on))
+    except TemplateError as exc:
+        raise UserError(f"tokenizer.chat_template: {exc}") from None
+    return [next(encoded) if text is None else encode_text(tokenizer, text) for text in texts]
+
+
+def truncate_row(sample: Sample, truncate: Callable, max_seq_length: int) -> Sample | None:
     """Apply the strategy to an over-long row; None when nothing trainable is left."""
-    if len(sample.input_ids) > max_len:
-        cut = truncate(sample.input_ids, sample.labels, max_len)
+    if len(sample.input_ids) > max_seq_length:
+        cut = truncate(sample.input_ids, sample.labels, max_seq_length)
         if cut is None:
             return None
         sample = Sample(list(cut[0]), list(cut[1]))
@@ -29,22 +41,16 @@ def truncate_row(sample: Sample, truncate: Callable, max_len: int) -> Sample | N
     return sample if sample.num_trainable else None
 
 
-def make_encoder(tokenizer: Any, truncate: Callable, max_len: int, train_on: str,
+def make_encoder(tokenizer: Any, truncate: Callable, max_seq_length: int, train_on: str,
                  source_names: list[str]) -> Callable:
     """The batched `datasets.map` function: tokens, labels and per-row accounting columns."""
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        chats = [i for i, text in enumerate(batch["text"]) if text is None]
-        try:
-            encoded = dict(zip(chats, encode_chats(tokenizer, [batch["messages"][i] for i in chats], train_on)))
-        except TemplateError as exc:
-            raise UserError(f"tokenizer.chat_template: {exc}") from None
         out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "length", "length_before",
                                                 "trainable", "trainable_before")}
-        for i, text in enumerate(batch["text"]):
-            full = encoded[i] if text is None else encode_text(tokenizer, text)
+        for i, full in enumerate(encode_rows(tokenizer, batch["messages"], batch["text"], train_on)):
             try:
-                kept = truncate_row(full, truncate, max_len) or Sample([], [])
+                kept = truncate_row(full, truncate, max_seq_length) or Sample([], [])
             except ValueError as exc:
                 where = f"{source_names[batch['source'][i]]}: row {batch['row'][i]}"
                 raise UserError(f"{where}: {exc}") from None
@@ -74,13 +80,13 @@ class Report:
     lengths_after: dict[str, int]
 
     @classmethod
-    def from_columns(cls, columns: dict[str, Any], max_len: int) -> Report:
+    def from_columns(cls, columns: dict[str, Any], max_seq_length: int) -> Report:
         import numpy as np
 
         before, after = np.asarray(columns["length_before"]), np.asarray(columns["length"])
         trainable_before, trainable = np.asarray(columns["trainable_before"]), np.asarray(columns["trainable"])
         kept = after > 0
-        return cls(max_seq_length=max_len, rows_in=len(before), rows_kept=int(kept.sum()),
+        return cls(max_seq_length=max_seq_length, rows_in=len(before), rows_kept=int(kept.sum()),
                    rows_truncated=int((kept & (after < before)).sum()), rows_dropped=int((~kept).sum()),
                    tokens_in=int(before.sum()), tokens_lost=int(before.sum() - after.sum()),
                    trainable_tokens_in=int(trainable_before.sum()),

@@ -10,7 +10,7 @@ import torch
 from framework import UserError
 from framework.config.schema import Component
 from framework.config.validate import Problems
-from framework.modeling import param_groups
+from framework.model.loading import param_groups
 from framework.registry import build_registry
 from plugins.optimizers import adafactor, adamw, sgd
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.chat import encode_chat
-from framework.engine import token_loss
+from framework.data.chat import encode_chat
+from framework.training.loss import token_loss
 from plugins.packing import BestFitDecreasing, PadToLongest
 
 CONVERSATIONS = [

@@ -153,10 +153,10 @@ def test_good_run_writes_the_mixture_and_the_truncation_report(train, tmp_path, 
     assert 0 < report["trainable_tokens_lost"] < report["trainable_tokens_in"]
 
     # The same numbers as the pipeline gives in-process for the same recipe (read from its cache).
-    from framework.components import bind_parts
+    from framework.registry import bind_parts
     from framework.config import load_recipe
-    from framework.data import prepare_data
-    from framework.modeling import load_tokenizer
+    from framework.data.pipeline import prepare_data
+    from framework.model.tokenizer import load_tokenizer
 
     loaded = load_recipe(repo / QUICKSTART, [
         f"output_dir={tmp_path / 'out'}", f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}",

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from framework.chat import encode_chat
-from framework.planner import data_at, recommend, LengthRow
+from framework.data.chat import encode_chat
+from framework.estimation.sweep import LengthRow, data_at, recommend
 from plugins.packing import none
 from plugins.truncation import drop, right
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from framework.config import reference
 from framework.config.schema import REQUIRED, Component, Recipe
-from framework.config.validate import Problems, build
+from framework.config.validate import Problems, convert
 
 try:
     import jsonschema
@@ -152,7 +152,7 @@ def _schema_errors(data: Any) -> list[str]:
 
 def _loader_errors(data: Any) -> list[str]:
     problems = Problems(lambda key: "recipe")
-    build(Recipe, data, problems)
+    convert(Recipe, data, problems)
     return problems.lines
 
 

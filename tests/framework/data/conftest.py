@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from framework.components import bind_parts
+from framework.registry import bind_parts
 from framework.config import LoadedRecipe, load_recipe
-from framework.data import PreparedData, prepare_data
-from framework.modeling import load_tokenizer
+from framework.data.pipeline import PreparedData, prepare_data
+from framework.model.tokenizer import load_tokenizer
 
 IM_END = "<|im_end|>"
 

@@ -8,7 +8,8 @@ import datasets
 import pytest
 
 from framework.config.schema import MixtureEntry
-from framework.data import pick_loader, sample_indices, write_mix
+from framework.data.mixture import sample_indices, write_mix
+from framework.data.sources import pick_loader
 from framework.errors import UserError
 
 
@@ -186,7 +187,7 @@ def test_mixture_order_is_seeded(two_sources, write_recipe, kit):
 
 
 def test_tokenized_rows_follow_the_mixture_order(tmp_path, write_recipe, kit, tiny_tokenizer):
-    from framework.chat import encode_chat
+    from framework.data.chat import encode_chat
 
     rows = kit.conversations(12)
     source = kit.write_jsonl(tmp_path / "rows.jsonl", rows)

@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from framework.chat import encode_chat
-from framework.data import Report
+from framework.data.chat import encode_chat
+from framework.data.tokenize import Report
 from framework.data.tokenize import encode_text
 from framework.errors import UserError
 from framework.types import IGNORE_INDEX, Sample

@@ -1,0 +1,111 @@
+"""What the commands show: the resolved recipe as a tree, the memory estimate as a table, rows as the
+model sees them (`check --samples`), and the run's size. Display only; the commands decide."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from rich.markup import escape
+from rich.text import Text
+
+from framework.config.schema import Component
+from framework.data.tokenize import truncate_row
+from framework.registry import declared
+from framework.types import IGNORE_INDEX, Sample
+
+
+def recipe_tree(loaded: Any, registry: Any = None):
+    """The resolved recipe as a tree; each value says whether a file, an override or a default set it,
+    and each plugin selection which plugin (and distribution) provides it."""
+    from rich.tree import Tree
+
+    tree = Tree(f"[bold]{loaded.path}[/]")
+    providers = ({entry.name: f"{entry.plugin}, {entry.distribution}" for entry in registry.all_entries()}
+                 if registry else {})
+    _add(tree, loaded.recipe, "", loaded.provenance, providers)
+    return tree
+
+
+def _add(node: Any, value: Any, path: str, provenance: dict[str, str], providers: dict[str, str]) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, Component):
+        for f in dataclasses.fields(value):
+            _add_child(node, f.name, getattr(value, f.name), f"{path}.{f.name}".lstrip("."), provenance, providers)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _add_child(node, f"[{i}]", item, f"{path}[{i}]", provenance, providers)
+
+
+def _add_child(node: Any, label: str, value: Any, path: str, provenance: dict[str, str],
+               providers: dict[str, str]) -> None:
+    source = provenance.get(path)
+    tag = f"  [dim]({escape(source)})[/]" if source else "  [dim italic](default)[/]"
+    if isinstance(value, Component):
+        options = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.options.items())
+        provider = f" [magenta]<- {escape(providers[value.name])}[/]" if value.name in providers else ""
+        node.add(f"{label}: [cyan]{escape(value.name)}[/]{escape(f' ({options})') if options else ''}{provider}{tag}")
+    elif dataclasses.is_dataclass(value) or (isinstance(value, list) and value and not
+                                             isinstance(value[0], (str, int, float))):
+        _add(node.add(f"[bold]{label}[/]{tag if source else ''}"), value, path, provenance, providers)
+    else:
+        node.add(f"{label}: [cyan]{escape(json.dumps(value))}[/]{tag}")  # YAML-like: null, true
+
+
+def estimate_table(estimate: Any, title: str):
+    """The memory estimate per GPU: each part, its size and how it was computed."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("part", "GiB", "how"):
+        table.add_column(column)
+    for part, amount, how in estimate.rows():
+        table.add_row(part, amount, how)
+    return table
+
+
+def render_sample(tokenizer: Any, full: Sample, kept: Sample | None) -> Text:
+    """Trained tokens bold green, masked tokens dim, and where truncation cut the row."""
+    text = Text()
+    shown = kept.input_ids if kept is not None else []
+    for token, label in zip(shown, kept.labels if kept is not None else []):
+        piece = tokenizer.decode([token])
+        text.append(piece, style="bold green" if label != IGNORE_INDEX else "dim")
+    if kept is None:
+        text.append(f"[row dropped: {len(full.input_ids):,} tokens, nothing trainable would be left]",
+                    style="bold red")
+    elif len(kept.input_ids) < len(full.input_ids):
+        lost = full.num_trainable - kept.num_trainable
+        text.append(f" ✂ [cut here: {len(full.input_ids) - len(kept.input_ids):,} tokens and {lost:,} "
+                    "trainable tokens dropped]", style="bold red")
+    return text
+
+
+def samples_to_show(tokenizer: Any, rows: Any, truncate: Any, max_seq_length: int, train_on: str, count: int
+                    ) -> list[tuple[Sample, Sample | None]]:
+    """Up to `count` rows (whole, and as truncation leaves them), about half of them rows that
+    truncation cuts, when it cuts any: those are what a user checks."""
+    from framework.data.tokenize import encode_rows
+
+    fulls = encode_rows(tokenizer, rows["messages"], rows["text"], train_on)
+    candidates = [(full, truncate_row(full, truncate, max_seq_length)) for full in fulls]
+    cut = [c for c in candidates if c[1] is None or len(c[1].input_ids) < len(c[0].input_ids)]
+    shown = cut[:(count + 1) // 2]
+    return shown + [c for c in candidates if c not in shown][:count - len(shown)]
+
+
+def run_size(recipe: Any, parts: Any, packing: Any, plan: Any, lengths: list[int]) -> list[tuple[str, str]]:
+    """Effective batch, tokens per optimizer step, steps and warmup steps, as (name, value) rows; what
+    a plugin decides (warmup, how rows fill) is what it declares."""
+    train, launch = recipe.train, recipe.launch
+    batch = train.per_device_batch_size * train.gradient_accumulation_steps * launch.num_processes
+    warmup = declared(parts.scheduler, "warmup_steps", plan.total_steps)
+    warmup_text = f"{warmup:,}" if warmup is not None else \
+        f"unknown (scheduler '{recipe.scheduler.name}' declares no warmup_steps)"
+    tokens = sum(lengths) * len(plan.epochs) / max(plan.total_steps, 1)
+    unit = "packed rows" if getattr(packing, "packs_rows", False) else "rows"
+    return [("effective batch", f"{batch:,} {unit} ({train.per_device_batch_size} x "
+                                f"{train.gradient_accumulation_steps} accumulation x {launch.num_processes} processes)"),
+            ("tokens per optimizer step", f"{tokens:,.0f} on average"),
+            ("optimizer steps", f"{plan.total_steps:,} ({len(plan.epochs)} epoch(s))"),
+            ("warmup steps", warmup_text),
+            ("packing efficiency", f"{plan.efficiency:.2%}")]

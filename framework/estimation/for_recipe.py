@@ -1,0 +1,96 @@
+"""A recipe's memory settings: everything `MemorySettings` needs, read from the recipe once.
+
+The model's shape comes from `shapes.load_shape`; max_seq_length, batch, processes, precision, dtype,
+DeepSpeed (its config_file's stage and offloading when set and readable), gradient checkpointing,
+attention, LoRA from their recipe keys; the optimizer's state tensors from what its plugin declares.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from framework.config.schema import DeepSpeedConfig, choices
+from framework.estimation.adapters import LoraSpec
+from framework.estimation.memory import MemoryEstimate, estimate_memory
+from framework.estimation.settings import MemorySettings
+from framework.estimation.shapes import ModelShape, load_shape
+
+
+def recipe_settings(recipe: Any, optimizer_states: Optional[int] = None) -> tuple[MemorySettings, list[str]]:
+    """The recipe's settings (a Recipe, or a LoadedRecipe), and notes on what could not be read.
+
+    `optimizer_states`: what the recipe's optimizer plugin declares; read from the recipe's plugins
+    when not given."""
+    recipe = getattr(recipe, "recipe", recipe)
+    notes: list[str] = []
+    if optimizer_states is None:
+        optimizer_states = _declared_states(recipe, notes)
+    launch, ds = recipe.launch, recipe.launch.deepspeed
+    zero_stage, offload_optimizer, offload_params = None, False, False
+    if ds is not None:
+        zero_stage, offload_optimizer, offload_params = ds.zero_stage, ds.offload_optimizer, ds.offload_params
+        if ds.config_file:
+            zero_stage, offload_optimizer, offload_params = _from_ds_file(ds.config_file, zero_stage,
+                                                                          offload_optimizer, offload_params, notes)
+    if launch.device == "cpu":
+        notes.append("launch.device=cpu: the plan describes one process's memory as if it were on a GPU")
+    settings = MemorySettings(
+        micro_batch=recipe.train.per_device_batch_size, max_seq_length=recipe.data.max_seq_length,
+        num_gpus=launch.num_processes, precision=launch.mixed_precision, weights_dtype=recipe.model.dtype,
+        zero_stage=zero_stage, offload_optimizer=offload_optimizer, offload_params=offload_params,
+        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        attn_implementation=recipe.model.attn_implementation,
+        lora=LoraSpec.from_recipe(recipe.lora) if recipe.lora is not None else None,
+        optimizer_states=optimizer_states)
+    return settings, notes
+
+
+def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, optimizer_states: Optional[int] = None,
+                        cache_dir: Optional[str | Path] = None, **changes: Any) -> MemoryEstimate:
+    """The estimate of a recipe on one of its GPUs; `changes` replace settings (max_seq_length=4096,
+    num_gpus=8, zero_stage=3, ...), as `seqtune plan` does for its sweep and remedies."""
+    recipe = getattr(recipe, "recipe", recipe)
+    settings, notes = recipe_settings(recipe, optimizer_states)
+    if shape is None:
+        shape = load_shape(recipe.model, cache_dir=cache_dir)
+    estimate = estimate_memory(shape, dataclasses.replace(settings, **changes))
+    estimate.notes[:0] = notes
+    estimate.settings["packing"] = recipe.data.packing.name
+    estimate.settings["shape_source"] = shape.source
+    return estimate
+
+
+def _declared_states(recipe: Any, notes: list[str]) -> int:
+    """The state tensors the recipe's optimizer plugin declares (plugins load without torch)."""
+    from framework.config.validate import Problems
+    from framework.errors import UserError
+    from framework.registry import build_registry
+    from framework.registry.factories import optimizer_state_tensors
+
+    problems = Problems(lambda key: "recipe")
+    bound = build_registry(recipe.plugins).bind("optimizers", recipe.optimizer, problems, "optimizer")
+    if bound is None:
+        raise UserError(problems.lines)
+    count, note = optimizer_state_tensors(bound, recipe.optimizer.name)
+    notes.extend([note] if note else [])
+    return count
+
+
+def _from_ds_file(path: str, stage: int, offload_optimizer: bool, offload_params: bool,
+                  notes: list[str]) -> tuple[int, bool, bool]:
+    try:
+        zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
+    except (OSError, ValueError, AttributeError):
+        notes.append(f"launch.deepspeed.config_file: cannot read {path}; planned with launch.deepspeed's "
+                     "zero_stage and offload settings")
+        return stage, offload_optimizer, offload_params
+
+    def offloaded(key: str) -> bool:
+        device = (zero.get(key) or {}).get("device", "none")
+        return device in ("cpu", "nvme")
+
+    file_stage = zero.get("stage", stage)
+    return (file_stage if file_stage in choices(DeepSpeedConfig, "zero_stage") else stage, offloaded("offload_optimizer"),
+            offloaded("offload_param"))

@@ -1,0 +1,104 @@
+"""How much GPU memory a training run needs, per GPU, before anything is loaded.
+
+Pure Python and cheap to import (no torch, no transformers): `seqtune check` and `seqtune plan` use it
+to say whether a recipe fits a GPU and how long max_seq_length can be. Every figure is an estimate
+from the model's shape (`shapes.py`) and one frozen `MemorySettings`; each part of the estimate says
+how it was computed:
+
+- model states (weights, gradients, optimizer states) and working buffers: `model_states.py`, after
+  the ZeRO paper (Rajbhandari et al., 2020);
+- activations and the logits/loss buffers: `activations.py`, after Korthikanti et al. (2022);
+- overhead: a fixed amount (CUDA context, workspaces) plus a share of the rest (fragmentation).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from framework.estimation.activations import activations, logits
+from framework.estimation.model_states import buffers, model_states
+from framework.estimation.settings import GIB, MemorySettings
+from framework.estimation.shapes import ModelShape
+
+PART_LABELS = {"weights": "weights", "gradients": "gradients", "optimizer_states": "optimizer states",
+               "activations": "activations", "logits": "logits + loss", "buffers": "buffers",
+               "overhead": "overhead"}
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per GPU, by part. `details` says how each part was computed; `notes` lists settings the
+    estimate ignored or could not account for."""
+
+    weights: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    logits: int
+    buffers: int
+    overhead: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model_states(self) -> int:
+        return self.weights + self.gradients + self.optimizer_states
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, part) for part in PART_LABELS)
+
+    @property
+    def total_gib(self) -> float:
+        return self.total / GIB
+
+    def fits(self, gpu_gib: float) -> bool:
+        """Whether it fits a GPU with `gpu_gib` GiB (e.g. framework.estimation.hardware.GPUS[key].memory_gib)."""
+        return self.total <= gpu_gib * GIB
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(part, size in GiB, how it was computed) for a table, ending with the total."""
+        rows = [(label, f"{getattr(self, part) / GIB:.2f} GiB", self.details.get(part, ""))
+                for part, label in PART_LABELS.items()]
+        return rows + [("total", f"{self.total_gib:.2f} GiB", "per GPU")]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**{part: getattr(self, part) for part in PART_LABELS}, "total": self.total,
+                "settings": dict(self.settings), "notes": list(self.notes)}
+
+
+def estimate_memory(shape: ModelShape, settings: MemorySettings) -> MemoryEstimate:
+    """The memory one GPU needs for a training run of this shape with these settings."""
+    notes: list[str] = []
+    lora_params = settings.trainable_lora(shape)
+    if settings.lora is not None and settings.lora.unknown_modules(shape):
+        notes.append(f"lora.target_modules: {', '.join(settings.lora.unknown_modules(shape))} not known to the "
+                     "planner; counted as no parameters")
+    states, details = model_states(shape, settings, lora_params, notes)
+    parts = {**states, "buffers": buffers(shape, settings, lora_params), "activations": activations(shape, settings),
+             "logits": logits(shape, settings)}
+    for name in ("buffers", "activations", "logits"):
+        parts[name], details[name] = parts[name]
+    rest = sum(parts.values())
+    overhead = int(settings.overhead_gib * GIB) + math.ceil(settings.overhead_fraction * rest)
+    details["overhead"] = (f"{settings.overhead_gib:g} GiB fixed (CUDA context, workspaces) + "
+                           f"{settings.overhead_fraction:.0%} of the rest (allocator fragmentation)")
+    recorded = {**asdict(settings), "lora_trainable_params": lora_params, "num_parameters": shape.num_parameters}
+    return MemoryEstimate(**parts, overhead=overhead, settings=recorded, details=details, notes=notes)
+
+
+def longest_fitting(estimate_at: Callable[[int], MemoryEstimate], gpu_gib: float, *, multiple_of: int = 64,
+                    limit: int = 1 << 20) -> int:
+    """The largest max_seq_length, a multiple of `multiple_of` up to `limit`, whose estimate fits
+    `gpu_gib`; 0 if none does. Memory grows with the length, so a bisection finds it."""
+    lo, hi = 0, limit // multiple_of  # in units of multiple_of: lo fits (0 trivially), hi+1 does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate_at(mid * multiple_of).fits(gpu_gib):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * multiple_of

@@ -1,0 +1,76 @@
+"""The settings that decide a run's memory, as one frozen object the memory model reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from framework.config.schema import DeepSpeedConfig, LaunchConfig, ModelConfig, choices
+from framework.estimation.adapters import LoraSpec
+from framework.estimation.shapes import ModelShape
+
+GIB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # per element of each model.dtype
+DEFAULT_OVERHEAD_GIB = 1.5  # CUDA context, cuBLAS/NCCL workspaces
+DEFAULT_OVERHEAD_FRACTION = 0.05  # caching-allocator fragmentation, on top of everything else
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """Everything about a run that decides its memory, as the recipe states it.
+
+    `precision` is accelerate's mixed_precision; `weights_dtype` the dtype the weights are loaded in;
+    `zero_stage` None means no DeepSpeed (DDP, or a single process). `lora` (or just its parameter
+    count, `lora_trainable_params`) makes it a LoRA run: only the adapters train. `optimizer_states`
+    is the number of full-size state tensors per trainable parameter (AdamW 2, SGD with momentum 1).
+    Overhead is `overhead_gib` plus `overhead_fraction` of the rest.
+    """
+
+    micro_batch: int
+    max_seq_length: int
+    num_gpus: int = 1
+    precision: str = "no"
+    weights_dtype: str = "float32"
+    zero_stage: Optional[int] = None
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    lora: Optional[LoraSpec] = None
+    lora_trainable_params: Optional[int] = None
+    optimizer_states: int = 2
+    overhead_gib: float = DEFAULT_OVERHEAD_GIB
+    overhead_fraction: float = DEFAULT_OVERHEAD_FRACTION
+
+    def __post_init__(self) -> None:
+        allowed = {"precision": choices(LaunchConfig, "mixed_precision"), "weights_dtype": choices(ModelConfig, "dtype"),
+                   "attn_implementation": choices(ModelConfig, "attn_implementation"),
+                   "zero_stage": (None, *choices(DeepSpeedConfig, "zero_stage"))}
+        for name, values in allowed.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"{name} must be one of {values}, got {getattr(self, name)!r}")
+        for name in ("micro_batch", "max_seq_length", "num_gpus"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if min(self.optimizer_states, self.overhead_gib, self.overhead_fraction) < 0:
+            raise ValueError("optimizer_states, overhead_gib and overhead_fraction must not be negative")
+
+    @property
+    def half(self) -> bool:
+        """Mixed precision: matmuls (and under DeepSpeed the whole model) in 16 bits."""
+        return self.precision in ("bf16", "fp16")
+
+    @property
+    def weight_bytes(self) -> int:
+        return DTYPE_BYTES[self.weights_dtype]
+
+    @property
+    def act_bytes(self) -> int:
+        """The dtype matmuls compute in: 16-bit under mixed precision, else the weights' own."""
+        return 2 if self.half else self.weight_bytes
+
+    def trainable_lora(self, shape: ModelShape) -> Optional[int]:
+        """The LoRA parameter count (None for full fine-tuning)."""
+        if self.lora_trainable_params is None and self.lora is not None:
+            return self.lora.trainable_parameters(shape)
+        return self.lora_trainable_params

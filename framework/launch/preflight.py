@@ -1,0 +1,35 @@
+"""Checks of this machine against the recipe, made before anything is loaded: each problem is one
+line naming the override that fixes it."""
+from __future__ import annotations
+
+import importlib.util
+
+from framework.config.schema import Recipe
+from framework.errors import UserError
+
+
+def preflight(recipe: Recipe) -> None:
+    """Fail fast, one line per problem with the override that fixes it, before loading anything."""
+    import torch
+
+    problems = []
+    attn = recipe.model.attn_implementation
+    gpus = torch.cuda.device_count()
+    on_gpu = recipe.launch.device == "cuda" or (recipe.launch.device == "auto" and gpus > 0)
+    if attn.startswith("flash_attention"):
+        missing = [what for what, ok in (("the flash-attn package", importlib.util.find_spec("flash_attn")),
+                                         ("a CUDA GPU", on_gpu)) if not ok]
+        if missing:
+            problems.append(f"model.attn_implementation={attn} needs {' and '.join(missing)}, not found "
+                            "here: override model.attn_implementation=sdpa")
+    per_machine = recipe.launch.num_processes // recipe.launch.num_machines
+    if recipe.launch.device == "cuda" or (per_machine > 1 and recipe.launch.device == "auto"):
+        if gpus < per_machine:
+            problems.append(f"launch.num_processes={recipe.launch.num_processes} needs {per_machine} "
+                            f"CUDA GPU(s) on this machine, found {gpus}: override "
+                            "launch.num_processes=1 launch.device=cpu for a CPU run")
+    if recipe.launch.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
+        problems.append("launch.deepspeed needs the deepspeed package: pip install 'seqtune[deepspeed]',"
+                        " or override launch.deepspeed=null")
+    if problems:
+        raise UserError(problems)

@@ -1,0 +1,97 @@
+"""The training loop, top to bottom in `train`: set up, then for every optimizer step its micro-batches'
+forward and backward, the update, and the after-step work (logging, checkpoints, stop checks).
+
+The helpers it names live beside it: `setup.py` (everything before the first step), `steps.py` (one
+step's micro-batches and the update), `loss.py`, `checkpoints.py`, `metrics.py` and `outputs.py`.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from framework.config import LoadedRecipe
+from framework.errors import RunStopped
+from framework.model.lora import save_lora
+from framework.training.checkpoints import save as save_checkpoint
+from framework.training.metrics import Window, peak_memory_gib, peak_tflops
+from framework.training.outputs import save_final
+from framework.training.setup import Run, run_info, start
+from framework.training.signals import StopSignals
+from framework.training.steps import StepPlan, collate, forward_backward, optimizer_step, remaining_steps
+
+
+def train(loaded: LoadedRecipe) -> Path:
+    """Run the recipe to completion (or from its last checkpoint) and return the output directory."""
+    import torch
+
+    run = start(loaded)
+    recipe, accelerator, plan = loaded.recipe, run.accelerator, run.prep.plan
+    run.model.train()
+    run.hook.seqtune_train_start(run=run_info(run))
+    window = Window(run.state.totals, sum(p.numel() for p in run.model.parameters()),
+                    peak_tflops(recipe.logging.peak_tflops))
+    started = time.perf_counter()
+    with StopSignals() as signals:
+        for step in remaining_steps(plan, run.state, recipe.train.gradient_accumulation_steps):
+            # All micro-batches of the step first, so token_mean knows the step's token count.
+            batches = [collate(run.prep, pieces, accelerator.device) for pieces in step.micro_batches]
+            local_tokens = torch.tensor(sum(batch.trainable for batch in batches), device=accelerator.device)
+            step_tokens = accelerator.reduce(local_tokens, "sum")
+            step_loss = 0.0
+            for k, batch in enumerate(batches):
+                run.hook.seqtune_micro_batch(step=run.state.step + 1, pieces=step.micro_batches[k])
+                loss_sum = forward_backward(run, batch, step_tokens, len(batches), last=k == len(batches) - 1)
+                window.count(batch, loss_sum)
+                step_loss = step_loss + loss_sum
+            grad_norm, stop = optimizer_step(run, step_loss, signals.requested)
+            run.state.advance(step.epoch, step.done, step.epoch_length)
+            _after_step(run, step, window, grad_norm, stop, signals)
+            if run.state.step == plan.total_steps:
+                break
+    _save_outputs(run)
+    run.hook.seqtune_train_end(summary=_summary(run, window, started))
+    return run.output_dir
+
+
+def _after_step(run: Run, step: StepPlan, window: Window, grad_norm: Any, stop: int, signals: StopSignals
+                ) -> None:
+    """Tell the loggers, write a checkpoint when one is due, and stop when a signal asked for it.
+    `stop` is the signal any rank had received by the step's check."""
+    recipe, state = run.loaded.recipe, run.state
+    run.hook.seqtune_step_end(step=state.step)
+    last = state.step == run.prep.plan.total_steps
+    if state.step % recipe.logging.every_steps == 0 or last:
+        metrics = window.flush(run.accelerator, run.scheduler.get_last_lr()[0], grad_norm, step.progress)
+        run.hook.seqtune_log(step=state.step, metrics=metrics)
+    if run.accelerator.num_processes == 1:  # alone, a signal that came during this step stops now
+        stop = stop or signals.requested or 0
+    every = recipe.checkpoint.every
+    epoch_ended = step.done == step.epoch_length or last
+    if stop or (every == "epoch" and epoch_ended) or (isinstance(every, int) and state.step % every == 0):
+        state.totals = dict(window.totals)
+        path = save_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler, run.prep.tokenizer,
+                               run.output_dir, state, recipe.checkpoint.keep_last)
+        run.hook.seqtune_checkpoint_saved(step=state.step, path=str(path))
+    if stop:
+        raise RunStopped(f"stopped by {signal.Signals(stop).name} after step {state.step:,}; "
+                         "run the same command again to resume", exit_code=128 + stop)
+
+
+def _save_outputs(run: Run) -> None:
+    """The final model (and the merged LoRA model when asked for), the recipe and the data report."""
+    accelerator, recipe = run.accelerator, run.loaded.recipe
+    weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the shards here
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(run.model)
+        save_final(model, run.prep.tokenizer, run.loaded, run.prep.data.report, run.output_dir, weights)
+        if recipe.lora is not None and recipe.lora.merge:
+            save_lora(model, run.prep.tokenizer, run.output_dir, merge=True)
+
+
+def _summary(run: Run, window: Window, started: float) -> dict[str, float]:
+    return {"steps": run.state.step, "train_seconds": round(time.perf_counter() - started, 2),
+            "final_loss": window.last_loss, **window.totals,
+            "packing_efficiency": round(run.prep.plan.efficiency, 4),
+            "peak_memory_gib": round(peak_memory_gib(run.accelerator.device), 3)}

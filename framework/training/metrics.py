@@ -1,0 +1,75 @@
+"""Training metrics between two logging steps, summed over every rank, and the device's peaks."""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from typing import Any
+
+from framework.estimation.hardware import gpu_from_device_name, mfu
+
+
+class Window:
+    """Token and loss tallies between two logging steps (and over the whole run)."""
+
+    def __init__(self, totals: dict[str, float] | None = None, num_parameters: int = 0,
+                 peak_tflops: float | None = None):
+        self.totals = {"tokens": 0, "trainable_tokens": 0, **(totals or {})}
+        self.num_parameters, self.peak_tflops = num_parameters, peak_tflops
+        self.last_loss = math.nan
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum, self.tokens, self.slots, self.trainable = 0.0, 0, 0, 0
+        self.started = time.perf_counter()
+
+    def count(self, batch: Any, loss_sum: Any) -> None:
+        """A micro-batch's counts (Python ints from the CPU side) and its summed loss (on the device)."""
+        self.tokens += batch.tokens
+        self.slots += batch.slots
+        self.trainable += batch.trainable
+        self.loss_sum += loss_sum
+
+    def flush(self, accelerator: Any, lr: float, grad_norm: Any, epoch: float) -> dict[str, float]:
+        """This window's metrics summed over all ranks; every rank must call it."""
+        import torch
+
+        local = torch.tensor([float(self.loss_sum), self.tokens, self.trainable, self.slots],
+                             dtype=torch.float64, device=accelerator.device)
+        loss_sum, tokens, trainable, slots = accelerator.reduce(local, "sum").tolist()
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        self.totals["tokens"] += int(tokens)
+        self.totals["trainable_tokens"] += int(trainable)
+        self.last_loss = loss_sum / max(trainable, 1)
+        self._reset()
+        metrics = {"loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
+                   "tokens_per_s": tokens / seconds, "trainable_tokens_per_s": trainable / seconds,
+                   "padding_fraction": 1 - tokens / max(slots, 1),
+                   "peak_memory_gib": peak_memory_gib(accelerator.device)}
+        utilisation = mfu(self.num_parameters, tokens / seconds, self.peak_tflops, accelerator.num_processes)
+        if utilisation is not None:  # no peak figure for a CPU: no MFU rather than a made-up one
+            metrics["mfu"] = utilisation
+        return metrics
+
+
+def peak_tflops(configured: float | None) -> float | None:
+    """The recipe's logging.peak_tflops, else the table's figure for this GPU, else None (CPU)."""
+    if configured:
+        return configured
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    gpu = gpu_from_device_name(torch.cuda.get_device_name())
+    return gpu.bf16_tflops if gpu else None
+
+
+def peak_memory_gib(device: Any) -> float:
+    """Peak GPU memory allocated by torch on this device, or this process's peak RSS on the CPU."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)

@@ -1,0 +1,150 @@
+"""Everything before the first step: plugins, data, the batch plan, the model and the optimizer, the
+loggers, and the checkpoint to resume from. Every input error surfaces before output_dir is written."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from framework.config import LoadedRecipe
+from framework.data.batching import BatchPlan, padding_free_layout, plan_batches
+from framework.data.mixture import write_mix
+from framework.data.pipeline import PreparedData, prepare_data
+from framework.launch.accelerator import make_accelerator
+from framework.launch.preflight import preflight
+from framework.model.loading import build_model, check_positions, param_groups
+from framework.model.lora import apply_lora, load_lora_weights, trainable_summary
+from framework.model.tokenizer import load_tokenizer
+from framework.registry import Parts, bind_parts
+from framework.training.checkpoints import TrainerState, find_resume
+from framework.training.checkpoints import load as load_checkpoint
+from framework.training.outputs import say, warn
+from framework.types import RunInfo
+
+
+@dataclass
+class Prepared:
+    """The data side of a run, ready for the loop; building it touches nothing in output_dir."""
+
+    loaded: LoadedRecipe
+    parts: Parts
+    tokenizer: Any
+    data: PreparedData
+    packing: Any
+    padding_free: bool  # micro-batches as one padding-free row (flash-attention)
+    plan: BatchPlan
+
+
+def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: int = 0,
+            world: int = 1) -> Prepared:
+    """Load the tokenizer and the data and plan the run: every data error is raised here."""
+    recipe = loaded.recipe
+    for warning in parts.registry.warnings:
+        warn(warning)
+    tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
+    data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first)
+    packing = parts.packing()
+    padding_free = padding_free_layout(packing, recipe.model.attn_implementation.startswith("flash_attention"))
+    plan = plan_batches(packing, data.lengths, recipe.train, data.max_seq_length, recipe.seed, rank, world,
+                        padding_free)
+    say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}")
+    say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
+        f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
+    return Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan)
+
+
+@dataclass
+class Run:
+    """A run ready for its first (or next) optimizer step."""
+
+    loaded: LoadedRecipe
+    prep: Prepared
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    hook: Any  # the lifecycle hooks (loggers, callbacks); silent on all but the main process
+    state: TrainerState
+    output_dir: Path
+
+
+def start(loaded: LoadedRecipe) -> Run:
+    """Everything before the first step. Input errors surface before output_dir is written."""
+    from accelerate.utils import set_seed
+
+    recipe = loaded.recipe
+    parts = bind_parts(loaded)
+    preflight(recipe)
+    output_dir = Path(recipe.output_dir)
+    resume_from = find_resume(recipe.checkpoint.resume, output_dir)
+    accelerator = make_accelerator(recipe)
+    prep = prepare(loaded, parts, accelerator.local_main_process_first(), accelerator.process_index,
+                   accelerator.num_processes)
+    set_seed(recipe.seed)
+    model = _model(recipe, prep, resume_from)
+    optimizer = parts.optimizer(param_groups(model))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # After prepare: ZeRO-3 regroups the optimizer's parameters, and the schedule must see its groups.
+    scheduler = parts.scheduler(optimizer, prep.plan.total_steps)
+    hook = _start_loggers(prep, output_dir, accelerator.is_main_process)
+    if recipe.data.mix_dir and accelerator.is_main_process:
+        write_mix(Path(recipe.data.mix_dir), prep.data.build_mixture(), prep.data.mixture_stats)
+    state = TrainerState(fingerprint=_fingerprint(prep, accelerator.num_processes))
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, accelerator, optimizer, scheduler, state.fingerprint)
+        say(f"resuming from {resume_from} at step {state.step:,}")
+    return Run(loaded, prep, accelerator, model, optimizer, scheduler, hook, state, output_dir)
+
+
+def _model(recipe: Any, prep: Prepared, resume_from: Path | None) -> Any:
+    """The model to train: full weights, or a LoRA adapter on the base (a LoRA checkpoint holds only
+    the adapter, so a resumed one rebuilds the base and loads the adapter into it)."""
+    if recipe.lora is None:
+        model = build_model(recipe, prep.tokenizer, resume_from)
+    else:
+        model = apply_lora(build_model(recipe, prep.tokenizer), recipe.lora)
+        if resume_from is not None:
+            load_lora_weights(model, resume_from)
+        counts = trainable_summary(model)
+        say(f"lora: {counts['trainable']:,} of {counts['total']:,} parameters trainable")
+    warning = check_positions(model, prep.data.max_seq_length)
+    if warning:
+        warn(warning)
+    return model
+
+
+class _Silent:
+    """The hook relay on non-main processes: lifecycle calls do nothing there."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda **kwargs: None
+
+
+def _start_loggers(prep: Prepared, output_dir: Path, is_main: bool) -> Any:
+    if not is_main:
+        return _Silent()
+    loggers = [make(str(output_dir)) for make in prep.parts.loggers]  # may fail on a missing package
+    output_dir.mkdir(parents=True, exist_ok=True)  # the run's first write
+    for logger in loggers:
+        prep.parts.registry.pm.register(logger)
+    return prep.parts.registry.pm.hook
+
+
+def _fingerprint(prep: Prepared, world: int) -> str:
+    """What must not change for a checkpoint to continue this run exactly."""
+    recipe = prep.loaded.recipe
+    parts = [prep.data.cache_path.name, world, recipe.train.per_device_batch_size,
+             recipe.train.gradient_accumulation_steps, recipe.data.packing.name, recipe.seed,
+             [len(epoch) for epoch in prep.plan.epochs]]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def run_info(run: Run) -> RunInfo:
+    """What the lifecycle hooks learn about the run at its start."""
+    prep, recipe = run.prep, run.loaded.recipe
+    return RunInfo(run_name=recipe.run_name, output_dir=recipe.output_dir, recipe=run.loaded.data,
+                   total_steps=prep.plan.total_steps, steps_per_epoch=prep.plan.steps_per_epoch[0],
+                   num_rows=len(prep.data.dataset), num_parameters=sum(p.numel() for p in run.model.parameters()),
+                   start_step=run.state.step,
+                   extra={"truncation": vars(prep.data.report), "packing_efficiency": prep.plan.efficiency})
