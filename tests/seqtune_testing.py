@@ -1,7 +1,15 @@
 """Helpers shared by test modules (importable because tests/conftest.py appends tests/ to sys.path)."""
 from __future__ import annotations
 
-from framework.types import IGNORE_INDEX
+from typing import Any
+
+from framework.data.chat import encode_chats
+from framework.types import IGNORE_INDEX, Sample
+
+
+def encode_chat(tokenizer: Any, messages: list[dict], train_on: str = "assistant") -> Sample:
+    """One conversation: token ids of its rendering, labels -100 outside the trained turns."""
+    return encode_chats(tokenizer, [messages], train_on)[0]
 
 
 def trained_runs(labels: list[int]) -> list[tuple[int, int]]:

@@ -33,6 +33,7 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     measured = _samples(loaded, parts, samples)
     rows = sweep.rows(gib, measured)
     _print(loaded, rows, name, gib, measured, plot)
+    _recommend(rows, sweep, gib)
     if not sweep.estimate().fits(gib):
         _remedies(loaded, sweep, gib)
         raise typer.Exit(1)
@@ -82,7 +83,7 @@ def _print(loaded: Any, rows: list, name: str, gib: float, samples: Any, plot: O
     from rich.table import Table
 
     from framework.cli.histogram import terminal, write_png
-    from framework.estimation.sweep import CANDIDATES, recommend
+    from framework.estimation.sweep import CANDIDATES
 
     recipe = loaded.recipe
     table = Table(title=f"{loaded.path} on {recipe.launch.num_processes} x {name} ({gib:g} GiB), "
@@ -103,8 +104,18 @@ def _print(loaded: Any, rows: list, name: str, gib: float, samples: Any, plot: O
         if plot:
             write_png(plot, lengths, list(CANDIDATES))
             console.print(f"histogram written to {plot}")
+
+
+def _recommend(rows: list, sweep: _Sweep, gib: float) -> None:
+    """The largest listed length that fits (and, between the candidates, to a multiple of 64), and the
+    smallest that keeps 99% of the trainable tokens."""
+    from framework.estimation.memory import longest_fitting
+    from framework.estimation.sweep import recommend
+
     largest, keeping = recommend(rows)
-    console.print(f"largest max_seq_length that fits: {f'{largest:,}' if largest else 'none'}"
+    longest = longest_fitting(lambda n: sweep.estimate(max_seq_length=n), gib)
+    exact = f" (to a multiple of 64: {longest:,})" if longest > (largest or 0) else ""
+    console.print(f"largest max_seq_length that fits: {f'{largest:,}' if largest else 'none'}{exact}"
                   + (f"; smallest keeping 99% of trainable tokens: {keeping:,}" if keeping else ""), soft_wrap=True)
 
 

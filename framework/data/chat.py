@@ -129,8 +129,3 @@ def encode_chats(tokenizer: Any, conversations: list[list[dict]], train_on: Trai
             labels[0] = IGNORE_INDEX  # nothing predicts a row's first token, so it is never trained
         samples.append(Sample(input_ids, labels))
     return samples
-
-
-def encode_chat(tokenizer: Any, messages: list[dict], train_on: TrainOn = "assistant") -> Sample:
-    """One conversation: token ids of its rendering, labels -100 outside the trained turns."""
-    return encode_chats(tokenizer, [messages], train_on)[0]

@@ -65,10 +65,6 @@ class MemoryEstimate:
                 for part, label in PART_LABELS.items()]
         return rows + [("total", f"{self.total_gib:.2f} GiB", "per GPU")]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**{part: getattr(self, part) for part in PART_LABELS}, "total": self.total,
-                "settings": dict(self.settings), "notes": list(self.notes)}
-
 
 def estimate_memory(shape: ModelShape, settings: MemorySettings) -> MemoryEstimate:
     """The memory one GPU needs for a training run of this shape with these settings."""

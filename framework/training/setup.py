@@ -40,8 +40,6 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
             world: int = 1) -> Prepared:
     """Load the tokenizer and the data and plan the run: every data error is raised here."""
     recipe = loaded.recipe
-    for warning in parts.registry.warnings:
-        warn(warning)
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first)
     packing = parts.packing()
@@ -75,6 +73,8 @@ def start(loaded: LoadedRecipe) -> Run:
 
     recipe = loaded.recipe
     parts = bind_parts(loaded)
+    for warning in parts.registry.warnings:
+        warn(warning)
     preflight(recipe)
     output_dir = Path(recipe.output_dir)
     resume_from = find_resume(recipe.checkpoint.resume, output_dir)

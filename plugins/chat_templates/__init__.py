@@ -1,4 +1,4 @@
-"""Named chat templates, one .jinja file each (placeholder: filled in by the chat-templates work)."""
+"""Named chat templates (`tokenizer.chat_template: tulu`), one .jinja file each in this folder."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -13,7 +13,7 @@ from bisect import bisect_left, insort
 import pytest
 import torch
 
-from framework.data.chat import encode_chat
+from seqtune_testing import encode_chat
 from framework.data.pipeline import PreparedData
 from framework.types import IGNORE_INDEX, Sample
 from plugins.packing import bfd, best_fit_decreasing, none, wrapped

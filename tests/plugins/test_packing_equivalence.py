@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.data.chat import encode_chat
+from seqtune_testing import encode_chat
 from framework.training.loss import token_loss
 from plugins.packing import BestFitDecreasing, PadToLongest
 

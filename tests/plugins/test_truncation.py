@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from framework.data.chat import encode_chat
+from seqtune_testing import encode_chat
 from framework.data.tokenize import make_encoder, truncate_row
 from framework.errors import UserError
 from framework.types import IGNORE_INDEX, Sample

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from framework.data.chat import encode_chat
+from seqtune_testing import encode_chat
 from framework.estimation.sweep import LengthRow, data_at, recommend
 from plugins.packing import none
 from plugins.truncation import drop, right

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from framework.data.chat import TemplateError, encode_chat
+from framework.data.chat import TemplateError
+from seqtune_testing import encode_chat
 from framework.types import IGNORE_INDEX
 
 CHAT = [{"role": "system", "content": "Be brief."},

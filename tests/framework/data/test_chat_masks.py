@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from framework.data.chat import assistant_spans, encode_chat, encode_chats, render
+from framework.data.chat import assistant_spans, encode_chats, render
+from seqtune_testing import encode_chat
 from framework.registry import build_registry
 from framework.types import IGNORE_INDEX
 

@@ -187,7 +187,7 @@ def test_mixture_order_is_seeded(two_sources, write_recipe, kit):
 
 
 def test_tokenized_rows_follow_the_mixture_order(tmp_path, write_recipe, kit, tiny_tokenizer):
-    from framework.data.chat import encode_chat
+    from seqtune_testing import encode_chat
 
     rows = kit.conversations(12)
     source = kit.write_jsonl(tmp_path / "rows.jsonl", rows)

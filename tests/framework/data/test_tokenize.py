@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from framework.data.chat import encode_chat
+from seqtune_testing import encode_chat
 from framework.data.tokenize import Report
 from framework.data.tokenize import encode_text
 from framework.errors import UserError
