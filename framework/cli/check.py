@@ -92,7 +92,7 @@ def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
     fits = estimate.fits(gib)
     verdict = "[green]fits[/]" if fits else "[red]does not fit[/]"
     console.print(f"{verdict}: {estimate.total_gib:.1f} GiB of {gib:g} GiB per GPU at max_seq_length "
-                  f"{recipe.data.max_seq_length:,}")
+                  f"{estimate.settings['max_seq_length']:,}")
     return fits
 
 

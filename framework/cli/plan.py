@@ -34,8 +34,9 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     rows = sweep.rows(gib, measured)
     _print(loaded, rows, name, gib, measured, plot)
     _recommend(rows, sweep, gib)
-    if not sweep.estimate().fits(gib):
-        _remedies(loaded, sweep, gib)
+    own = sweep.estimate()
+    if not own.fits(gib):
+        _remedies(own.settings["max_seq_length"], sweep, gib)
         raise typer.Exit(1)
 
 
@@ -119,10 +120,10 @@ def _recommend(rows: list, sweep: _Sweep, gib: float) -> None:
                   + (f"; smallest keeping 99% of trainable tokens: {keeping:,}" if keeping else ""), soft_wrap=True)
 
 
-def _remedies(loaded: Any, sweep: _Sweep, gib: float) -> None:
+def _remedies(max_seq_length: int, sweep: _Sweep, gib: float) -> None:
     from framework.estimation.sweep import REMEDIES
 
-    console.print(f"at max_seq_length {loaded.recipe.data.max_seq_length:,} it does not fit; "
+    console.print(f"at max_seq_length {max_seq_length:,} it does not fit; "
                   "each change alone gives:", soft_wrap=True)
     for override, changes in REMEDIES:
         estimate = sweep.estimate(**changes)
