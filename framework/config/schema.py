@@ -92,6 +92,9 @@ class DataConfig:
     mix_dir: Optional[str] = opt(None, "If set, the mixed untokenized rows and their stats go here.")
     cache_dir: Optional[str] = opt(None, "Where preprocessed rows are cached; default $SEQTUNE_CACHE "
                                    "or ~/.cache/seqtune.")
+    untrainable: Literal["drop", "error"] = opt(
+        "drop", "Rows with nothing to train (no assistant turn, empty, or everything cut by truncation): drop "
+        "and count them by cause (as open-instruct drops them), or stop with an error naming the first.")
 
 
 @dataclass
@@ -159,6 +162,9 @@ class LoraConfig:
 @dataclass
 class Recipe:
     output_dir: str = opt(REQUIRED, "Where the checkpoint, metrics and resolved recipe go.")
+    overwrite_output_dir: bool = opt(
+        False, "Replace whatever output_dir holds (another run, other files) instead of refusing; a run "
+        "continues into an output_dir that holds the same run without it.")
     run_name: str = opt("seqtune", "Name shown by loggers (open-instruct's --exp_name).")
     seed: int = opt(42, "Seed for data order, sampling and initialisation.")
     plugins: list[str] = opt(None, "Extra plugin modules to register, by dotted import path.",
