@@ -2,23 +2,32 @@
 
 A checkpoint is a Hugging Face model directory (loadable on its own) plus what resuming needs:
 optimizer state (DeepSpeed's own sharded checkpoint under ZeRO), scheduler state, every rank's RNG
-state, and `trainer_state.json` (step, the next micro-batch, running totals, and a fingerprint of
-the data and plan it belongs to). It is written
-under `.partial-step-N` and renamed to `step-N` only when every file is there.
+state, and `trainer_state.json` (step, the next micro-batch, running totals, and the identity of the
+run it belongs to). It is written under `.partial-step-N`, `trainer_state.json` last (the completion
+marker), and renamed to `step-N`; it is deleted by renaming it to `.deleting-step-N` first. A kill at
+any moment leaves either a complete `step-N` or a hidden folder, which the next save clears.
+
+Every file seqtune itself reads back loads with `weights_only=True`: a checkpoint is data, never code.
 """
 from __future__ import annotations
 
 import json
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from framework.errors import UserError
 from framework.launch.accelerator import is_deepspeed
+from framework.training.outputs import warn
+from framework.training.ownership import differing
 
 STATE = "trainer_state.json"
+HIDDEN = (".partial-", ".deleting-")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+           "pytorch_model.bin")
 
 
 @dataclass
@@ -27,7 +36,8 @@ class TrainerState:
     epoch: int = 0  # epoch of the next micro-batch
     micro_batch: int = 0  # index of the next micro-batch in that epoch's list for this rank
     totals: dict[str, float] = field(default_factory=dict)
-    fingerprint: str = ""
+    fingerprint: str = ""  # the run's identity and its batch plan: what must match to continue
+    identity: dict[str, str] = field(default_factory=dict)  # per component, to say what differs
 
     def advance(self, epoch: int, next_micro_batch: int, epoch_length: int) -> None:
         """After an optimizer step: where a resume would continue."""
@@ -35,12 +45,25 @@ class TrainerState:
         self.epoch, self.micro_batch = (epoch + 1, 0) if next_micro_batch >= epoch_length else (epoch, next_micro_batch)
 
 
+@dataclass
+class Saved:
+    """A checkpoint read from disk and checked, not yet applied to the run."""
+
+    path: Path
+    state: TrainerState
+    optimizer: Optional[dict]  # None under DeepSpeed, which loads its own
+    scheduler: dict
+    rng: Optional[dict]
+
+
 def checkpoints_dir(output_dir: Path) -> Path:
     return output_dir / "checkpoints"
 
 
-def find_resume(resume: str, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from: `auto` (the newest complete one, if any), `never`, or a path."""
+def find_resume(resume: str, output_dir: Path, deepspeed: bool = False) -> Path | None:
+    """The checkpoint to resume from: `auto` (the newest complete one, if any), `never`, or a path.
+    `auto` skips, with a warning, a marked checkpoint that lacks files (one left by an older
+    seqtune's unsafe deletion, or edited by hand)."""
     if resume == "never":
         return None
     if resume != "auto":
@@ -48,9 +71,37 @@ def find_resume(resume: str, output_dir: Path) -> Path | None:
         if not (path / STATE).is_file():
             raise UserError(f"checkpoint.resume: '{resume}' is not a complete seqtune checkpoint "
                             f"(no {STATE}); use auto, never or a checkpoints/step-N folder")
+        missing = _missing(path, deepspeed)
+        if missing:
+            raise UserError(f"checkpoint.resume: '{resume}' is incomplete (no {', '.join(missing)}); "
+                            "use auto, never or another checkpoints/step-N folder")
         return path
-    complete = sorted(p for p in checkpoints_dir(output_dir).glob("step-*") if (p / STATE).is_file())
-    return complete[-1] if complete else None
+    for path in sorted(checkpoints_dir(output_dir).glob("step-*"), reverse=True):
+        if not (path / STATE).is_file():
+            continue
+        missing = _missing(path, deepspeed)
+        if not missing:
+            return path
+        warn(f"skipping checkpoint {path}: it is incomplete (no {', '.join(missing)})")
+    return None
+
+
+def _missing(path: Path, deepspeed: bool) -> list[str]:
+    """What a marked checkpoint lacks for a resume (rank 0's RNG state stands for every rank's)."""
+    needed = ["scheduler.pt", "rng_rank0.pt", "deepspeed" if deepspeed else "optimizer.pt"]
+    missing = [name for name in needed if not (path / name).exists()]
+    if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+        missing.insert(0, "config.json")
+    if not any((path / name).is_file() for name in WEIGHTS):
+        missing.insert(0, "model weights")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, AttributeError):
+            shards = {index.name}
+        missing[:0] = sorted(shard for shard in shards if not (path / shard).is_file())
+    return missing
 
 
 def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer: Any, output_dir: Path,
@@ -62,7 +113,7 @@ def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer
     final, partial = root / f"step-{state.step:08d}", root / f".partial-step-{state.step:08d}"
     weights = accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
+        _clear_hidden(root)  # what a kill left: unfinished saves and deletions
         partial.mkdir(parents=True)
         accelerator.unwrap_model(model).save_pretrained(partial, state_dict=weights)
         tokenizer.save_pretrained(partial)
@@ -76,39 +127,102 @@ def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / STATE).write_text(json.dumps(asdict(state), indent=2))  # last: marks it complete
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():  # a run started over (resume=never) saves this step again
+            _delete(final)
         partial.rename(final)
         if keep_last:
             for old in sorted(root.glob("step-*"))[:-keep_last]:
-                shutil.rmtree(old)
+                _delete(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def load(path: Path, accelerator: Any, optimizer: Any, scheduler: Any, fingerprint: str) -> TrainerState:
-    """Restore optimizer, scheduler and this rank's RNG (the weights were loaded with the model)."""
+def _delete(path: Path) -> None:
+    """Hide a checkpoint with one atomic rename before removing it, so that a kill mid-way never
+    leaves a `step-N` with its marker but without its weights; the next save clears the rest."""
+    hidden = path.with_name(f".deleting-{path.name}")
+    shutil.rmtree(hidden, ignore_errors=True)
+    path.rename(hidden)
+    (hidden / STATE).unlink(missing_ok=True)  # the marker goes first
+    shutil.rmtree(hidden)
+
+
+def _clear_hidden(root: Path) -> None:
+    for leftover in sorted(root.glob(".*")):
+        if leftover.name.startswith(HIDDEN):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def read(path: Path, expected: TrainerState, deepspeed: bool, rank: int) -> Saved:
+    """Read and check a checkpoint before anything is written: another run's checkpoint, or a
+    file that is not plain tensors and numbers, stops the run with one line."""
+    try:
+        state = TrainerState(**json.loads((path / STATE).read_text()))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"checkpoint.resume: {path / STATE} cannot be read ({exc}); resume from another "
+                        "checkpoint (checkpoint.resume=<path>) or use checkpoint.resume=never") from None
+    if state.fingerprint != expected.fingerprint:
+        differ = differing(state.identity, expected.identity) if state.identity else []
+        verb = "differs" if len(differ) == 1 else "differ"
+        made_with = (f"belongs to another run ({', '.join(differ)} {verb})" if differ
+                     else "was made with other data, batch or launch settings")
+        raise UserError(f"checkpoint.resume: {path} {made_with}, so it cannot continue this run exactly; "
+                        "use checkpoint.resume=never to start over")
+    rng = path / f"rng_rank{rank}.pt"
+    optimizer = None if deepspeed else _load(path / "optimizer.pt")
+    return Saved(path, state, optimizer, _load(path / "scheduler.pt"), _load(rng) if rng.is_file() else None)
+
+
+def restore(saved: Saved, accelerator: Any, optimizer: Any, scheduler: Any) -> TrainerState:
+    """Apply a checkpoint read by `read` (the weights were loaded with the model)."""
+    if is_deepspeed(accelerator):
+        accelerator.load_state(str(saved.path / "deepspeed"))  # DeepSpeed reads its own files
+    else:
+        optimizer.load_state_dict(saved.optimizer)
+    scheduler.load_state_dict(saved.scheduler)
+    if saved.rng is not None:
+        _set_rng_state(saved.rng)
+    return saved.state
+
+
+def _load(path: Path) -> Any:
+    """torch.load that runs no code: anything but tensors and plain values is refused."""
+    import pickle
+
     import torch
 
-    state = TrainerState(**json.loads((path / STATE).read_text()))
-    if state.fingerprint != fingerprint:
-        raise UserError(f"checkpoint.resume: {path} was made with other data, batch or launch settings, so "
-                        "it cannot continue this run exactly; use checkpoint.resume=never to start over")
-    if is_deepspeed(accelerator):
-        accelerator.load_state(str(path / "deepspeed"))
-    else:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = path / f"rng_rank{accelerator.process_index}.pt"
-    if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False))
-    return state
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"checkpoint.resume: {path} is not a plain tensor file (weights_only load refused "
+                        f"it): {_reason(exc)}; it may not be a seqtune checkpoint, or it was tampered with"
+                        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise UserError(f"checkpoint.resume: {path} cannot be read ({_reason(exc)}); the checkpoint is "
+                        "damaged: resume from another one (checkpoint.resume=<path>) or use "
+                        "checkpoint.resume=never") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The sentence of torch's long message that says what was refused (or what failed)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    refused = [line for line in lines if "Unsupported" in line or line.startswith("Trying to load")]
+    line = (refused or lines or [type(exc).__name__])[0].split("WeightsUnpickler error:")[-1].strip()
+    return line.split(". ")[0].rstrip(".")
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors, ints, floats and lists, so it loads with weights_only."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -118,8 +232,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

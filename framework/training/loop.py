@@ -17,6 +17,7 @@ from framework.model.lora import save_lora
 from framework.training.checkpoints import save as save_checkpoint
 from framework.training.metrics import Window, peak_memory_gib, peak_tflops
 from framework.training.outputs import save_final
+from framework.training.ownership import mark_finished
 from framework.training.setup import Run, run_info, start
 from framework.training.signals import StopSignals
 from framework.training.steps import StepPlan, collate, forward_backward, optimizer_step, remaining_steps
@@ -27,6 +28,8 @@ def train(loaded: LoadedRecipe) -> Path:
     import torch
 
     run = start(loaded)
+    if run is None:  # output_dir already holds this run, finished
+        return Path(loaded.recipe.output_dir)
     recipe, accelerator, plan = loaded.recipe, run.accelerator, run.prep.plan
     run.model.train()
     run.hook.seqtune_train_start(run=run_info(run))
@@ -35,6 +38,8 @@ def train(loaded: LoadedRecipe) -> Path:
     started = time.perf_counter()
     with StopSignals() as signals:
         for step in remaining_steps(plan, run.state, recipe.train.gradient_accumulation_steps):
+            if run.state.step == plan.total_steps:  # first: a resumed last checkpoint has no step left
+                break
             # All micro-batches of the step first, so token_mean knows the step's token count.
             batches = [collate(run.prep, pieces, accelerator.device) for pieces in step.micro_batches]
             local_tokens = torch.tensor(sum(batch.trainable for batch in batches), device=accelerator.device)
@@ -48,8 +53,6 @@ def train(loaded: LoadedRecipe) -> Path:
             grad_norm, stop = optimizer_step(run, step_loss, signals.requested)
             run.state.advance(step.epoch, step.done, step.epoch_length)
             _after_step(run, step, window, grad_norm, stop, signals)
-            if run.state.step == plan.total_steps:
-                break
     _save_outputs(run)
     run.hook.seqtune_train_end(summary=_summary(run, window, started))
     return run.output_dir
@@ -88,6 +91,7 @@ def _save_outputs(run: Run) -> None:
         save_final(model, run.prep.tokenizer, run.loaded, run.prep.data.report, run.output_dir, weights)
         if recipe.lora is not None and recipe.lora.merge:
             save_lora(model, run.prep.tokenizer, run.output_dir, merge=True)
+        mark_finished(run.output_dir, run.state.step)  # last: the same command again has nothing to do
 
 
 def _summary(run: Run, window: Window, started: float) -> dict[str, float]:

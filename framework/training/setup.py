@@ -7,19 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framework.config import LoadedRecipe
+from framework.config import LoadedRecipe, display_path
 from framework.data.batching import BatchPlan, padding_free_layout, plan_batches
 from framework.data.mixture import write_mix
 from framework.data.pipeline import PreparedData, prepare_data
 from framework.launch.accelerator import make_accelerator
+from framework.launch.launcher import is_worker
 from framework.launch.preflight import preflight
 from framework.model.loading import build_model, check_positions, param_groups
 from framework.model.lora import apply_lora, load_lora_weights, trainable_summary
 from framework.model.tokenizer import load_tokenizer
 from framework.registry import Parts, bind_parts
 from framework.training.checkpoints import TrainerState, find_resume
-from framework.training.checkpoints import load as load_checkpoint
+from framework.training.checkpoints import read as read_checkpoint
+from framework.training.checkpoints import restore as restore_checkpoint
 from framework.training.outputs import say, warn
+from framework.training.ownership import Claim, check_output_dir, run_identity, take_output_dir
 from framework.types import RunInfo
 
 
@@ -67,34 +70,52 @@ class Run:
     output_dir: Path
 
 
-def start(loaded: LoadedRecipe) -> Run:
-    """Everything before the first step. Input errors surface before output_dir is written."""
+def start(loaded: LoadedRecipe) -> Run | None:
+    """Everything before the first step; None when output_dir already holds this run, finished.
+    Input errors (another run's output_dir, a bad checkpoint) surface before output_dir is written."""
     from accelerate.utils import set_seed
 
     recipe = loaded.recipe
     parts = bind_parts(loaded)
-    for warning in parts.registry.warnings:
+    for warning in parts.registry.warnings if not is_worker() else ():  # a launcher has said them once
         warn(warning)
     preflight(recipe)
-    output_dir = Path(recipe.output_dir)
-    resume_from = find_resume(recipe.checkpoint.resume, output_dir)
     accelerator = make_accelerator(recipe)
     prep = prepare(loaded, parts, accelerator.local_main_process_first(), accelerator.process_index,
                    accelerator.num_processes)
+    claim = _check_output_dir(loaded, prep, accelerator.num_processes)
+    if claim.finished is not None and recipe.checkpoint.resume == "auto":
+        say(f"output_dir {display_path(claim.output_dir)} already holds this run, finished after "
+            f"{claim.finished:,} steps: nothing to train (checkpoint.resume=never trains it again)")
+        return None
+    deepspeed, resume = recipe.launch.deepspeed is not None, recipe.checkpoint.resume
+    # What overwrite_output_dir replaces is never resumed; a checkpoint named elsewhere still is.
+    replaced = claim.replaces and resume == "auto"
+    resume_from = None if replaced else find_resume(resume, claim.output_dir, deepspeed)
     set_seed(recipe.seed)
     model = _model(recipe, prep, resume_from)
     optimizer = parts.optimizer(param_groups(model))
     model, optimizer = accelerator.prepare(model, optimizer)
     # After prepare: ZeRO-3 regroups the optimizer's parameters, and the schedule must see its groups.
     scheduler = parts.scheduler(optimizer, prep.plan.total_steps)
-    hook = _start_loggers(prep, output_dir, accelerator.is_main_process)
+    state = TrainerState(fingerprint=fingerprint(claim.identity, prep.plan), identity=claim.identity)
+    rank = accelerator.process_index
+    saved = None if resume_from is None else read_checkpoint(resume_from, state, deepspeed, rank)
+    hook = _start_loggers(prep, claim, accelerator)
     if recipe.data.mix_dir and accelerator.is_main_process:
         write_mix(Path(recipe.data.mix_dir), prep.data.build_mixture(), prep.data.mixture_stats)
-    state = TrainerState(fingerprint=_fingerprint(prep, accelerator.num_processes))
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, accelerator, optimizer, scheduler, state.fingerprint)
+    if saved:
+        state = restore_checkpoint(saved, accelerator, optimizer, scheduler)
         say(f"resuming from {resume_from} at step {state.step:,}")
-    return Run(loaded, prep, accelerator, model, optimizer, scheduler, hook, state, output_dir)
+    return Run(loaded, prep, accelerator, model, optimizer, scheduler, hook, state, claim.output_dir)
+
+
+def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim:
+    """Whether output_dir is free, holds this run, or is replaced (overwrite_output_dir); every
+    process reads the same answer here, before any of them writes."""
+    identity = run_identity(loaded, prep.data.cache_path.name, world)
+    output_dir = Path(loaded.recipe.output_dir)
+    return check_output_dir(loaded, output_dir, identity, keep=prep.data.cache_path.parent)
 
 
 def _model(recipe: Any, prep: Prepared, resume_from: Path | None) -> Any:
@@ -121,22 +142,26 @@ class _Silent:
         return lambda **kwargs: None
 
 
-def _start_loggers(prep: Prepared, output_dir: Path, is_main: bool) -> Any:
+def _start_loggers(prep: Prepared, claim: Claim, accelerator: Any) -> Any:
+    """Make the loggers (a missing package fails here), then the run's first write: output_dir
+    becomes this run's (replaced first under overwrite_output_dir) once every process has checked it."""
+    is_main = accelerator.is_main_process
+    loggers = [make(str(claim.output_dir)) for make in prep.parts.loggers] if is_main else []
+    accelerator.wait_for_everyone()
+    if is_main:
+        take_output_dir(claim)
+    accelerator.wait_for_everyone()
     if not is_main:
         return _Silent()
-    loggers = [make(str(output_dir)) for make in prep.parts.loggers]  # may fail on a missing package
-    output_dir.mkdir(parents=True, exist_ok=True)  # the run's first write
     for logger in loggers:
         prep.parts.registry.pm.register(logger)
     return prep.parts.registry.pm.hook
 
 
-def _fingerprint(prep: Prepared, world: int) -> str:
-    """What must not change for a checkpoint to continue this run exactly."""
-    recipe = prep.loaded.recipe
-    parts = [prep.data.cache_path.name, world, recipe.train.per_device_batch_size,
-             recipe.train.gradient_accumulation_steps, recipe.data.packing.name, recipe.seed,
-             [len(epoch) for epoch in prep.plan.epochs]]
+def fingerprint(identity: dict[str, str], plan: BatchPlan) -> str:
+    """What must not change for a checkpoint to continue this run exactly: the run's identity and
+    the length of every epoch's micro-batch list on this rank."""
+    parts = [sorted(identity.items()), [len(epoch) for epoch in plan.epochs]]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

@@ -118,7 +118,12 @@ def test_resume_with_other_batch_settings_is_refused(run, tmp_path):
     run("out", fault_at=6, fault="SIGKILL")
     other = run("out", "train.per_device_batch_size=4")
     assert other.returncode == 2
-    assert "cannot continue this run exactly" in other.stderr and "checkpoint.resume=never" in other.stderr
+    assert "holds another run (batch differs)" in other.stderr and "--overwrite" in other.stderr
+    # Named explicitly from a fresh output_dir, its checkpoint is refused too.
+    named = run("fresh", f"checkpoint.resume={tmp_path / 'out/checkpoints/step-00000005'}",
+                "train.per_device_batch_size=4")
+    assert named.returncode == 2 and "belongs to another run (batch differs)" in named.stderr
+    assert "cannot continue this run exactly" in named.stderr and "checkpoint.resume=never" in named.stderr
 
 
 @pytest.mark.slow
