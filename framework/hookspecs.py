@@ -12,6 +12,12 @@ Two kinds of hooks:
   keyword-only parameters, checked against the signature before anything runs (unknown options,
   wrong types and missing required options are recipe errors). A name registered twice is an
   error naming both plugins. Every implementation is called; none is firstresult.
+* **Option values are checked without building anything.** Annotate a numeric option with its
+  bounds, `lr: Annotated[float, Bounds(gt=0)] = 1e-4` (`framework.Bounds(gt=, ge=, lt=, le=)`; on a
+  list, every number), and declare rules across options as `factory.check`: a function called with
+  every option (set or defaulted) that yields `(option, message)` pairs (`""` for the whole plugin),
+  e.g. `("fused", "set fused or foreach to true, not both")`. Both run when the recipe is bound, in
+  the same pass as every other recipe problem, and each problem names the file and key.
 * **Lifecycle hooks** (`seqtune_train_*`, `seqtune_log`, ...) are observer calls made by the engine
   on the main process only. The logger objects a recipe selects are registered as plugins for the
   run, so loggers and callbacks see the same calls and never reach into the loop.
@@ -21,9 +27,14 @@ Factory signatures per family (what the engine passes positionally, what each mu
 =================  ===========================================  =====================================
 family             factory(positional..., *, options)           returns
 =================  ===========================================  =====================================
-dataset_loaders    (source: str, split: str)                    row dicts, or a datasets.Dataset
+dataset_loaders    (source: str, split: str)                    row dicts, a `framework.Rows` (row
+                                                                dicts with each row's file and line,
+                                                                named in later errors), or a
+                                                                datasets.Dataset
 dataset_formats    (row: dict)                                  {role, content} messages, or a str
-                                                                (plain text: every token trained)
+                                                                (plain text: every token trained);
+                                                                [], "" or no assistant turn: the
+                                                                row is dropped and counted
 truncation         (input_ids: list, labels: list,              (input_ids, labels), or None to drop
                    max_seq_length: int)
 packing            ()                                           a `framework.types.Packing`: plan
@@ -72,12 +83,26 @@ Factories = dict[str, Callable[..., Any]]
 
 @hookspec
 def seqtune_register_dataset_loaders() -> Factories:
-    """Loaders that read a mixture entry's `source` (a path or hub name) into row dicts."""
+    """Loaders that read a mixture entry's `source` (a path or hub name) into row dicts.
+
+    A loader returns an iterable of row dicts, a `framework.Rows`, or a `datasets.Dataset`. Build a
+    `Rows` file by file with `Rows.add_file(name, rows, lines)`, where `lines` are each row's 1-based
+    physical line (None: its rows are numbered 1..n); any later error about a row (its format, its
+    chat template, its truncation) then names `name:line` (or `name: row N`). Plain rows and Datasets
+    are named `<source>: row N`. A source with no rows is an error naming it. Data that cannot be
+    read should raise `UserError` naming the file and line.
+    """
 
 
 @hookspec
 def seqtune_register_dataset_formats() -> Factories:
-    """Formats that turn one raw row into chat messages (`data.mixture[].format`)."""
+    """Formats that turn one raw row into chat messages (`data.mixture[].format`).
+
+    A format raises ValueError (or TypeError/KeyError) with a short reason for a malformed row; the
+    pipeline adds the row's file and line. A row with nothing to train is not malformed: return it as
+    it is (an empty list, an empty string, or messages without an assistant turn), and the pipeline
+    drops and counts it by cause (`data.untrainable: drop`), or stops at it (`error`).
+    """
 
 
 @hookspec

@@ -1,8 +1,10 @@
 """Small types shared by the engine and plugins (part of the public surface)."""
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
 if TYPE_CHECKING:
     import torch
@@ -20,6 +22,34 @@ class Sample:
     @property
     def num_trainable(self) -> int:
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
+
+
+class Rows(list):
+    """Row dicts a dataset loader returns together with where each came from, so that an error
+    found later (in the row's format, its chat template, its truncation) names `file:line`
+    rather than the row's position in the source.
+
+    Build it file by file with `add_file`; `files[k]` is (name as errors show it, whether the
+    numbers are lines), and row i is number `numbers[i]` of file `file_of[i]`. A loader that
+    returns a plain list or a `datasets.Dataset` has its rows named `<source>: row N` instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[tuple[str, bool]] = []
+        self.file_of = array("i")  # compact: a million rows are a few megabytes, not tuples
+        self.numbers = array("q")
+
+    def add_file(self, name: str, rows: Sequence[dict[str, Any]],
+                 lines: Optional[Sequence[int]] = None) -> None:
+        """Append one file's rows; `lines` are their 1-based physical lines in it (blank lines
+        counted), or None for a file without lines (its rows are then named `name: row N`)."""
+        if lines is not None and len(lines) != len(rows):
+            raise ValueError(f"{name}: {len(rows)} rows but {len(lines)} line numbers")
+        self.files.append((name, lines is not None))
+        self.extend(rows)
+        self.file_of.extend([len(self.files) - 1] * len(rows))
+        self.numbers.extend(lines if lines is not None else range(1, len(rows) + 1))
 
 
 Piece = Union[int, tuple[int, int, int]]  # a sample index, or (index, start, stop): a slice of one
@@ -57,3 +87,25 @@ class RunInfo:
     num_parameters: int
     start_step: int = 0  # > 0 when the run resumed from a checkpoint
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Limits a number (or each number of a list) must respect: `Annotated[float, Bounds(gt=0)]` on a
+    plugin option, checked when the recipe's options are bound."""
+
+    gt: Optional[float] = None
+    ge: Optional[float] = None
+    lt: Optional[float] = None
+    le: Optional[float] = None
+
+    def __str__(self) -> str:
+        if self.ge is not None and self.le is not None:
+            return f"between {self.ge:g} and {self.le:g}"
+        low = f"above {self.gt:g}" if self.gt is not None else (f"at least {self.ge:g}" if self.ge is not None else "")
+        high = f"below {self.lt:g}" if self.lt is not None else (f"at most {self.le:g}" if self.le is not None else "")
+        return " and ".join(part for part in (low, high) if part)
+
+    def holds(self, value: float) -> bool:
+        return ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))

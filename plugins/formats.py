@@ -1,7 +1,10 @@
 """Row formats: turn one raw row into chat messages (or, for `text`, a plain string).
 
-A format raises ValueError with a short reason for a bad row; the pipeline adds the source and
-row number. Which columns a format reads can be remapped per source (`columns:`).
+A format raises ValueError with a short reason for a malformed row (a missing or wrongly typed
+column, an unknown role); the pipeline adds the file and line (or the source and row number). A
+row with nothing to train is not malformed: an empty message list or text, or a conversation
+without an assistant turn, is returned as it is, and the pipeline drops and counts it
+(`data.untrainable`). Which columns a format reads can be remapped per source (`columns:`).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ ROLES = ("system", "user", "assistant", "tool")
 def _string(row: dict[str, Any], column: str, allow_empty: bool = False) -> str:
     value = row.get(column)
     if not isinstance(value, str) or (not value and not allow_empty):
-        raise ValueError(f"needs a non-empty string column '{column}'")
+        raise ValueError(f"needs a {'' if allow_empty else 'non-empty '}string column '{column}'")
     return value
 
 
@@ -25,16 +28,15 @@ def messages(row: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def check_messages(msgs: Any, column: str) -> list[dict[str, str]]:
-    if not isinstance(msgs, list) or not msgs:
-        raise ValueError(f"needs a non-empty '{column}' list")
+    """{role, content} messages checked for their types and roles (an empty list is returned)."""
+    if not isinstance(msgs, list):
+        raise ValueError(f"needs a '{column}' list of {{role, content}} messages")
     for i, msg in enumerate(msgs):
         if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
             raise ValueError(f"{column}[{i}] needs a string 'content'")
         if msg.get("role") not in ROLES:
             raise ValueError(f"{column}[{i}] has unknown role {msg.get('role')!r} "
                              f"(expected one of: {', '.join(ROLES)})")
-    if not any(msg["role"] == "assistant" for msg in msgs):
-        raise ValueError(f"'{column}' has no assistant turn to train on")
     return [{"role": msg["role"], "content": msg["content"]} for msg in msgs]
 
 
@@ -58,7 +60,7 @@ def alpaca(row: dict[str, Any]) -> list[dict[str, str]]:
 
 def text(row: dict[str, Any]) -> str:
     """`text`: plain language modelling; every token is trained, and an EOS ends each document."""
-    return _string(row, "text")
+    return _string(row, "text", allow_empty=True)
 
 
 @hookimpl

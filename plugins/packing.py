@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left, insort
-from typing import Optional
+from typing import Annotated, Optional
 
-from framework import IGNORE_INDEX, Sample, hookimpl
+from framework import IGNORE_INDEX, Bounds, Sample, hookimpl
 
 
 def _chunks(rows: list, size: int) -> list[list]:
@@ -46,7 +46,7 @@ class PadToLongest:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_tokens": mask.sum()}
 
 
-def none(*, pad_to_multiple_of: Optional[int] = None) -> PadToLongest:
+def none(*, pad_to_multiple_of: Optional[Annotated[int, Bounds(ge=1)]] = None) -> PadToLongest:
     return PadToLongest(pad_to_multiple_of)
 
 

@@ -18,13 +18,11 @@ def check(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     """Validate a recipe and its plugin options and print it resolved; with --gpu, also the memory
     plan per GPU. Exit 0 when valid (and it fits), 1 when it does not fit, 2 when invalid."""
     from framework.cli.show import recipe_tree
-    from framework.config import load_recipe
     from framework.estimation.hardware import resolve_gpu
-    from framework.registry import bind_parts
+    from framework.registry import load_and_bind
 
     target = resolve_gpu(gpu) if gpu is not None else None  # a bad --gpu is an error before any output
-    loaded = load_recipe(recipe, overrides or [])
-    parts = bind_parts(loaded)
+    loaded, parts = load_and_bind(recipe, overrides or [])
     show_warnings(parts.registry.warnings)
     warning = _position_warning(loaded)
     console.print(recipe_tree(loaded, parts.registry))

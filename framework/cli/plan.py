@@ -17,15 +17,13 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
          plot: Optional[Path] = typer.Option(None, "--plot", help="Write a length histogram PNG here.")) -> None:
     """A table over candidate max_seq_length values (memory per GPU, fit, rows cut, trainable tokens
     lost, packing efficiency) and a recommendation. Exit 1 when the recipe's own length does not fit."""
-    from framework.config import load_recipe
     from framework.estimation.hardware import resolve_gpu
     from framework.model.loading import recipe_shape
-    from framework.registry import bind_parts
+    from framework.registry import load_and_bind
     from framework.registry.factories import optimizer_state_tensors
 
     name, gib = resolve_gpu(gpu)
-    loaded = load_recipe(recipe, overrides or [])
-    parts = bind_parts(loaded)
+    loaded, parts = load_and_bind(recipe, overrides or [])
     show_warnings(parts.registry.warnings)
     states, note = optimizer_state_tensors(parts.optimizer, loaded.recipe.optimizer.name)
     show_warnings([note] if note else [])

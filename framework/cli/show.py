@@ -87,7 +87,8 @@ def samples_to_show(tokenizer: Any, rows: Any, truncate: Any, max_seq_length: in
     from framework.data.tokenize import encode_rows
 
     fulls = encode_rows(tokenizer, rows["messages"], rows["text"], train_on)
-    candidates = [(full, truncate_row(full, truncate, max_seq_length)) for full in fulls]
+    candidates = [(full, truncate_row(full, truncate, max_seq_length)) for full in fulls
+                  if full.input_ids]  # rows with nothing to train are dropped before anything sees them
     cut = [c for c in candidates if c[1] is None or len(c[1].input_ids) < len(c[0].input_ids)]
     shown = cut[:(count + 1) // 2]
     return shown + [c for c in candidates if c not in shown][:count - len(shown)]

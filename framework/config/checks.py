@@ -1,15 +1,25 @@
-"""Combinations of recipe values that are each valid but impossible together."""
+"""Combinations of recipe values that are each valid but impossible together.
+
+Each check names the keys it reads and is skipped when one of them already has a problem, so a
+schema error never hides these checks and never causes a spurious one.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from framework.config.schema import Recipe
+from framework.config.validate import Problems
 
 Problem = tuple[str, str]  # (key path, message)
 
 
-def check_combinations(recipe: Recipe) -> list[Problem]:
-    return [*_model(recipe), *_mixture(recipe), *_launch(recipe)]
+def check_combinations(recipe: Recipe, problems: Problems) -> None:
+    """Add every impossible combination to `problems`, skipping checks that read a wrong key."""
+    checks = ((("model", "tokenizer.name_or_path"), _model), (("launch",), _launch))
+    found = [found for reads, check in checks if not problems.touches(*reads) for found in check(recipe)]
+    found += _mixture(recipe, problems)
+    for key, message in found:
+        problems.add(key, message)
 
 
 def _model(recipe: Recipe) -> Iterator[Problem]:
@@ -22,10 +32,15 @@ def _model(recipe: Recipe) -> Iterator[Problem]:
         yield "tokenizer.name_or_path", "missing: a model built from model.config has no tokenizer of its own"
 
 
-def _mixture(recipe: Recipe) -> Iterator[Problem]:
+def _mixture(recipe: Recipe, problems: Problems) -> Iterator[Problem]:
+    """Per entry, so that a wrong key in one entry does not hide a problem of another."""
+    if recipe.data is None or problems.touches("data.mixture") and not recipe.data.mixture:
+        return
     if not recipe.data.mixture:
         yield "data.mixture", "is empty; add at least one source"
     for i, entry in enumerate(recipe.data.mixture):
+        if problems.touches(f"data.mixture[{i}]"):  # e.g. a misspelt fraction: the entry lacks one
+            continue
         if (entry.fraction is None) == (entry.count is None):
             yield (f"data.mixture[{i}]", "set exactly one of fraction (share of rows, 1.0 = all) "
                    "or count (number of rows)")

@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework.config.checks import check_combinations
 from framework.config.schema import Recipe
-from framework.config.validate import Problems, convert
+from framework.config.validate import UNRESOLVED, Problems, convert
 from framework.errors import UserError
 
 @dataclass
@@ -39,26 +39,52 @@ def display_path(path: str | os.PathLike) -> str:
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
     """Load, merge, resolve and validate a recipe; raise UserError listing every problem."""
-    provenance: dict[str, str] = {}
-    cfg = _load_with_extends(Path(path), provenance, chain=())
-    for override in overrides:
-        _apply_override(cfg, override, provenance)
-    top = display_path(path)
-    try:
-        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", "") or ""
-        msg = str(exc).splitlines()[0]
-        raise UserError(f"{provenance.get(key, top)}: {key}: cannot resolve interpolation: {msg}")
-
-    problems = Problems(lambda key: _source(provenance, key, top))
-    recipe = convert(Recipe, data, problems)
-    if not problems.lines:
-        for key, message in check_combinations(recipe):
-            problems.add(key, message)
+    loaded, problems = read_recipe(path, overrides)
     if problems.lines:
         raise UserError(problems.lines)
-    return LoadedRecipe(recipe, data, provenance, top)
+    return loaded
+
+
+def read_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()
+                ) -> tuple[LoadedRecipe, Problems]:
+    """The recipe as far as it can be read, and every problem found on the way, in one pass:
+    `extends`, overrides, interpolation, the schema and impossible combinations. Wrong keys keep
+    their defaults (listed in `problems.invalid`), so callers can check plugins and paths too.
+    Only an unreadable recipe file itself stops here (UserError): there is nothing else to read."""
+    provenance: dict[str, str] = {}
+    top = display_path(path)
+    problems = Problems(lambda key: _source(provenance, key, top))
+    cfg = _load_with_extends(Path(path), provenance, (), problems)
+    for override in overrides:
+        try:
+            _apply_override(cfg, override, provenance)
+        except UserError as exc:
+            problems.lines.extend(exc.problems)
+    data = _resolved(cfg, "", problems)
+    recipe = convert(Recipe, data, problems)
+    if problems.check_required:  # else a parent file is unreadable: what is missing may be in it
+        check_combinations(recipe, problems)
+    return LoadedRecipe(recipe, data, provenance, top), problems
+
+
+def _resolved(node: Any, path: str, problems: Problems) -> Any:
+    """Plain data with every ${...} resolved; a key that cannot be is reported and left UNRESOLVED."""
+    if isinstance(node, DictConfig):
+        return {key: _resolved_child(node, key, f"{path}.{key}" if path else str(key), problems)
+                for key in node.keys()}
+    return [_resolved_child(node, i, f"{path}[{i}]", problems) for i in range(len(node))]
+
+
+def _resolved_child(node: Any, key: Any, path: str, problems: Problems) -> Any:
+    try:
+        if OmegaConf.is_missing(node, key):
+            problems.add(path, "missing value (???); set it in the recipe or as an override")
+            return UNRESOLVED
+        value = node[key]
+    except OmegaConfBaseException as exc:
+        problems.add(path, f"cannot resolve interpolation: {str(exc).splitlines()[0]}")
+        return UNRESOLVED
+    return _resolved(value, path, problems) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def _source(provenance: dict[str, str], key: str, top: str) -> str:
@@ -88,26 +114,42 @@ def _read_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _load_with_extends(path: Path, provenance: dict[str, str], chain: tuple[Path, ...]) -> DictConfig:
-    """Merge a file over the files it extends (in order); later files win, lists are replaced."""
-    resolved = path.resolve()
-    if resolved in chain:
-        cycle = " -> ".join(display_path(p) for p in (*chain, resolved))
-        raise UserError(f"{display_path(path)}: extends: circular extends: {cycle}")
+UNCHECKED = "; required keys and combinations are not checked until it is fixed (it may set them)"
+
+
+def _load_with_extends(path: Path, provenance: dict[str, str], chain: tuple[Path, ...],
+                       problems: Problems) -> DictConfig:
+    """Merge a file over the files it extends (in order); later files win, lists are replaced. A
+    parent that cannot be read is a problem, and its keys are missing: required keys go unchecked."""
     cfg = _read_yaml(path)
     parents = cfg.pop("extends", None)
     parents = [parents] if isinstance(parents, str) else parents or []
-    if not isinstance(parents, (list, ListConfig)) or not all(isinstance(p, str) for p in parents):
-        raise UserError(f"{display_path(path)}: extends: expected a file path or a list of paths")
     merged = OmegaConf.create({})
+    if not isinstance(parents, (list, ListConfig)) or not all(isinstance(p, str) for p in parents):
+        _unreadable(problems, f"{display_path(path)}: extends: expected a file path or a list of paths")
+        parents = []
     for parent in parents:
         parent_path = path.parent / str(parent)
-        if not parent_path.is_file():
-            raise UserError(f"{display_path(path)}: extends: no such file '{parent}' "
-                            f"(paths are relative to the extending file)")
-        merged = OmegaConf.merge(merged, _load_with_extends(parent_path, provenance, (*chain, resolved)))
+        if parent_path.resolve() in (*chain, path.resolve()):
+            cycle = " -> ".join(display_path(p) for p in (*chain, path.resolve(), parent_path.resolve()))
+            _unreadable(problems, f"{display_path(path)}: extends: circular extends: {cycle}")
+        elif not parent_path.is_file():
+            _unreadable(problems, f"{display_path(path)}: extends: no such file '{parent}' "
+                                  "(paths are relative to the extending file)")
+        else:
+            try:
+                loaded = _load_with_extends(parent_path, provenance, (*chain, path.resolve()), problems)
+            except UserError as exc:  # the parent's YAML
+                _unreadable(problems, exc.problems[0])
+                continue
+            merged = OmegaConf.merge(merged, loaded)
     _record(OmegaConf.to_container(cfg, resolve=False), "", display_path(path), provenance)
     return OmegaConf.merge(merged, cfg)
+
+
+def _unreadable(problems: Problems, line: str) -> None:
+    problems.lines.append(line + UNCHECKED)
+    problems.check_required = False
 
 
 def _apply_override(cfg: DictConfig, override: str, provenance: dict[str, str]) -> None:

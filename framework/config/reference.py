@@ -30,9 +30,11 @@ INTRO = """\
 A recipe is a YAML file run with `seqtune train recipe.yaml [key=value ...]`. `extends: base.yaml`
 (or a list, relative to this file) merges it over other recipes: later files win, lists are
 replaced. `key=value` arguments (the value read as YAML: `train.max_steps=10`) override after
-merging, then `${other.key}` interpolations resolve. Validation is strict: unknown keys, wrong
-types, values below a minimum or outside the listed choices are all reported at once
-(`seqtune check recipe.yaml` shows the resolved recipe).
+merging, then `${other.key}` interpolations resolve. Validation is strict and takes one pass:
+unknown keys, wrong types, values below a minimum or outside the listed choices, impossible
+combinations, unknown plugins and plugin options, option values outside a plugin's bounds, and
+local paths that do not exist are all reported at once (`seqtune check recipe.yaml` shows the
+resolved recipe).
 
 A `plugin` key takes a plugin name (`adamw`) or `{name: adamw, <that plugin's options>}`;
 `seqtune plugins` lists the names. `[]` in a key means every list element. Editors can validate

@@ -56,7 +56,8 @@ class ModelConfig:
 class TokenizerConfig:
     name_or_path: Optional[str] = opt(None, "Hub id or local directory; defaults to model.name_or_path.")
     revision: Optional[str] = opt(None, "Hub revision; defaults to model.revision.")
-    use_fast: bool = opt(True, "Use the Rust tokenizer; false is open-instruct's --use_slow_tokenizer.")
+    use_fast: bool = opt(True, "Use the Rust (fast) tokenizer; false loads the slow Python one. (open-instruct ignores "
+                         "its own --use_slow_tokenizer, so that flag maps to nothing.)")
     chat_template: Optional[str] = opt(
         None, "A named template (tulu, chatml, llama3, gemma; see `seqtune plugins`), a .jinja file or "
         "Jinja source; null keeps the tokenizer's own.")

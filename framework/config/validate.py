@@ -2,7 +2,9 @@
 
 OmegaConf's structured configs stop at the first error and say nothing of files; this walker
 reports all problems at once, each with the file (or override) that set the key and a
-did-you-mean, and builds the typed dataclasses when there are none.
+did-you-mean. It builds the typed dataclasses even when some keys are wrong (those keep their
+defaults and are recorded as invalid), so the checks that come after it (combinations, plugins,
+paths) still run in the same pass and skip only what depends on a wrong key.
 """
 from __future__ import annotations
 
@@ -10,25 +12,36 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from framework.config.schema import REQUIRED, Component
 from framework.errors import did_you_mean
+from framework.types import Bounds
 
 Where = Callable[[str], str]  # key path -> "recipes/x.yaml" or "override a.b=1"
 _INVALID = object()
+UNRESOLVED: Any = object()  # a value whose ${...} could not be resolved: already reported, not checked
 
 
 class Problems:
-    """Problems found so far; `where` names the source of a key path."""
+    """Problems found so far; `where` names the source of a key path. `invalid` holds the key paths
+    that have a problem, so that checks depending on them can stay silent."""
 
-    def __init__(self, where: Where):
+    def __init__(self, where: Where, check_required: bool = True):
         self.where = where
         self.lines: list[str] = []
+        self.invalid: set[str] = set()
+        self.check_required = check_required  # false while a parent file is unreadable
 
     def add(self, path: str, message: str) -> object:
         self.lines.append(f"{self.where(path)}: {path or '<recipe>'}: {message}")
+        self.invalid.add(path)
         return _INVALID
+
+    def touches(self, *paths: str) -> bool:
+        """Whether any of the paths, a key inside one, or one of their parents has a problem."""
+        return any(bad == path or bad.startswith((path + ".", path + "[")) or path.startswith((bad + ".", bad + "["))
+                   or not bad for bad in self.invalid for path in paths)
 
 
 def convert(tp: Any, value: Any, problems: Problems, path: str = "") -> Any:
@@ -46,7 +59,11 @@ def _join(path: str, key: str) -> str:
 
 
 def _convert(tp: Any, value: Any, problems: Problems, path: str, minimum: float | None) -> Any:
+    if value is UNRESOLVED:
+        return _INVALID
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _bounded(tp, value, problems, path, minimum)
     if dataclasses.is_dataclass(tp) and tp is not Component:
         return _dataclass(tp, value, problems, path)
     if tp is Component:
@@ -65,6 +82,20 @@ def _convert(tp: Any, value: Any, problems: Problems, path: str, minimum: float 
         return dict(value) if isinstance(value, Mapping) else problems.add(
             path, f"expected a mapping, got {_kind(value)}")
     return _scalar(tp, value, problems, path, minimum)
+
+
+def _bounded(tp: Any, value: Any, problems: Problems, path: str, minimum: float | None) -> Any:
+    """An Annotated type: the base type's check, then every Bounds it carries."""
+    base, *extras = typing.get_args(tp)
+    result = _convert(base, value, problems, path, minimum)
+    if result is _INVALID or result is None:
+        return result
+    numbers = result if isinstance(result, (list, tuple)) else [result]
+    for bounds in (extra for extra in extras if isinstance(extra, Bounds)):
+        bad = [n for n in numbers if isinstance(n, (int, float)) and not bounds.holds(n)]
+        if bad:
+            return problems.add(path, f"must be {bounds}, got {value!r}")
+    return result
 
 
 def _sequence(tp: Any, value: Any, problems: Problems, path: str, minimum: float | None) -> Any:
@@ -110,6 +141,7 @@ def _union(tp: Any, value: Any, problems: Problems, path: str, minimum: float | 
             return result
         if len(candidates) == 1 or _accepts_type(member, value):
             problems.lines.extend(trial.lines)  # the right kind of value, but a bad one
+            problems.invalid |= trial.invalid
             return _INVALID
     expected = " or ".join(_describe(m) for m in members)
     return problems.add(path, f"expected {expected}, got {_kind(value)} {value!r}")
@@ -136,10 +168,15 @@ def _dataclass(cls: type, value: Any, problems: Problems, path: str) -> Any:
         if name in value:
             kwargs[name] = _convert(hints[name], value[name], problems, sub, f.metadata.get("minimum"))
         elif f.default is REQUIRED:
-            kwargs[name] = problems.add(sub, f"missing required key ({f.metadata['help']})")
-    if _INVALID in kwargs.values():
-        return _INVALID
-    return cls(**kwargs)
+            kwargs[name] = problems.add(sub, f"missing required key ({f.metadata['help']})") \
+                if problems.check_required else _INVALID
+    # A wrong key keeps its default (a required one None), so later checks can run on the rest.
+    return cls(**{name: (None if f.default is REQUIRED else _default(f)) if kwargs.get(name) is _INVALID
+                  else kwargs[name] for name, f in fields.items() if name in kwargs or f.default is REQUIRED})
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _component(value: Any, problems: Problems, path: str) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when the encoding itself changes (masking, truncation accounting, columns).
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: `file` locations in the mixture, untrainable rows dropped and counted by cause
 COMPLETE = "complete.json"
 
 

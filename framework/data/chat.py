@@ -6,8 +6,10 @@ prefixes of the whole rendering, and the characters between them are assistant t
 
 The rendering is then tokenized piece by piece, cut at the span edges, so no token can straddle
 a trained and an untrained piece: the trained tokens are exactly the tokens of each assistant turn
-tokenized on its own, which is also how the model produces them after a generation prompt. For
-templates whose markers are special tokens this equals tokenizing the whole text at once.
+tokenized on its own, which is also how the model produces them after a generation prompt. This
+equals tokenizing the whole text at once where that already has a token boundary at every span edge
+(not always: ChatML's newline after the role is plain text and can merge with an answer's leading
+newlines).
 """
 from __future__ import annotations
 

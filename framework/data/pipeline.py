@@ -16,9 +16,10 @@ from typing import Any, Callable
 from framework.config.schema import Recipe
 from framework.data.cache import cache_key, cache_root, load_cached, save_cached, tokenizer_fingerprint
 from framework.data.mixture import mix
-from framework.data.sources import format_source, loaded_fingerprint, local_fingerprint
+from framework.data.sources import RowNames, format_source, loaded_fingerprint, local_fingerprint
 from framework.data.tokenize import Report, encode_rows, make_encoder
 from framework.errors import UserError
+from framework.model.tokenizer import is_jinja
 from framework.types import Piece, Sample
 
 
@@ -70,14 +71,32 @@ def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable
             prepared = PreparedData(dataset, Report(**meta["report"]), meta["mixture"], True,
                                     path, lambda: build()[0])
         else:
-            mixture, stats = build()
-            dataset, report = _tokenize(mixture, recipe.data, truncate, tokenizer, max_seq_length)
+            mixture, stats, names = build()
+            encode = make_encoder(tokenizer, truncate, max_seq_length, recipe.data.train_on, names,
+                                  template_name(recipe), recipe.data.untrainable)
+            dataset, report = _tokenize(mixture, encode, recipe.data.num_workers, max_seq_length)
             dataset = save_cached(path, dataset, {"report": vars(report), "mixture": stats})
             prepared = PreparedData(dataset, report, stats, False, path, lambda: mixture)
     if len(prepared.dataset) == 0:
-        raise UserError(f"data: no row is left to train on: {prepared.report.summary()}; raise "
-                        f"data.max_seq_length or choose another data.truncation")
+        raise UserError(f"data: no row is left to train on: {prepared.report.summary()}; "
+                        f"{_remedy(prepared.report)}")
     return prepared
+
+
+def template_name(recipe: Recipe) -> str:
+    """The chat template as the recipe names it, for an error about a row it fails for."""
+    value = recipe.tokenizer.chat_template
+    if value is None:
+        return "the tokenizer's own chat template"
+    return "the chat template in tokenizer.chat_template" if is_jinja(value) else f"chat template '{value}'"
+
+
+def _remedy(report: Report) -> str:
+    remedies = {"cut_by_truncation": "raise data.max_seq_length or choose another data.truncation",
+                "no_assistant_turn": "give the rows an assistant turn, or set data.train_on: all",
+                "empty": "give the rows messages or text",
+                "no_trainable_token": "check that the chat template renders the assistant turns"}
+    return "; ".join(fix for cause, fix in remedies.items() if report.dropped.get(cause))
 
 
 def untruncated_sample(recipe: Recipe, loaders: list[Callable], formats: list[Callable], tokenizer: Any,
@@ -86,11 +105,16 @@ def untruncated_sample(recipe: Recipe, loaders: list[Callable], formats: list[Ca
     import random
 
     with _quiet_datasets():
-        mixture, _ = _build_mixture(recipe, loaders, formats, _fingerprints(recipe, loaders)[1])
+        mixture, _, names = _build_mixture(recipe, loaders, formats, _fingerprints(recipe, loaders)[1])
     indices = sorted(random.Random(recipe.seed).sample(range(len(mixture)), min(count, len(mixture))))
-    rows = mixture.select(indices)
-    samples = encode_rows(tokenizer, rows["messages"], rows["text"], recipe.data.train_on)
-    return [s for s in samples if s.num_trainable]  # as prepare_data, which drops such rows
+    rows = mixture.select(indices).to_dict()
+
+    def where(i: int) -> str:
+        return names[rows["source"][i]](rows["file"][i], rows["row"][i])
+
+    samples = encode_rows(tokenizer, rows["messages"], rows["text"], recipe.data.train_on, where,
+                          template_name(recipe))
+    return [s for s in samples if s.num_trainable]  # untrainable rows: dropped, as prepare_data drops them
 
 
 def _fingerprints(recipe: Recipe, loaders: list[Callable]) -> tuple[list[str], dict[int, Any]]:
@@ -107,14 +131,17 @@ def _fingerprints(recipe: Recipe, loaders: list[Callable]) -> tuple[list[str], d
 
 
 def _build_mixture(recipe: Recipe, loaders: list[Callable], formats: list[Callable],
-                   loaded: dict[int, Any]) -> tuple[Any, dict]:
-    data, formatted = recipe.data, []
+                   loaded: dict[int, Any]) -> tuple[Any, dict, list[RowNames]]:
+    """The mixture, its stats, and what names each source's rows in an error."""
+    data, formatted, names = recipe.data, [], []
     with progress_bars():
         for i, (entry, load, to_messages) in enumerate(zip(data.mixture, loaders, formats)):
             rows = loaded.pop(i) if i in loaded else load(entry.source, entry.split)
-            formatted.append(format_source(rows, i, entry, to_messages, data.num_workers))
+            dataset, named = format_source(rows, i, entry, to_messages, data.num_workers)
+            formatted.append(dataset)
+            names.append(named)
     mixture, sources = mix(formatted, data, recipe.seed)
-    return mixture, {"rows": len(mixture), "seed": recipe.seed, "sources": sources}
+    return mixture, {"rows": len(mixture), "seed": recipe.seed, "sources": sources}, names
 
 
 @contextlib.contextmanager
@@ -142,17 +169,14 @@ def progress_bars():
         ds_logging.disable_progress_bar()
 
 
-def _tokenize(mixture: Any, data: Any, truncate: Callable, tokenizer: Any, max_seq_length: int
-              ) -> tuple[Any, Report]:
-    encode = make_encoder(tokenizer, truncate, max_seq_length, data.train_on,
-                          [entry.source for entry in data.mixture])
+def _tokenize(mixture: Any, encode: Callable, num_workers: int, max_seq_length: int) -> tuple[Any, Report]:
     with progress_bars():
         tokenized = mixture.map(encode, batched=True, remove_columns=mixture.column_names,
-                                num_proc=data.num_workers if data.num_workers > 1 else None,
+                                num_proc=num_workers if num_workers > 1 else None,
                                 desc=f"tokenizing (max_seq_length {max_seq_length:,})")
-    stats = tokenized.select_columns(["length", "length_before", "trainable", "trainable_before"])
+    stats = tokenized.select_columns(["length", "length_before", "trainable", "trainable_before", "dropped"])
     report = Report.from_columns(stats.to_dict(), max_seq_length)
-    kept = tokenized.filter(lambda lengths: [n > 0 for n in lengths], input_columns="length",
+    kept = tokenized.filter(lambda codes: [code == 0 for code in codes], input_columns="dropped",
                             batched=True, desc="dropping rows with nothing to train")
     return kept.select_columns(["input_ids", "labels", "length"]), report
 
@@ -164,4 +188,4 @@ def _key(recipe: Recipe, fingerprints: list[str], tokenizer: Any, max_seq_length
                for e, fp in zip(data.mixture, fingerprints)]
     return cache_key({"sources": sources, "seed": recipe.seed, "tokenizer": tokenizer_fingerprint(tokenizer),
                       "max_seq_length": max_seq_length, "truncation": vars(data.truncation),
-                      "train_on": data.train_on})
+                      "train_on": data.train_on, "untrainable": data.untrainable})

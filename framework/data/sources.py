@@ -1,18 +1,24 @@
 """Sources: pick each mixture entry's loader, fingerprint it, map its columns and format its rows.
 
 A formatted source is a `datasets.Dataset` with columns `messages` (chat turns, or empty), `text`
-(plain language-modelling text, or None), `source` (index into data.mixture) and `row` (1-based row
-number in that source), so that any later error can still name the row it is about.
+(plain language-modelling text, or None), `source` (index into data.mixture), `file` and `row`:
+where the row came from, so that any later error can still name it. When the loader said where
+each row came from (`framework.Rows`), `file` indexes its files and `row` is the row's line in that
+file (1-based, blank lines counted); otherwise `file` is 0 and `row` the 1-based row number in the
+source. `RowNames` turns the three back into `file:line` (or `source: row N`).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from framework.config.schema import MixtureEntry
 from framework.errors import UserError
+from framework.types import Rows
 
 LOADER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -55,9 +61,24 @@ def loaded_fingerprint(loaded: Any) -> str:
     return hashlib.sha256(json.dumps(list(loaded), sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class RowNames:
+    """Names a row of one source from its `file` and `row` columns, as errors show it."""
+
+    source: str
+    files: tuple[tuple[str, bool], ...] = ()  # a `Rows`' files: (name, whether numbers are lines)
+
+    def __call__(self, file: int, number: int) -> str:
+        if not self.files:
+            return f"{self.source}: row {number}"
+        name, lines = self.files[file]
+        return f"{name}:{number}" if lines else f"{name}: row {number}"
+
+
 def format_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable,
-                  num_workers: int) -> Any:
-    """Rows of one source as `messages`/`text`, tagged with their source index and row number.
+                  num_workers: int) -> tuple[Any, RowNames]:
+    """Rows of one source as `messages`/`text`, tagged with where they came from, and the names
+    of those places.
 
     Python rows (from JSON) are formatted before they become arrow data, so a wrongly typed or
     missing value is the format's error about that row, never an arrow type-inference failure.
@@ -65,19 +86,55 @@ def format_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Cal
     import datasets
 
     if not isinstance(loaded, datasets.Dataset):
-        rows = list(loaded)
-        _check_columns(entry, index, set().union(*(row.keys() for row in rows)) if rows else set())
-        batch = _convert(rows, range(len(rows)), index, entry, to_messages)
-        return datasets.Dataset.from_dict(batch, features=_features())
-    _check_columns(entry, index, set(loaded.column_names))
+        rows, names = _nonempty(list(loaded), entry), _names(loaded, entry.source)
+        files, numbers = ((loaded.file_of, loaded.numbers) if names.files
+                          else (itertools.repeat(0), range(1, len(rows) + 1)))
+        _check_columns(entry, index, set().union(*(row.keys() for row in rows)))
+        return _to_arrow(_convert(rows, files, numbers, index, entry, to_messages, names), names), names
+    _check_columns(entry, index, set(_nonempty(loaded, entry).column_names))
+    names = RowNames(entry.source)
 
     def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        return _convert(rows, indices, index, entry, to_messages)
+        return _convert(rows, itertools.repeat(0), [i + 1 for i in indices], index, entry, to_messages, names)
 
-    return loaded.map(convert, batched=True, with_indices=True, remove_columns=loaded.column_names,
-                      num_proc=num_workers if num_workers > 1 and len(loaded) > 1000 else None,
-                      desc=f"formatting {entry.source}", features=_features())
+    formatted = loaded.map(convert, batched=True, with_indices=True, remove_columns=loaded.column_names,
+                           num_proc=num_workers if num_workers > 1 and len(loaded) > 1000 else None,
+                           desc=f"formatting {entry.source}", features=_features())
+    return formatted, names
+
+
+def _to_arrow(batch: dict[str, list], names: RowNames) -> Any:
+    """The formatted rows as a Dataset; a lone UTF-16 surrogate (which a loader's Python strings may
+    hold, though arrow cannot) is an error naming its row."""
+    import datasets
+
+    try:
+        return datasets.Dataset.from_dict(batch, features=_features())
+    except UnicodeEncodeError:
+        for i, (messages, text) in enumerate(zip(batch["messages"], batch["text"])):
+            try:
+                json.dumps([messages, text], ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise UserError(f"{names(batch['file'][i], batch['row'][i])}: holds \\u"
+                                f"{ord(exc.object[exc.start]):04x}, half of a UTF-16 surrogate pair, not a "
+                                "character; fix or remove it") from None
+        raise
+
+
+def _nonempty(rows: Any, entry: MixtureEntry) -> Any:
+    if len(rows) == 0:
+        raise UserError(f"{entry.source}: the source holds no rows; give it rows or remove it from data.mixture")
+    return rows
+
+
+def _names(loaded: Any, source: str) -> RowNames:
+    if not isinstance(loaded, Rows):
+        return RowNames(source)
+    if not len(loaded) == len(loaded.file_of) == len(loaded.numbers):
+        raise UserError(f"{source}: the loader returned {len(loaded):,} rows but {len(loaded.numbers):,} "
+                        "locations; build its Rows with add_file")
+    return RowNames(source, tuple(loaded.files))
 
 
 def _check_columns(entry: MixtureEntry, index: int, columns: set[str]) -> None:
@@ -87,16 +144,20 @@ def _check_columns(entry: MixtureEntry, index: int, columns: set[str]) -> None:
                         f"{', '.join(missing)} (columns: {', '.join(sorted(columns))})")
 
 
-def _convert(rows: list[dict], indices: Any, index: int, entry: MixtureEntry, to_messages: Callable
-             ) -> dict[str, list]:
-    out: dict[str, list] = {"messages": [], "text": [], "source": [], "row": []}
-    for row, position in zip(rows, indices):
+def _convert(rows: list[dict], files: Any, numbers: Sequence[int], index: int, entry: MixtureEntry,
+             to_messages: Callable, names: RowNames) -> dict[str, list]:
+    out: dict[str, list] = {"messages": [], "text": [], "source": [], "file": [], "row": []}
+    for row, file, number in zip(rows, files, numbers):
         record = {**row, **{wanted: row.get(actual) for wanted, actual in entry.columns.items()}}
-        result = _format_row(to_messages, record, entry.source, position + 1)
+        try:
+            result = to_messages(record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise UserError(f"{names(file, number)}: {exc}") from None
         out["messages"].append([] if isinstance(result, str) else result)
         out["text"].append(result if isinstance(result, str) else None)
         out["source"].append(index)
-        out["row"].append(position + 1)
+        out["file"].append(file)
+        out["row"].append(number)
     return out
 
 
@@ -104,11 +165,5 @@ def _features():
     from datasets import Features, List, Value
 
     return Features({"messages": List({"role": Value("string"), "content": Value("string")}),
-                     "text": Value("string"), "source": Value("int32"), "row": Value("int64")})
-
-
-def _format_row(to_messages: Callable, row: dict, source: str, number: int) -> list[dict] | str:
-    try:
-        return to_messages(row)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise UserError(f"{source}: row {number}: {exc}") from None
+                     "text": Value("string"), "source": Value("int32"), "file": Value("int32"),
+                     "row": Value("int64")})

@@ -1,14 +1,21 @@
 """Tokenize the mixture, apply the truncation strategy, and account for every token lost."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 from framework.data.chat import TemplateError, encode_chats
+from framework.data.sources import RowNames
 from framework.errors import UserError
 from framework.types import IGNORE_INDEX, Sample
 
 PERCENTILES = (50, 90, 99)
+# Why a row is dropped with nothing to train (data.untrainable); its code in the `dropped` column
+# is 1 + its index here, 0 for a kept row.
+CAUSES = ("empty", "no_assistant_turn", "no_trainable_token", "cut_by_truncation")
+CODES = {None: 0, **{cause: code for code, cause in enumerate(CAUSES, start=1)}}
+COLUMNS = ("input_ids", "labels", "length", "length_before", "trainable", "trainable_before", "dropped")
+EMPTY = Sample([], [])
 
 
 def encode_text(tokenizer: Any, text: str) -> Sample:
@@ -17,16 +24,58 @@ def encode_text(tokenizer: Any, text: str) -> Sample:
     return Sample(ids, [IGNORE_INDEX] + ids[1:])
 
 
-def encode_rows(tokenizer: Any, messages: list[list[dict]], texts: list[str | None], train_on: str
-                ) -> list[Sample]:
+def untrainable(messages: list[dict], text: str | None, train_on: str) -> str | None:
+    """Why a formatted row has nothing to train, seen before encoding it (a cause in CAUSES), or None."""
+    if text is not None:
+        return None if text else "empty"
+    if not messages:
+        return "empty"
+    if train_on != "all" and not any(message["role"] == "assistant" for message in messages):
+        return "no_assistant_turn"
+    return None
+
+
+def encode_rows(tokenizer: Any, messages: list[list[dict]], texts: list[str | None], train_on: str,
+                where: Callable[[int], str] | None = None, template: str = "the chat template") -> list[Sample]:
     """Rows as the mixture holds them (chat `messages`, or plain `text` where it is not None), encoded
-    whole, the chats in one batched call."""
-    chats = [m for m, text in zip(messages, texts) if text is None]
+    whole, the chats in one batched call. A row `untrainable` sees as having nothing to train is not
+    encoded: its Sample is empty. `where(i)` names row i when `template` fails for it."""
+    causes = [untrainable(m, text, train_on) for m, text in zip(messages, texts)]
+    return _encode(tokenizer, messages, texts, causes, train_on, where, template)
+
+
+def _encode(tokenizer: Any, messages: list[list[dict]], texts: list[str | None], causes: list[str | None],
+            train_on: str, where: Callable[[int], str] | None, template: str) -> list[Sample]:
+    chats = [i for i, (text, cause) in enumerate(zip(texts, causes)) if text is None and cause is None]
     try:
-        encoded = iter(encode_chats(tokenizer, chats, train_on))
-    except TemplateError as exc:
-        raise UserError(f"tokenizer.chat_template: {exc}") from None
-    return [next(encoded) if text is None else encode_text(tokenizer, text) for text in texts]
+        encoded = iter(encode_chats(tokenizer, [messages[i] for i in chats], train_on))
+    except _template_errors():  # raise_exception, or Python's own errors inside the template
+        _raise_for_the_failing_row(tokenizer, messages, chats, train_on, where, template)
+        raise
+    return [Sample([], []) if cause is not None else next(encoded) if text is None else encode_text(tokenizer, text)
+            for text, cause in zip(texts, causes)]
+
+
+def _raise_for_the_failing_row(tokenizer: Any, messages: list[list[dict]], chats: list[int], train_on: str,
+                               where: Callable[[int], str] | None, template: str) -> None:
+    """Encode the batch's chats one by one and name the first that fails, as a UserError."""
+    for i in chats:
+        try:
+            encode_chats(tokenizer, [messages[i]], train_on)
+        except _template_errors() as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if not isinstance(exc, TemplateError) and not type(exc).__module__.startswith("jinja2"):
+                reason = f"{type(exc).__name__}: {reason}"
+            prefix = where(i) if where else "tokenizer.chat_template"
+            raise UserError(f"{prefix}: {template} fails for this row: {reason}") from None
+
+
+def _template_errors() -> tuple[type[Exception], ...]:
+    """What rendering a row can raise; evaluated only when something was raised."""
+    import jinja2
+
+    return (jinja2.TemplateError, TemplateError, TypeError, ValueError, LookupError, AttributeError,
+            ArithmeticError)
 
 
 def truncate_row(sample: Sample, truncate: Callable, max_seq_length: int) -> Sample | None:
@@ -42,30 +91,66 @@ def truncate_row(sample: Sample, truncate: Callable, max_seq_length: int) -> Sam
 
 
 def make_encoder(tokenizer: Any, truncate: Callable, max_seq_length: int, train_on: str,
-                 source_names: list[str]) -> Callable:
-    """The batched `datasets.map` function: tokens, labels and per-row accounting columns."""
+                 sources: Sequence[str | Callable[[int, int], str]], template: str = "the chat template",
+                 untrainable_rows: str = "drop") -> Callable:
+    """The batched `datasets.map` function: tokens, labels, per-row accounting columns, and `dropped`
+    (0 for a kept row, else 1 + the index of its cause in CAUSES).
+
+    `sources[i]` names data.mixture[i]'s rows from their `file` and `row` columns (a plain name: its
+    rows are `name: row N`); `untrainable_rows` is data.untrainable ("error": the first row with
+    nothing to train stops preprocessing)."""
+    names = [RowNames(s) if isinstance(s, str) else s for s in sources]
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "length", "length_before",
-                                                "trainable", "trainable_before")}
-        for i, full in enumerate(encode_rows(tokenizer, batch["messages"], batch["text"], train_on)):
-            try:
-                kept = truncate_row(full, truncate, max_seq_length) or Sample([], [])
-            except ValueError as exc:
-                where = f"{source_names[batch['source'][i]]}: row {batch['row'][i]}"
-                raise UserError(f"{where}: {exc}") from None
-            for key, value in (("input_ids", kept.input_ids), ("labels", kept.labels),
-                               ("length", len(kept.input_ids)), ("length_before", len(full.input_ids)),
-                               ("trainable", kept.num_trainable), ("trainable_before", full.num_trainable)):
+        files = batch.get("file") or [0] * len(batch["row"])
+
+        def where(i: int) -> str:
+            return names[batch["source"][i]](files[i], batch["row"][i])
+
+        causes = [untrainable(m, text, train_on) for m, text in zip(batch["messages"], batch["text"])]
+        fulls = _encode(tokenizer, batch["messages"], batch["text"], causes, train_on, where, template)
+        out: dict[str, list] = {k: [] for k in COLUMNS}
+        for i, (full, cause) in enumerate(zip(fulls, causes)):
+            kept, cause = _kept(full, cause, truncate, max_seq_length, where, i)
+            if cause is not None and untrainable_rows == "error":
+                raise UserError(f"{where(i)}: {_why(cause, full, max_seq_length)} (data.untrainable: error; "
+                                "'drop' drops and counts such rows)")
+            for key, value in zip(COLUMNS, (kept.input_ids, kept.labels, len(kept.input_ids), len(full.input_ids),
+                                            kept.num_trainable, full.num_trainable, CODES[cause])):
                 out[key].append(value)
         return out
 
     return encode
 
 
+def _kept(full: Sample, cause: str | None, truncate: Callable, max_seq_length: int, where: Callable[[int], str],
+          i: int) -> tuple[Sample, str | None]:
+    """What truncation leaves of row i, and why nothing is left when it is EMPTY."""
+    if cause is not None:
+        return EMPTY, cause
+    try:
+        kept = truncate_row(full, truncate, max_seq_length)
+    except ValueError as exc:  # the strategy refuses the row (truncation: raise)
+        raise UserError(f"{where(i)}: {exc}") from None
+    if kept is None:
+        return EMPTY, "cut_by_truncation" if full.num_trainable else "no_trainable_token"
+    return kept, None
+
+
+def _why(cause: str, full: Sample, max_seq_length: int) -> str:
+    return {"empty": "the row is empty after its format (no messages, or an empty text)",
+            "no_assistant_turn": "has no assistant turn to train on",
+            "no_trainable_token": "the chat template renders no token to train for this row",
+            "cut_by_truncation": f"has {len(full.input_ids):,} tokens and truncation to max_seq_length "
+                                 f"{max_seq_length:,} leaves none of them to train"}[cause]
+
+
 @dataclass
 class Report:
-    """What max_seq_length and the truncation strategy did to the data."""
+    """What max_seq_length, the truncation strategy and rows with nothing to train did to the data.
+
+    `dropped` counts rows_dropped by cause (CAUSES): empty after the format, no assistant turn,
+    no token the template trains, or every trainable token cut by truncation."""
 
     max_seq_length: int
     rows_in: int
@@ -78,6 +163,7 @@ class Report:
     trainable_tokens_lost: int
     lengths_before: dict[str, int]
     lengths_after: dict[str, int]
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any], max_seq_length: int) -> Report:
@@ -85,18 +171,23 @@ class Report:
 
         before, after = np.asarray(columns["length_before"]), np.asarray(columns["length"])
         trainable_before, trainable = np.asarray(columns["trainable_before"]), np.asarray(columns["trainable"])
-        kept = after > 0
+        codes = np.asarray(columns["dropped"])
+        kept = codes == 0
         return cls(max_seq_length=max_seq_length, rows_in=len(before), rows_kept=int(kept.sum()),
                    rows_truncated=int((kept & (after < before)).sum()), rows_dropped=int((~kept).sum()),
                    tokens_in=int(before.sum()), tokens_lost=int(before.sum() - after.sum()),
                    trainable_tokens_in=int(trainable_before.sum()),
                    trainable_tokens_lost=int(trainable_before.sum() - trainable.sum()),
-                   lengths_before=_percentiles(before), lengths_after=_percentiles(after[kept]))
+                   # rows dropped before encoding have no length: they are not part of the spread
+                   lengths_before=_percentiles(before[before > 0]), lengths_after=_percentiles(after[kept]),
+                   dropped={cause: int((codes == CODES[cause]).sum()) for cause in CAUSES})
 
     def summary(self) -> str:
         share = self.trainable_tokens_lost / max(self.trainable_tokens_in, 1)
+        causes = ", ".join(f"{n:,} {cause.replace('_', ' ')}" for cause, n in self.dropped.items() if n)
         return (f"{self.rows_in:,} rows -> {self.rows_kept:,} kept ({self.rows_truncated:,} truncated, "
-                f"{self.rows_dropped:,} dropped) at max_seq_length {self.max_seq_length:,}; "
+                f"{self.rows_dropped:,} dropped{': ' + causes if causes else ''}) at max_seq_length "
+                f"{self.max_seq_length:,}; "
                 f"{self.trainable_tokens_lost:,} trainable tokens lost ({share:.2%}); length "
                 f"p50/p90/p99/max {self._row(self.lengths_before)} -> {self._row(self.lengths_after)}")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from framework.config.paths import looks_local
 from framework.errors import UserError
 
 BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"  # <org>__<name>.json, offline shapes
@@ -202,7 +203,7 @@ def _find_config(name: str, revision: str, cache_dir: Optional[str | Path]) -> t
         if not path.is_file():
             raise UserError(f"model.name_or_path: the directory {name} has no config.json")
         return _read_json(path), str(path)
-    if _looks_like_path(name):
+    if looks_local(name):
         raise UserError(f"model.name_or_path: no such directory: {name}")
     cached = _from_hf_cache(name, revision, cache_dir)
     if cached is not None:
@@ -214,11 +215,6 @@ def _find_config(name: str, revision: str, cache_dir: Optional[str | Path]) -> t
                     "directory, its config.json is not in the Hugging Face cache, and no config is bundled "
                     f"for it (bundled: {', '.join(bundled_models())}); fetch it once with "
                     f"`huggingface-cli download {name} config.json`, or describe the model under model.config")
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else is meant as a local path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _from_hf_cache(name: str, revision: str, cache_dir: Optional[str | Path]) -> Optional[str]:

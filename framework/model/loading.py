@@ -30,9 +30,9 @@ def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None) 
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **common)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: custom code without trust_remote_code, ...
             raise UserError(f"model.name_or_path: cannot load model '{cfg.name_or_path}': "
-                            f"{str(exc).splitlines()[0]}") from None
+                            f"{str(exc).strip().splitlines()[0]}") from None
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"model: vocab_size {model.config.vocab_size} is smaller than the tokenizer's "
                         f"{len(tokenizer)} tokens")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from functools import partial
 from typing import Any, Callable
 
 from framework.config.validate import Problems, convert, is_invalid
@@ -11,12 +12,31 @@ from framework.errors import did_you_mean
 
 
 def check_options(factory: Callable, options: dict[str, Any], problems: Problems, path: str) -> dict | None:
-    """Recipe options are the factory's keyword-only parameters; check names, types and requireds."""
+    """Recipe options are the factory's keyword-only parameters: check names, types, requireds, the
+    bounds annotated on them (`Annotated[float, Bounds(gt=0)]`), and the rules the factory declares
+    (`factory.check`), all without calling it. The checked options, or None when any is wrong."""
+    checked = _typed_options(factory, options, problems, path)
+    if checked is None:
+        return None
+    before = len(problems.lines)
+    effective = {**_defaults(factory), **checked}  # a rule sees every option, set or defaulted
+    for option, message in declared(partial(factory, **effective), "check", default=()) or ():
+        problems.add(f"{path}.{option}" if option else path, message)
+    return checked if len(problems.lines) == before else None
+
+
+def _defaults(factory: Callable) -> dict[str, Any]:
+    params = inspect.signature(factory).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+def _typed_options(factory: Callable, options: dict[str, Any], problems: Problems, path: str) -> dict | None:
     params = inspect.signature(factory).parameters.values()
     accepted = {p.name: p for p in params if p.kind is p.KEYWORD_ONLY}
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
     try:  # a class factory's options are its __init__'s parameters
-        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory,
+                                      include_extras=True)
     except Exception:  # unresolvable annotations in a third-party factory: check names only
         hints = {}
     before = len(problems.lines)

@@ -36,7 +36,7 @@ LAYOUT = {  # SMALL rendered by hand from each family's documented layout, bos_t
              "<|user|>\nHi there!\n"
              "<|assistant|>\nHello.\n<|im_end|>\n"
              "<|user|>\n 2+2? \n"
-             "<|assistant|>\n4<|im_end|>\n"),
+             "<|assistant|>\n4<|im_end|>"),  # open-instruct's: the last turn ends at eos, no newline
     "llama3": ("<|endoftext|>"
                "<|start_header_id|>system<|end_header_id|>\n\nBe terse.<|eot_id|>"
                "<|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>"
@@ -110,11 +110,20 @@ def test_the_generation_prompt_follows_the_conversation(render, name):
     assert render(name, SMALL, gen=True) == LAYOUT[name] + GENERATION_PROMPT[name]
 
 
+def test_tulu_is_byte_for_byte_open_instructs_layout(render):
+    """open-instruct's tulu template (1b695caf): every assistant turn ends with eos; a newline follows
+    it only when another turn comes (so a row of exactly max_seq_length tokens is not cut)."""
+    eos = "<|im_end|>"  # the quickstart tokenizer's
+    assert render("tulu", SMALL[1:3]) == f"<|user|>\nHi there!\n<|assistant|>\nHello.\n{eos}"
+    assert render("tulu", SMALL[1:4]) == f"<|user|>\nHi there!\n<|assistant|>\nHello.\n{eos}\n<|user|>\n 2+2? \n"
+    assert render("tulu", SMALL[1:3], gen=True) == f"<|user|>\nHi there!\n<|assistant|>\nHello.\n{eos}<|assistant|>\n"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_tool_results_render_as_documented(render, name):
     text = render(name, TOOL)
     assert TOOL_TURN[name] in text
-    assert text.endswith("Sunny." + END_OF_TURN[name] + ("" if name == "llama3" else "\n"))
+    assert text.endswith("Sunny." + END_OF_TURN[name] + ("" if name in ("llama3", "tulu") else "\n"))
 
 
 @pytest.mark.parametrize("name", NAMES)

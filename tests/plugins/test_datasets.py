@@ -7,6 +7,7 @@ from pathlib import Path
 import datasets
 import pytest
 
+from framework import Rows
 from framework.errors import UserError
 from plugins.datasets import (load_csv, load_disk, load_hub, load_json, load_parquet,
                               seqtune_register_dataset_loaders)
@@ -123,6 +124,36 @@ def test_json_folder_bad_line_names_the_file_in_the_folder(here):
     assert line.startswith(f"{Path('data') / 'b.jsonl'}:2: invalid JSON line")
 
 
+def test_json_rows_say_which_file_and_line_they_come_from(here):
+    (here / "data" / "b").mkdir(parents=True)
+    (here / "data" / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(ROW_A).encode() + b"\n\n  \n"
+                                            + json.dumps(ROW_B).encode() + b"\r\n")
+    (here / "data" / "b" / "c.json").write_text(json.dumps([ROW_B, ROW_A], indent=2))
+    rows = load_json("data", "train")
+    assert isinstance(rows, Rows) and list(rows) == [ROW_A, ROW_B, ROW_B, ROW_A]
+    assert rows.files == [(str(Path("data") / "a.jsonl"), True), (str(Path("data") / "b" / "c.json"), False)]
+    assert list(rows.file_of) == [0, 0, 1, 1] and list(rows.numbers) == [1, 4, 1, 2]
+
+
+def test_rows_add_file_checks_its_line_numbers():
+    rows = Rows()
+    with pytest.raises(ValueError, match="2 rows but 1 line numbers"):
+        rows.add_file("x.jsonl", [ROW_A, ROW_B], [3])
+
+
+def test_jsonl_lines_end_at_newlines_only(here):
+    (here / "rows.jsonl").write_bytes(b'{"n": 1}\r\n\r\n{"n": 2}\r\n{"n":\r 3}\n')
+    rows = load_json("rows.jsonl", "train")
+    assert list(rows) == [{"n": 1}, {"n": 2}, {"n": 3}] and list(rows.numbers) == [1, 3, 4]
+
+
+def test_invalid_utf8_far_into_a_file_names_its_line(here):
+    good = (json.dumps(ROW_A) + "\n").encode() * 20_000  # beyond the text decoder's first chunks
+    (here / "rows.jsonl").write_bytes(good + b"\n" + b'{"a": "\xc3\x28"}\n')
+    assert error_line(load_json, "rows.jsonl") == ("rows.jsonl:20002: not valid UTF-8 (byte 0xc3 at byte 8 of "
+                                                   "the line); save the file as UTF-8")
+
+
 def test_json_folder_without_json_files_is_an_error(here):
     (here / "data").mkdir()
     (here / "data" / "rows.csv").write_text("a,b\n1,2\n")
@@ -187,6 +218,43 @@ def test_unreadable_parquet_names_the_source(here):
     (here / "broken.parquet").write_bytes(b"this is not parquet at all")
     line = error_line(load_parquet, "broken.parquet")
     assert line.startswith("broken.parquet: cannot read as parquet: ")
+
+
+def test_csv_that_is_not_utf8_names_the_line_and_nothing_else_is_printed(here, capfd):
+    (here / "rows.csv").write_bytes(b"instruction,output\nhi,yo\n\ncaf\xe9,x\n")
+    assert error_line(load_csv, "rows.csv") == ("rows.csv:4: not valid UTF-8 (byte 0xe9 at byte 4 of the line); "
+                                                "save the file as UTF-8")
+    assert "Failed to read" not in capfd.readouterr().err
+
+
+def test_a_csv_with_a_bom_is_read(here):
+    (here / "rows.csv").write_bytes(b"\xef\xbb\xbfinstruction,output\nhi,yo\n")
+    assert load_csv("rows.csv", "train").to_list() == [{"instruction": "hi", "output": "yo"}]
+
+
+@pytest.mark.parametrize("name", ["header.csv", "blank.csv", "none.parquet"])
+def test_an_empty_csv_or_parquet_file_is_named(here, name):
+    shards = here / "shards"
+    shards.mkdir()
+    if name.endswith(".csv"):
+        (shards / name).write_text("instruction,output\n" if name == "header.csv" else "")
+        datasets.Dataset.from_list(TABLE).to_csv(str(shards / "0.csv"), index=False)
+    else:
+        datasets.Dataset.from_list(TABLE).select([]).to_parquet(str(shards / name))
+        datasets.Dataset.from_list(TABLE).to_parquet(str(shards / "0.parquet"))
+    load = load_csv if name.endswith(".csv") else load_parquet
+    assert error_line(load, f"shards/{name}").startswith(f"shards/{name}: the file holds no rows")
+    if name == "blank.csv":  # not even a header: the folder cannot be read, and the file is named
+        assert error_line(load, "shards").startswith(f"{Path('shards') / name}: the file holds no rows")
+    else:  # an empty shard beside others adds no rows, as an empty .jsonl in a folder does
+        assert load("shards", "train").to_list() == TABLE
+
+
+def test_a_damaged_saved_dataset_is_one_line(here):
+    datasets.Dataset.from_list(TABLE).save_to_disk(str(here / "saved"))
+    for arrow in (here / "saved").glob("*.arrow"):
+        arrow.write_bytes(b"not arrow at all")
+    assert error_line(load_disk, "saved").startswith("saved: cannot read the saved dataset: ")
 
 
 def test_missing_parquet_and_csv_sources(here):

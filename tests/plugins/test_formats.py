@@ -28,11 +28,15 @@ def test_messages_returns_role_and_content_only():
                              {"role": "assistant", "content": ""}, {"role": "tool", "content": "42"}]
 
 
-@pytest.mark.parametrize("row", [{"messages": []}, {}, {"messages": "hi"}, {"messages": None}],
-                         ids=["empty", "missing", "string", "null"])
-def test_messages_needs_a_non_empty_list(row):
-    with pytest.raises(ValueError, match="needs a non-empty 'messages' list"):
+@pytest.mark.parametrize("row", [{}, {"messages": "hi"}, {"messages": None}, {"messages": {"role": "user"}}],
+                         ids=["missing", "string", "null", "mapping"])
+def test_messages_needs_a_list(row):
+    with pytest.raises(ValueError, match=r"needs a 'messages' list of \{role, content\} messages"):
         messages(row)
+
+
+def test_an_empty_message_list_is_returned_for_the_pipeline_to_drop():
+    assert messages({"messages": []}) == []
 
 
 def test_messages_unknown_role_lists_the_roles():
@@ -60,9 +64,9 @@ def test_messages_entries_must_be_mappings():
         messages({"messages": ["user: hi", ASSISTANT_YO]})
 
 
-def test_messages_needs_an_assistant_turn():
-    with pytest.raises(ValueError, match="'messages' has no assistant turn to train on"):
-        messages({"messages": [{"role": "system", "content": "s"}, USER_HI]})
+def test_messages_without_an_assistant_turn_are_returned_for_the_pipeline_to_drop():
+    assert messages({"messages": [{"role": "system", "content": "s"}, USER_HI]}) == [
+        {"role": "system", "content": "s"}, USER_HI]
 
 
 # -- prompt_completion ----------------------------------------------------------------------------
@@ -79,8 +83,9 @@ def test_prompt_completion_conversational_lists_are_joined():
 
 
 def test_conversational_prompt_completion_is_checked_like_messages():
-    with pytest.raises(ValueError, match="has no assistant turn"):
-        prompt_completion({"prompt": [USER_HI], "completion": [{"role": "user", "content": "again"}]})
+    again = {"role": "user", "content": "again"}
+    assert prompt_completion({"prompt": [USER_HI], "completion": [again]}) == [USER_HI, again]
+    assert prompt_completion({"prompt": [], "completion": []}) == []
     with pytest.raises(ValueError, match=r"prompt \+ completion\[1\] has unknown role 'bot'"):
         prompt_completion({"prompt": [USER_HI], "completion": [{"role": "bot", "content": "x"}]})
 
@@ -121,10 +126,14 @@ def test_text_returns_the_string_itself():
     assert text({"text": "Once upon a time.", "meta": 1}) == "Once upon a time."
 
 
-@pytest.mark.parametrize("row", [{}, {"text": ""}, {"text": None}, {"text": ["a"]}])
-def test_text_needs_a_non_empty_string(row):
-    with pytest.raises(ValueError, match="needs a non-empty string column 'text'"):
+@pytest.mark.parametrize("row", [{}, {"text": None}, {"text": ["a"]}, {"text": 5}])
+def test_text_needs_a_string(row):
+    with pytest.raises(ValueError, match="needs a string column 'text'"):
         text(row)
+
+
+def test_an_empty_text_is_returned_for_the_pipeline_to_drop():
+    assert text({"text": ""}) == ""
 
 
 def test_encode_text_trains_every_token_after_the_first_and_appends_eos(tiny_tokenizer):

@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from framework import UserError
 from framework.config.schema import Component
 from framework.config.validate import Problems
 from framework.model.loading import param_groups
@@ -138,12 +137,14 @@ def test_sgd_weight_decay_only_on_the_decayed_group():
         assert close(w[1][name], w[0][name] - 0.1 * (g[0][name] + wd * w[0][name])), name
 
 
-@pytest.mark.parametrize("options", [{"nesterov": True}, {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
-                                     {"nesterov": True, "momentum": -0.5}])
-def test_sgd_nesterov_needs_momentum_and_no_dampening(options):
-    with pytest.raises(UserError, match="nesterov: needs momentum > 0 and dampening 0") as err:
-        sgd(param_groups(tiny_model()), **options)
-    assert len(err.value.problems) == 1 and "\n" not in err.value.problems[0]
+@pytest.mark.parametrize("options, expected", [
+    ({"nesterov": True}, "optimizer.nesterov: needs momentum > 0 and dampening 0"),
+    ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "optimizer.nesterov: needs momentum > 0 and dampening 0"),
+    ({"nesterov": True, "momentum": -0.5}, "optimizer.momentum: must be at least 0 and below 1"),
+])
+def test_sgd_nesterov_needs_momentum_and_no_dampening(options, expected):
+    factory, lines = bind("sgd", **options)  # checked when the recipe is bound, before any torch object
+    assert factory is None and len(lines) == 1 and expected in lines[0], lines
 
 
 @pytest.mark.parametrize("options, foreach, fused", [
@@ -164,8 +165,8 @@ def test_adamw_kernel_options_reach_torch_and_compute_the_same_step(options, for
 
 
 def test_adamw_fused_and_foreach_together_is_an_error():
-    with pytest.raises(UserError, match="fused or foreach to true, not both"):
-        adamw(param_groups(tiny_model()), fused=True, foreach=True)
+    factory, lines = bind("adamw", fused=True, foreach=True)
+    assert factory is None and lines == ["recipe.yaml: optimizer.fused: set fused or foreach to true, not both"]
 
 
 def test_adamw_step_decays_only_the_decayed_group():
@@ -257,9 +258,8 @@ def test_adafactor_with_lr_may_scale_by_the_parameter():
     ({"relative_step": False, "warmup_init": True}, "relative_step: false needs an explicit lr"),
 ])
 def test_adafactor_option_combinations_that_are_errors(options, message):
-    with pytest.raises(UserError, match=message) as err:
-        adafactor(param_groups(tiny_model()), **options)
-    assert len(err.value.problems) == 1 and "\n" not in err.value.problems[0]
+    factory, lines = bind("adafactor", **options)
+    assert factory is None and len(lines) == 1 and f"optimizer.{message}" in lines[0], lines
 
 
 # -- through the registry, as a recipe selects them ----------------------------------------------
@@ -299,6 +299,37 @@ def test_wrong_type_is_a_recipe_error(name, options, line):
     factory, lines = bind(name, **options)
     assert factory is None
     assert lines == [line]
+
+
+@pytest.mark.parametrize("name, options, line", [
+    ("adamw", {"lr": -1e-5}, "optimizer.lr: must be above 0, got -1e-05"),
+    ("adamw", {"lr": 0}, "optimizer.lr: must be above 0, got 0"),
+    ("adamw", {"betas": [0.9, 1.0]}, "optimizer.betas: must be at least 0 and below 1, got [0.9, 1.0]"),
+    ("adamw", {"betas": [0.9]}, "optimizer.betas: needs two values (beta1, beta2), got 1"),
+    ("adamw", {"eps": 0.0}, "optimizer.eps: must be above 0, got 0.0"),
+    ("adamw", {"weight_decay": -0.1}, "optimizer.weight_decay: must be at least 0, got -0.1"),
+    ("sgd", {"momentum": 1.5}, "optimizer.momentum: must be at least 0 and below 1, got 1.5"),
+    ("sgd", {"dampening": 2}, "optimizer.dampening: must be between 0 and 1, got 2"),
+    ("adafactor", {"lr": -1.0}, "optimizer.lr: must be above 0, got -1.0"),
+    ("adafactor", {"lr": 1e-3, "clip_threshold": 0}, "optimizer.clip_threshold: must be above 0, got 0"),
+    ("adafactor", {"beta1": 1.0}, "optimizer.beta1: must be at least 0 and below 1, got 1.0"),
+])
+def test_option_values_out_of_bounds_are_recipe_errors(name, options, line):
+    factory, lines = bind(name, **options)
+    assert factory is None and lines == [f"recipe.yaml: {line}"]
+
+
+def test_every_numeric_option_of_a_builtin_optimizer_declares_bounds():
+    import typing
+
+    from plugins import optimizers
+
+    for factory in (optimizers.adamw, optimizers.sgd, optimizers.adafactor):
+        hints = typing.get_type_hints(factory, include_extras=True)
+        for name, hint in hints.items():
+            if name in ("param_groups", "return") or "bool" in str(hint):
+                continue
+            assert "Bounds(" in str(hint), f"{factory.__name__}.{name} has no bounds: {hint}"
 
 
 def test_importing_the_module_stays_cheap():

@@ -66,7 +66,8 @@ def test_invalid_recipe_lists_every_problem_and_exits_2(seqtune, tmp_path):
     for command in ("check", "train"):
         result = seqtune(command, recipe, cwd=tmp_path)
         assert result.returncode == 2
-        assert "3 problems" in result.stderr
+        assert "4 problems" in result.stderr
+        assert "data.mixture[0].source: no such file or folder: a.jsonl" in result.stderr
         assert "did you mean 'attn_implementation'?" in result.stderr
         assert "data.max_seq_lenght" in result.stderr and "did you mean 'sum'?" in result.stderr
         assert "Traceback" not in result.stderr + result.stdout

@@ -49,27 +49,49 @@ def the_error_line(result) -> str:
     return bullets[0].removeprefix("•").strip()
 
 
-BAD_ROWS = {
+BAD_ROWS = {  # rows ("" is a blank line), and the error after "<file>:"
     "missing_messages_column": ([GOOD, {"conversations": GOOD["messages"]}, GOOD],
-                                "row 2: needs a non-empty 'messages' list"),
+                                "2: needs a 'messages' list of {role, content} messages"),
     "wrong_typed_content": ([GOOD, GOOD, {"messages": [{"role": "user", "content": "q"},
                                                        {"role": "assistant", "content": 5}]}],
-                            "row 3: messages[1] needs a string 'content'"),
+                            "3: messages[1] needs a string 'content'"),
     "unknown_role": ([GOOD, {"messages": [{"role": "user", "content": "q"}, {"role": "robot", "content": "a"}]}],
-                     "row 2: messages[1] has unknown role 'robot'"),
-    "empty_message_list": ([GOOD, GOOD, GOOD, {"messages": []}], "row 4: needs a non-empty 'messages' list"),
-    "no_assistant_turn": ([{"messages": [{"role": "user", "content": "q"}]}, GOOD],
-                          "row 1: 'messages' has no assistant turn to train on"),
+                     "2: messages[1] has unknown role 'robot'"),
+    "unknown_role_after_blank_lines": ([GOOD, "", "", GOOD, "", {"messages": [{"role": "robot", "content": "a"}]}],
+                                       "6: messages[0] has unknown role 'robot'"),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_ROWS))
-def test_bad_row_is_one_line_naming_file_and_row(train, tmp_path, case):
+def test_bad_row_is_one_line_naming_file_and_line(train, tmp_path, case):
     rows, reason = BAD_ROWS[case]
     source = write_lines(tmp_path / "rows.jsonl", rows)
     line = the_error_line(train(source))
-    assert line.startswith(f"{source}: {reason}"), line
+    assert line.startswith(f"{source}:{reason}"), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_rows_with_nothing_to_train_are_dropped_and_counted(train, tmp_path):
+    no_answer = {"messages": [{"role": "user", "content": "q"}]}
+    source = write_lines(tmp_path / "rows.jsonl", [no_answer, GOOD, {"messages": []}, GOOD, no_answer])
+    result = train(source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "data: 5 rows -> 2 kept (0 truncated, 3 dropped: 1 empty, 2 no assistant turn)" in result.stderr
+    report = json.loads((tmp_path / "out" / "truncation_report.json").read_text())
+    assert report["dropped"] == {"empty": 1, "no_assistant_turn": 2, "no_trainable_token": 0,
+                                 "cut_by_truncation": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows, reason", [
+    ([GOOD, "", {"messages": [{"role": "user", "content": "q"}]}], "3: has no assistant turn to train on"),
+    ([GOOD, GOOD, {"messages": []}], "3: the row is empty after its format")])
+def test_untrainable_error_names_the_first_such_row(train, tmp_path, rows, reason):
+    source = write_lines(tmp_path / "rows.jsonl", rows)
+    line = the_error_line(train(source, "data.untrainable=error"))
+    assert line.startswith(f"{source}:{reason}") and "(data.untrainable: error;" in line, line
     assert not (tmp_path / "out").exists()
 
 
@@ -99,12 +121,12 @@ def test_column_mapping_to_a_missing_column_names_source_and_columns(train, tmp_
 def test_a_mixture_with_no_rows_is_one_line(train, tmp_path, how):
     if how == "empty_file":
         source = write_lines(tmp_path / "rows.jsonl", [""])
-        result = train(source)
+        line = the_error_line(train(source))
+        assert line.startswith(f"{source}: the file holds no rows"), line
     else:
         source = write_lines(tmp_path / "rows.jsonl", [GOOD, GOOD])
-        result = train(source, fraction=0.0)
-    line = the_error_line(result)
-    assert line.startswith("data.mixture: the mixture has no rows"), line
+        line = the_error_line(train(source, fraction=0.0))
+        assert line.startswith("data.mixture: the mixture has no rows"), line
     assert not (tmp_path / "out").exists()
 
 
@@ -113,7 +135,7 @@ def test_raise_truncation_names_source_row_and_length(train, tmp_path):
     long = chat("a long question " * 10, "a long answer " * 10)
     source = write_lines(tmp_path / "rows.jsonl", [GOOD, GOOD, long, GOOD])
     line = the_error_line(train(source, "data.truncation=raise", "data.max_seq_length=40"))
-    assert line.startswith(f"{source}: row 3: has "), line
+    assert line.startswith(f"{source}:3: has "), line
     assert "tokens, more than max_seq_length 40 (truncation: raise)" in line
     assert not (tmp_path / "out").exists()
 
@@ -180,3 +202,55 @@ def test_a_second_run_reads_the_preprocessing_cache(train, tmp_path):
     second = train(source, f"output_dir={tmp_path / 'again'}")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "data (cached): 4 rows -> 4 kept" in second.stderr
+
+
+# -- `seqtune check --samples 1`: the same errors before anything trains (quick: no training) ------
+
+@pytest.fixture
+def check(seqtune, repo, tmp_path):
+    """check(source, *overrides) -> `seqtune check --samples 1` of the quickstart recipe on `source`."""
+
+    def _check(source: Path, *overrides: str):
+        return seqtune("check", repo / QUICKSTART, "--samples", "1", f"output_dir={tmp_path / 'out'}",
+                       f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}",
+                       f"data.mixture=[{{source: {source}, fraction: 1.0}}]",
+                       f"data.cache_dir={tmp_path / 'cache'}", *overrides, cwd=tmp_path)
+
+    return _check
+
+
+SYSTEM_IN_THE_MIDDLE = {"messages": [*GOOD["messages"], {"role": "system", "content": "s"},
+                                     {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+BAD_BYTES = {  # the file's bytes, overrides, and the error after "<file>:"
+    "invalid_utf8": (json.dumps(GOOD).encode() + b'\n\n{"messages": "caf\xe9"}\n', (),
+                     "3: not valid UTF-8 (byte 0xe9 at byte 18 of the line); save the file as UTF-8"),
+    "lone_surrogate": (json.dumps(GOOD).encode() + b'\n{"messages": [{"role": "user", "content": "\\ud800"}]}\n', (),
+                       "2: holds \\ud800, half of a UTF-16 surrogate pair, not a character"),
+    "deep_nesting": (b"\n" + b"[" * 100_000 + b"]" * 100_000 + b"\n", (),
+                     "2: invalid JSON line: nested deeper than the parser's limit"),
+    "template_raises": ("\n".join(json.dumps(row) for row in [GOOD, GOOD, SYSTEM_IN_THE_MIDDLE]).encode(),
+                        ("tokenizer.chat_template=gemma",),
+                        "3: chat template 'gemma' fails for this row: gemma: a system message may only come first"),
+}
+
+
+@pytest.mark.slow  # a subprocess each; test_bad_data_files.py covers the same in process, in the fast set
+@pytest.mark.parametrize("case", sorted(BAD_BYTES))
+def test_check_names_the_file_and_line_of_bad_bytes(check, tmp_path, case):
+    data, overrides, reason = BAD_BYTES[case]
+    source = tmp_path / "rows.jsonl"
+    source.write_bytes(data)
+    line = the_error_line(check(source, *overrides))
+    assert line.startswith(f"{source}:{reason}"), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_check_reads_a_bom_and_counts_the_rows_it_drops(check, tmp_path):
+    source = tmp_path / "rows.jsonl"
+    rows = [GOOD, {"messages": [{"role": "user", "content": "q"}]}, GOOD, {"messages": []}]
+    source.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\n" for row in rows).encode())
+    result = check(source)
+    assert result.returncode == 0, result.stderr
+    assert "4 rows -> 2 kept (0 truncated, 2 dropped: 1 empty, 1 no assistant turn)" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -166,4 +166,4 @@ def test_two_workers_name_a_bad_row_like_one(tmp_path, write_recipe, kit):
     with pytest.raises(UserError) as info:
         kit.prepare(write_recipe([{"source": source, "fraction": 1.0}], num_workers=2))
     (line,) = info.value.problems
-    assert line.startswith(f"{source}: row 1100: messages[1] has unknown role 'robot'")
+    assert line.startswith(f"{source}:1100: messages[1] has unknown role 'robot'")

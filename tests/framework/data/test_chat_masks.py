@@ -115,9 +115,10 @@ def layout(template: str | None, tokenizer, messages: list[dict]) -> list[tuple[
                 pieces += [("<|im_start|>assistant\n", False), (content + "<|im_end|>", True), ("\n", False)]
             else:
                 pieces.append((f"<|im_start|>{role}\n{content}<|im_end|>\n", False))
-        elif template == "tulu":
+        elif template == "tulu":  # open-instruct's: no newline after the conversation's last turn
             if role == "assistant":
-                pieces += [("<|assistant|>\n", False), (content + tokenizer.eos_token, True), ("\n", False)]
+                pieces += [("<|assistant|>\n", False), (content + tokenizer.eos_token, True)]
+                pieces += [("\n", False)] if message is not messages[-1] else []
             else:
                 pieces.append((f"<|{role}|>\n{content}\n", False))
         elif template == "llama3":

@@ -87,7 +87,9 @@ def test_truncated_rows_and_report_match_a_count_of_our_own(source, write_recipe
         trainable_tokens_in=sum(f.num_trainable for f in full),
         trainable_tokens_lost=sum(f.num_trainable for f in full) - sum(k.num_trainable for k in survivors),
         lengths_before=lower_percentiles([len(f.input_ids) for f in full]),
-        lengths_after=lower_percentiles([len(k.input_ids) for k in survivors]))
+        lengths_after=lower_percentiles([len(k.input_ids) for k in survivors]),
+        dropped={"empty": 0, "no_assistant_turn": 0, "no_trainable_token": 0,
+                 "cut_by_truncation": N_ROWS - len(survivors)})
     assert report == expected
     # The report adds up against the rows actually kept.
     assert report.rows_kept + report.rows_dropped == report.rows_in == N_ROWS
@@ -143,7 +145,7 @@ def test_raise_names_source_row_and_length(tmp_path, write_recipe, kit, tiny_tok
     with pytest.raises(UserError) as info:
         kit.prepare(write_recipe([{"source": path, "fraction": 1.0}], max_seq_length=60, truncation="raise"))
     (line,) = info.value.problems
-    assert line.startswith(f"{path}: row 4: has {length} tokens, more than max_seq_length 60 (truncation: raise)")
+    assert line.startswith(f"{path}:4: has {length} tokens, more than max_seq_length 60 (truncation: raise)")
 
 
 def test_raise_keeps_every_row_that_fits(tmp_path, write_recipe, kit):

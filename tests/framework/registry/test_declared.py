@@ -97,6 +97,7 @@ def recipe(tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch):
     return path
 
 
+@pytest.mark.slow
 def test_the_memory_plan_counts_the_state_tensors_an_optimizer_declares(recipe, seqtune):
     shape = load_shape(load_recipe(recipe).recipe.model, vocab_size=628)
     plans = {name: estimate_for_recipe(load_recipe(recipe, [f"optimizer={name}"]), shape)

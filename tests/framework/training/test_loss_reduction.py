@@ -6,11 +6,14 @@ per-micro-batch means weighs their tokens differently from one global token mean
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 ROWS = "data.mixture=[{source: recipes/quickstart/data/train.jsonl, count: 4}]"
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -25,6 +28,22 @@ def step_weights(seqtune, tmp_path):
         return load_file(str(out / "model.safetensors"))
 
     return run
+
+
+def initial_weights() -> dict[str, torch.Tensor]:
+    """The weights the engine starts from: the recipe's seed, then the model built from its config
+    (an lr of 0 would be the other way to get them, and a recipe refuses it)."""
+    from accelerate.utils import set_seed
+
+    from framework.config import load_recipe
+    from framework.model.loading import build_model
+    from framework.model.tokenizer import load_tokenizer
+    from framework.registry import build_registry
+
+    recipe = load_recipe(REPO / "recipes/quickstart.yaml", [f"tokenizer.name_or_path={REPO / 'recipes/quickstart/tokenizer'}"]).recipe
+    tokenizer = load_tokenizer(recipe, build_registry().entries["chat_templates"])
+    set_seed(recipe.seed)
+    return build_model(recipe, tokenizer).state_dict()
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -43,7 +62,7 @@ def test_token_mean_gives_the_same_step_for_any_split_of_the_batch_and_mean_does
 def test_sum_is_open_instructs_reduce_loss_sum(step_weights):
     """Summed token losses, never divided by a token count; like open-instruct under accelerate's
     accumulate, each micro-batch's sum is divided by the accumulation steps."""
-    start = step_weights("sum", 4, 1, lr=0.0)
+    start = initial_weights()
     whole = {k: v - start[k] for k, v in step_weights("sum", 4, 1).items()}
     split = {k: v - start[k] for k, v in step_weights("sum", 1, 4).items()}
     token_mean = {k: v - start[k] for k, v in step_weights("token_mean", 4, 1).items()}

@@ -1,0 +1,68 @@
+"""What a loader returns reaches errors: `framework.Rows` name each row's file and line (or row),
+plain rows and Datasets their position in the source; a source with no rows is named."""
+from __future__ import annotations
+
+import datasets
+import pytest
+
+from framework import Rows
+from framework.config.schema import MixtureEntry
+from framework.data.sources import format_source
+from framework.errors import UserError
+from plugins.formats import messages
+
+GOOD_ROW = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+BAD_ROW = {"messages": [{"role": "robot", "content": "beep"}]}
+
+
+def formatted_error(loaded, source: str = "third/party") -> str:
+    with pytest.raises(UserError) as info:
+        format_source(loaded, 0, MixtureEntry(source=source, fraction=1.0), messages, 1)
+    (line,) = info.value.problems
+    assert "\n" not in line
+    return line
+
+
+def test_a_loaders_rows_name_their_file_and_line_or_row():
+    rows = Rows()
+    rows.add_file("logs/day1.jsonl", [GOOD_ROW, GOOD_ROW], [2, 9])
+    rows.add_file("logs/day2.jsonl", [GOOD_ROW, BAD_ROW], [1, 40])
+    assert formatted_error(rows).startswith("logs/day2.jsonl:40: messages[0] has unknown role 'robot'")
+    table = Rows()
+    table.add_file("tables/a.parquet", [GOOD_ROW])
+    table.add_file("tables/b.parquet", [GOOD_ROW, GOOD_ROW, BAD_ROW])
+    assert formatted_error(table).startswith("tables/b.parquet: row 3: messages[0] has unknown role")
+
+
+def test_formatted_rows_keep_file_and_line_columns():
+    rows = Rows()
+    rows.add_file("a.jsonl", [GOOD_ROW, GOOD_ROW], [3, 5])
+    rows.add_file("b.json", [GOOD_ROW])
+    dataset, names = format_source(rows, 2, MixtureEntry(source="data", fraction=1.0), messages, 1)
+    assert list(zip(dataset["source"], dataset["file"], dataset["row"])) == [(2, 0, 3), (2, 0, 5), (2, 1, 1)]
+    assert [names(f, n) for f, n in zip(dataset["file"], dataset["row"])] == ["a.jsonl:3", "a.jsonl:5", "b.json: row 1"]
+
+
+def test_plain_rows_are_named_by_their_position_in_the_source():
+    assert formatted_error([GOOD_ROW, GOOD_ROW, BAD_ROW]).startswith("third/party: row 3: messages[0] has unknown")
+    assert formatted_error(iter([GOOD_ROW, BAD_ROW])).startswith("third/party: row 2: ")
+
+
+def test_rows_with_locations_missing_are_a_loader_error():
+    rows = Rows()
+    rows.add_file("a.jsonl", [GOOD_ROW], [1])
+    rows.append(GOOD_ROW)  # added without add_file: no location
+    assert formatted_error(rows) == ("third/party: the loader returned 2 rows but 1 locations; "
+                                     "build its Rows with add_file")
+
+
+def test_a_source_with_no_rows_is_named():
+    assert formatted_error([]) == "third/party: the source holds no rows; give it rows or remove it from data.mixture"
+    empty_table = datasets.Dataset.from_dict({"messages": []})
+    assert formatted_error(empty_table).startswith("third/party: the source holds no rows")
+
+
+def test_a_lone_surrogate_from_a_loaders_python_strings_names_the_row():
+    row = {"messages": [{"role": "user", "content": "bad \ud800"}, {"role": "assistant", "content": "a"}]}
+    assert formatted_error([GOOD_ROW, row]) == ("third/party: row 2: holds \\ud800, half of a UTF-16 surrogate pair, "
+                                                "not a character; fix or remove it")
