@@ -46,7 +46,8 @@ def run_identity(loaded: LoadedRecipe, data_key: str, world: int) -> dict[str, s
     recipe = loaded.recipe
     train, launch = recipe.train, recipe.launch
     parts = {
-        "model": asdict(recipe.model),
+        # gradient checkpointing recomputes the same numbers: a run may turn it on to resume in less memory
+        "model": {k: v for k, v in asdict(recipe.model).items() if k != "gradient_checkpointing"},
         "tokenizer": asdict(recipe.tokenizer),
         "data": {"rows": data_key, "packing": asdict(recipe.data.packing)},
         "optimizer": asdict(recipe.optimizer),

@@ -191,7 +191,7 @@ MANY_EXPECTED = [
 ]
 
 
-@pytest.mark.parametrize("command", ["check", "plan"])
+@pytest.mark.parametrize("command", ["check", "plan", "train"])
 def test_every_mistake_of_a_recipe_shows_in_the_first_run(here, command):
     overrides = ("data.mixture[0].source=nowhere.jsonl", "launch.num_machines=2", "launch.num_processes=3",
                  "logging.loggers=[rch]", "data.truncation=rigth", "seed")
