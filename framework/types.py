@@ -52,6 +52,21 @@ class Rows(list):
         self.numbers.extend(lines if lines is not None else range(1, len(rows) + 1))
 
 
+@dataclass
+class SourceTable:
+    """Rows a dataset loader read into a `datasets.Dataset` (arrow, memory-mapped: what large data
+    needs), with the files they came from, so that an error found later names the file and line.
+
+    `files` lists (file as errors name it, how many of the rows come from it) in row order. With
+    `lines`, a file's rows are its non-blank lines in order (JSON Lines): an error about one counts
+    the file's lines to name it (`file:line`, blank lines counted); else it is `file: row N`.
+    """
+
+    dataset: Any
+    files: list[tuple[str, int]]
+    lines: bool = True
+
+
 Piece = Union[int, tuple[int, int, int]]  # a sample index, or (index, start, stop): a slice of one
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # collate keys the model receives
 

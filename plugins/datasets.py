@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from framework import Rows, UserError, hookimpl
+from framework import Rows, SourceTable, UserError, hookimpl
+from plugins.jsonl import read_jsonl_native
 
 BOM = codecs.BOM_UTF8  # some editors start a UTF-8 file with it; it is not part of the first row
 NESTING = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')  # JSON strings (skipped) and brackets
@@ -37,12 +38,20 @@ def _local_split(source: str, split: str) -> None:
         raise UserError(f"{source}: local files have one split, 'train' (got split '{split}')")
 
 
-def load_json(source: str, split: str) -> Rows:
+def load_json(source: str, split: str) -> SourceTable | Rows:
     """JSONL (one object per line) or JSON (a list of objects, or {split: [...]}) files or folders.
 
-    Each row keeps its file and line (a `.json` file's rows: their index in its list), so that
-    any later error about a row names it there."""
-    rows, files = Rows(), _files(source, (".jsonl", ".json"))
+    JSON Lines are read by pyarrow's native reader into a memory-mapped arrow file, at any size;
+    rows it cannot read (bad bytes, mixed types, a schema that changes between files) are read
+    line by line instead, where every problem names its line. Each row keeps its file and line
+    (a `.json` file's rows: their index in its list), so any later error about a row names it."""
+    files = _files(source, (".jsonl", ".json"))
+    if all(path.suffix == ".jsonl" for path in files):
+        _local_split(source, split)
+        table = read_jsonl_native(files, source)
+        if table is not None:
+            return table
+    rows = Rows()
     for path in files:
         if path.suffix == ".jsonl":
             rows.add_file(str(path), *_read_jsonl(path, split))

@@ -22,3 +22,27 @@ def trained_runs(labels: list[int]) -> list[tuple[int, int]]:
             found.append((start, t))
             start = None
     return found
+
+
+def mixture_rows(data: Any) -> Any:
+    """The prepared data's mixture as a small in-memory Dataset of formatted rows in mixture order:
+    messages, text, source (data.mixture index) and row (1-based in its source)."""
+    import datasets
+
+    reader = data.reader()
+    out: dict[str, list] = {"messages": [], "text": [], "source": [], "row": []}
+    for rows, _, source, index in reader.batches(0, len(reader.plan)):
+        out["messages"] += [messages for messages, _ in rows]
+        out["text"] += [text for _, text in rows]
+        out["source"] += [int(s) for s in source]
+        out["row"] += [int(i) + 1 for i in index]
+    return datasets.Dataset.from_dict(out)
+
+
+def formatted_source(loaded: Any, index: int, entry: Any, to_messages: Any) -> Any:
+    """A loader's rows through make_source, every row formatted (so every format error shows)."""
+    from framework.data.sources import make_source
+
+    source = make_source(loaded, index, entry, to_messages)
+    source.formatted(range(len(source)))
+    return source

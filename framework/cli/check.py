@@ -64,14 +64,10 @@ def _data_preview(loaded: Any, parts: Any, count: int) -> None:
     prep = prepare(loaded, parts)  # prints the truncation report and the packing line
     for name, value in run_size(recipe, parts, prep.packing, prep.plan, prep.data.lengths):
         console.print(f"{name}: {value}", highlight=False)
-    mixture = prep.data.build_mixture()
-    rows = mixture.select(range(min(20 * count, len(mixture))))  # a few candidates, in training order
-    shown = samples_to_show(prep.tokenizer, rows, parts.truncation, prep.data.max_seq_length,
-                            recipe.data.train_on, count)
-    for i, (full, kept) in enumerate(shown, start=1):
-        console.rule(f"sample {i}: {len(full.input_ids):,} tokens, {full.num_trainable:,} trained "
+    for i, row in enumerate(samples_to_show(prep.data, count), start=1):
+        console.rule(f"sample {i}: {row.tokens_before:,} tokens, {row.trainable_before:,} trained "
                      "(bold green: trained; dim: masked)")
-        console.print(render_sample(prep.tokenizer, full, kept))
+        console.print(render_sample(prep.tokenizer, row))
 
 
 def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:

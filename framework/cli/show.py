@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from rich.markup import escape
 from rich.text import Text
 
 from framework.config.schema import Component
-from framework.data.tokenize import truncate_row
 from framework.registry import declared
 from framework.types import IGNORE_INDEX, Sample
 
@@ -63,35 +63,41 @@ def estimate_table(estimate: Any, title: str):
     return table
 
 
-def render_sample(tokenizer: Any, full: Sample, kept: Sample | None) -> Text:
+@dataclass
+class Shown:
+    """A row as training sees it (`kept`), and how long it was before truncation."""
+
+    kept: Sample
+    tokens_before: int
+    trainable_before: int
+
+    @property
+    def cut(self) -> bool:
+        return len(self.kept.input_ids) < self.tokens_before
+
+
+def render_sample(tokenizer: Any, row: Shown) -> Text:
     """Trained tokens bold green, masked tokens dim, and where truncation cut the row."""
     text = Text()
-    shown = kept.input_ids if kept is not None else []
-    for token, label in zip(shown, kept.labels if kept is not None else []):
+    for token, label in zip(row.kept.input_ids, row.kept.labels):
         piece = tokenizer.decode([token])
         text.append(piece, style="bold green" if label != IGNORE_INDEX else "dim")
-    if kept is None:
-        text.append(f"[row dropped: {len(full.input_ids):,} tokens, nothing trainable would be left]",
-                    style="bold red")
-    elif len(kept.input_ids) < len(full.input_ids):
-        lost = full.num_trainable - kept.num_trainable
-        text.append(f" ✂ [cut here: {len(full.input_ids) - len(kept.input_ids):,} tokens and {lost:,} "
+    if row.cut:
+        lost = row.trainable_before - row.kept.num_trainable
+        text.append(f" ✂ [cut here: {row.tokens_before - len(row.kept.input_ids):,} tokens and {lost:,} "
                     "trainable tokens dropped]", style="bold red")
     return text
 
 
-def samples_to_show(tokenizer: Any, rows: Any, truncate: Any, max_seq_length: int, train_on: str, count: int
-                    ) -> list[tuple[Sample, Sample | None]]:
-    """Up to `count` rows (whole, and as truncation leaves them), about half of them rows that
-    truncation cuts, when it cuts any: those are what a user checks."""
-    from framework.data.tokenize import encode_rows
-
-    fulls = encode_rows(tokenizer, rows["messages"], rows["text"], train_on)
-    candidates = [(full, truncate_row(full, truncate, max_seq_length)) for full in fulls
-                  if full.input_ids]  # rows with nothing to train are dropped before anything sees them
-    cut = [c for c in candidates if c[1] is None or len(c[1].input_ids) < len(c[0].input_ids)]
-    shown = cut[:(count + 1) // 2]
-    return shown + [c for c in candidates if c not in shown][:count - len(shown)]
+def samples_to_show(data: Any, count: int) -> list[Shown]:
+    """Up to `count` of the prepared rows, from the first in training order, about half of them rows
+    that truncation cut, when it cut any: those are what a user checks. Read from the cache."""
+    candidates = data.dataset.select(range(min(20 * count, len(data.dataset)))).to_dict()
+    rows = [Shown(Sample(ids, labels), before, trainable) for ids, labels, before, trainable in
+            zip(candidates["input_ids"], candidates["labels"], candidates["length_before"],
+                candidates["trainable_before"])]
+    shown = [row for row in rows if row.cut][:(count + 1) // 2]
+    return shown + [row for row in rows if not row.cut][:count - len(shown)]
 
 
 def run_size(recipe: Any, parts: Any, packing: Any, plan: Any, lengths: list[int]) -> list[tuple[str, str]]:

@@ -1,4 +1,6 @@
-"""The preprocessing cache: a key hashed from everything that changes the tokenized rows."""
+"""The preprocessing cache: a key hashed from everything that changes the tokenized rows, and its
+entries: the tokenized rows as arrow shards (memory-mapped when read back, never rewritten), the
+indices of the rows kept, the mixture plan, and the metadata (the report, the mixture's stats)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 # Bump when the encoding itself changes (masking, truncation accounting, columns).
-PIPELINE_VERSION = 2  # 2: `file` locations in the mixture, untrainable rows dropped and counted by cause
-COMPLETE = "complete.json"
+PIPELINE_VERSION = 3  # 2: untrainable rows counted by cause; 3: arrow shards + kept rows, no table rewrite
+COMPLETE = "complete.json"  # written last: the entry is complete
+SHARDS = "tokens-*.arrow"  # the tokenizing pass's output, one file per worker, every row
+KEPT = "kept.npy"  # the rows with something to train, as indices into the shards
+PLAN = "mixture.npz"  # the mixture plan: each row's source and index in it
 
 
 def cache_root(configured: str | None) -> Path:
@@ -37,23 +42,43 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def load_cached(path: Path) -> tuple[Any, dict] | None:
-    """The cached dataset and its metadata, or None when there is no complete entry."""
+def load_cached(path: Path) -> tuple[Any, Any, dict] | None:
+    """The cached rows (memory-mapped, the kept ones in mixture order), the mixture plan and the
+    metadata; None when there is no complete entry."""
     if not (path / COMPLETE).is_file():
         return None
-    from datasets import load_from_disk
+    import numpy as np
 
-    return load_from_disk(str(path / "dataset")), json.loads((path / COMPLETE).read_text())
+    from framework.data.mixture import MixturePlan
+
+    meta = json.loads((path / COMPLETE).read_text())
+    plan = np.load(path / PLAN)
+    rows = open_shards(path).select(np.load(path / KEPT))
+    return rows, MixturePlan(plan["source"], plan["index"], meta["mixture"]["sources"]), meta
 
 
-def save_cached(path: Path, dataset: Any, meta: dict) -> Any:
-    """Write under a temporary name, then rename: a crash never leaves an entry that looks complete."""
-    from datasets import load_from_disk
+def open_shards(folder: Path) -> Any:
+    """Every row the tokenizing pass wrote (its shards, memory-mapped, in mixture order)."""
+    from datasets import Dataset, concatenate_datasets
 
+    return concatenate_datasets([Dataset.from_file(str(shard)) for shard in sorted(folder.glob(SHARDS))])
+
+
+def start_entry(path: Path) -> Path:
+    """A fresh folder to build the entry in (the tokenizing pass writes its shards there)."""
     partial = path.with_name(f".partial-{path.name}-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    dataset.save_to_disk(str(partial / "dataset"))
+    partial.mkdir(parents=True)
+    return partial
+
+
+def finish_entry(partial: Path, path: Path, plan: Any, kept: Any, meta: dict) -> None:
+    """Complete the entry: the plan, the kept rows, the metadata last, then rename into place, so
+    a crash never leaves an entry that looks complete."""
+    import numpy as np
+
+    np.savez(partial / PLAN, source=plan.source, index=plan.index)
+    np.save(partial / KEPT, kept)
     (partial / COMPLETE).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)
-    return load_from_disk(str(path / "dataset"))  # memory-mapped, not the in-memory copy

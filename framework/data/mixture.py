@@ -1,13 +1,22 @@
-"""Mixtures: each formatted source sampled by its fraction or count, concatenated and shuffled."""
+"""Mixtures: which rows of which source, in which order, as two small index arrays.
+
+Each source is sampled by its fraction or count (whole copies plus a seeded remainder), the picks are
+concatenated in data.mixture order and shuffled with the seed: the same rows in the same order as
+concatenating the sources and shuffling them with `datasets` (numpy's default generator), but no table
+is ever rewritten to get there. Passes read the rows through this plan.
+"""
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framework.config.schema import DataConfig, MixtureEntry
+from framework.config.schema import MixtureEntry
 from framework.errors import UserError
+
+MIX_MARKER = ".seqtune-mixture"  # in mix_dir: the cache entry its mixture.jsonl was written for
 
 
 def sample_indices(size: int, entry: MixtureEntry, seed: int) -> list[int]:
@@ -17,26 +26,52 @@ def sample_indices(size: int, entry: MixtureEntry, seed: int) -> list[int]:
     return list(range(size)) * copies + sorted(random.Random(seed).sample(range(size), remainder))
 
 
-def mix(formatted: list[Any], data: DataConfig, seed: int) -> tuple[Any, list[dict]]:
-    """Sample each formatted source by its fraction/count, concatenate and shuffle with the seed."""
-    from datasets import concatenate_datasets
+@dataclass
+class MixturePlan:
+    """Row k of the mixture is row `index[k]` of source `source[k]` (numpy arrays)."""
 
-    picked, stats = [], []
-    for i, (dataset, entry) in enumerate(zip(formatted, data.mixture)):
-        indices = sample_indices(len(dataset), entry, seed + i)
-        picked.append(dataset.select(indices))
-        stats.append({"source": entry.source, "rows_available": len(dataset), "rows_used": len(indices),
+    source: Any
+    index: Any
+    stats: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def plan_mixture(sizes: list[int], entries: list[MixtureEntry], seed: int) -> MixturePlan:
+    """Sample each source by its fraction/count, concatenate in order, shuffle with the seed."""
+    import numpy as np
+
+    sources, indices, stats = [], [], []
+    for i, (size, entry) in enumerate(zip(sizes, entries)):
+        picked = np.asarray(sample_indices(size, entry, seed + i), dtype=np.int64)
+        sources.append(np.full(len(picked), i, dtype=np.int32))
+        indices.append(picked)
+        stats.append({"source": entry.source, "rows_available": size, "rows_used": len(picked),
                       "fraction": entry.fraction, "count": entry.count})
-    mixture = concatenate_datasets(picked)
-    if len(mixture) == 0:
+    source, index = np.concatenate(sources), np.concatenate(indices)
+    if len(source) == 0:
         raise UserError("data.mixture: the mixture has no rows; check the sources and their fractions")
-    return mixture.shuffle(seed=seed).flatten_indices(), stats
+    order = np.random.default_rng(seed).permutation(len(source))
+    return MixturePlan(source[order], index[order], stats)
 
 
-def write_mix(mix_dir: Path, mixture: Any, stats: dict[str, Any]) -> None:
-    """The mixed, untokenized rows in training order (JSONL), and the mixture's stats."""
+def mix_written(mix_dir: Path, key: str) -> bool:
+    """Whether mix_dir already holds the mixture of cache entry `key` (it is written once per entry)."""
+    marker = mix_dir / MIX_MARKER
+    return marker.is_file() and marker.read_text().strip() == key and (mix_dir / "mixture.jsonl").is_file()
+
+
+def finish_mix(mix_dir: Path, parts: list[Path], stats: dict[str, Any], key: str) -> None:
+    """Join the workers' parts into mixture.jsonl (in training order), write the stats, and mark
+    the folder as holding cache entry `key`'s mixture."""
+    import shutil
+
     mix_dir.mkdir(parents=True, exist_ok=True)
-    with (mix_dir / "mixture.jsonl").open("w", encoding="utf-8") as out:
-        for row in mixture:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (mix_dir / MIX_MARKER).unlink(missing_ok=True)
+    with (mix_dir / "mixture.jsonl").open("wb") as out:
+        for part in parts:
+            with part.open("rb") as piece:
+                shutil.copyfileobj(piece, out, 1 << 24)
     (mix_dir / "mixture_stats.json").write_text(json.dumps(stats, indent=2))
+    (mix_dir / MIX_MARKER).write_text(key + "\n")

@@ -1,22 +1,28 @@
-"""The pipeline: sources -> mixture -> tokens, labels and truncation -> cached arrow rows.
+"""The pipeline: sources -> mixture plan -> one pass (format, tokens, labels, truncation) -> cache.
 
-`prepare_data` is everything between a recipe's `data:` section and rows ready for packing. It
-is cached under a key of everything that changes its result, so a second run (and every non-main
-process of a multi-process run) reads the rows instead of tokenizing again. `untruncated_sample`
-encodes a seeded sample of the same rows without any cut, for the max_seq_length sweep.
+`prepare_data` is everything between a recipe's `data:` section and rows ready for packing. Each
+source stays arrow (memory-mapped) and the mixture is a plan of indices, so the only pass over the
+rows is the tokenizing one, in data.num_workers processes, writing straight into the cache. The
+cache is keyed by everything that changes its result, so a second run (and every non-main process of
+a multi-process run) reads the rows instead of tokenizing again. `untruncated_sample` encodes a
+seeded sample of the same rows without any cut, for the max_seq_length sweep.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from framework.config.schema import Recipe
-from framework.data.cache import cache_key, cache_root, load_cached, save_cached, tokenizer_fingerprint
-from framework.data.mixture import mix
-from framework.data.sources import RowNames, format_source, loaded_fingerprint, local_fingerprint
+from framework.data.cache import (cache_key, cache_root, finish_entry, load_cached, open_shards, start_entry,
+                                  tokenizer_fingerprint)
+from framework.data.mixture import MixturePlan, finish_mix, mix_written, plan_mixture
+from framework.data.passes import Reader, run, write_arrow_part, write_jsonl_part
+from framework.data.sources import loaded_fingerprint, local_fingerprint, make_source
 from framework.data.tokenize import Report, encode_rows, make_encoder
 from framework.errors import UserError
 from framework.model.tokenizer import is_jinja
@@ -25,14 +31,15 @@ from framework.types import Piece, Sample
 
 @dataclass
 class PreparedData:
-    """Tokenized rows (arrow, memory-mapped) and what preprocessing did to them."""
+    """Tokenized rows (arrow, memory-mapped, in mixture order) and what preprocessing did to them."""
 
-    dataset: Any  # datasets.Dataset with input_ids, labels, length
+    dataset: Any  # datasets.Dataset: input_ids, labels, length, and the accounting columns
     report: Report
     mixture_stats: dict[str, Any]
     from_cache: bool
     cache_path: Path
-    build_mixture: Callable[[], Any]
+    plan: MixturePlan
+    reader: Callable[[], Reader]  # loads the sources again, to read the untokenized rows
 
     @property
     def max_seq_length(self) -> int:
@@ -41,16 +48,25 @@ class PreparedData:
 
     @property
     def lengths(self) -> list[int]:
-        return list(self.dataset["length"])
+        return self.dataset.select_columns(["length"]).to_dict()["length"]
 
     def take(self, rows: list[list[Piece]]) -> list[list[Sample]]:
         """The samples of a micro-batch's rows, read in one go; slices are cut after reading."""
         wanted = sorted({piece if isinstance(piece, int) else piece[0] for row in rows for piece in row})
-        read = self.dataset[wanted]
+        read = self.dataset.select_columns(["input_ids", "labels"])[wanted]
         found = {i: Sample(ids, labels) for i, ids, labels in zip(wanted, read["input_ids"], read["labels"])}
         return [[found[p] if isinstance(p, int) else Sample(found[p[0]].input_ids[p[1]:p[2]],
                                                             found[p[0]].labels[p[1]:p[2]])
                  for p in row] for row in rows]
+
+    def write_mix(self, mix_dir: Path, workers: int) -> None:
+        """The mixed, untokenized rows in training order and their stats, written once per cache entry."""
+        if mix_written(mix_dir, self.cache_path.name):
+            return
+        reader = self.reader()
+        with tempfile.TemporaryDirectory(dir=mix_dir.parent if mix_dir.parent.exists() else None) as folder:
+            parts = run(f"writing {mix_dir}", reader, workers, write_jsonl_part(reader, Path(folder)))
+            finish_mix(mix_dir, parts, self.mixture_stats, self.cache_path.name)
 
 
 def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable], truncate: Callable,
@@ -64,23 +80,40 @@ def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable
     with main_first or contextlib.nullcontext(), _quiet_datasets():
         fingerprints, loaded = _fingerprints(recipe, loaders)
         path = cache_root(recipe.data.cache_dir) / _key(recipe, fingerprints, tokenizer, max_seq_length)
-        build = functools.partial(_build_mixture, recipe, loaders, formats, loaded)
+        reader = functools.partial(_reader, recipe, loaders, formats, loaded)
         cached = load_cached(path)
-        if cached is not None:
-            dataset, meta = cached
-            prepared = PreparedData(dataset, Report(**meta["report"]), meta["mixture"], True,
-                                    path, lambda: build()[0])
-        else:
-            mixture, stats, names = build()
-            encode = make_encoder(tokenizer, truncate, max_seq_length, recipe.data.train_on, names,
-                                  template_name(recipe), recipe.data.untrainable)
-            dataset, report = _tokenize(mixture, encode, recipe.data.num_workers, max_seq_length)
-            dataset = save_cached(path, dataset, {"report": vars(report), "mixture": stats})
-            prepared = PreparedData(dataset, report, stats, False, path, lambda: mixture)
+        from_cache = cached is not None
+        if not from_cache:
+            encode = make_encoder(tokenizer, truncate, max_seq_length, recipe.data.train_on, template_name(recipe),
+                                  recipe.data.untrainable)
+            _build(path, reader, encode, recipe, max_seq_length)
+            cached = load_cached(path)
+        dataset, plan, meta = cached
+    prepared = PreparedData(dataset, Report(**meta["report"]), meta["mixture"], from_cache, path, plan, reader)
     if len(prepared.dataset) == 0:
         raise UserError(f"data: no row is left to train on: {prepared.report.summary()}; "
                         f"{_remedy(prepared.report)}")
     return prepared
+
+
+def _build(path: Path, reader: Callable[[], Reader], encode: Callable, recipe: Recipe, max_seq_length: int) -> None:
+    """Read the sources, tokenize the mixture into a new cache entry, and record what it did."""
+    import numpy as np
+
+    started = time.perf_counter()
+    mixture = reader()
+    read = time.perf_counter()
+    partial = start_entry(path)
+    run(f"tokenizing (max_seq_length {max_seq_length:,})", mixture, recipe.data.num_workers,
+        write_arrow_part(mixture, encode, partial))
+    rows = open_shards(partial).data
+    columns = {name: rows.column(name).to_numpy() for name in
+               ("length", "length_before", "trainable", "trainable_before", "dropped")}
+    report = Report.from_columns(columns, max_seq_length)
+    stats = {"rows": len(mixture.plan), "seed": recipe.seed, "sources": mixture.plan.stats}
+    timings = {"read": round(read - started, 2), "tokenize": round(time.perf_counter() - read, 2)}
+    finish_entry(partial, path, mixture.plan, np.flatnonzero(columns["dropped"] == 0),
+                 {"report": vars(report), "mixture": stats, "seconds": timings})
 
 
 def template_name(recipe: Recipe) -> str:
@@ -105,15 +138,14 @@ def untruncated_sample(recipe: Recipe, loaders: list[Callable], formats: list[Ca
     import random
 
     with _quiet_datasets():
-        mixture, _, names = _build_mixture(recipe, loaders, formats, _fingerprints(recipe, loaders)[1])
-    indices = sorted(random.Random(recipe.seed).sample(range(len(mixture)), min(count, len(mixture))))
-    rows = mixture.select(indices).to_dict()
-
-    def where(i: int) -> str:
-        return names[rows["source"][i]](rows["file"][i], rows["row"][i])
-
-    samples = encode_rows(tokenizer, rows["messages"], rows["text"], recipe.data.train_on, where,
-                          template_name(recipe))
+        reader = _reader(recipe, loaders, formats, _fingerprints(recipe, loaders)[1])
+    total = len(reader.plan)
+    picked = sorted(random.Random(recipe.seed).sample(range(total), min(count, total)))
+    sample = Reader(MixturePlan(reader.plan.source[picked], reader.plan.index[picked], []), reader.sources)
+    samples = []
+    for rows, where, _, _ in sample.batches(0, len(picked)):
+        samples += encode_rows(tokenizer, [m for m, _ in rows], [t for _, t in rows], recipe.data.train_on,
+                               where, template_name(recipe))
     return [s for s in samples if s.num_trainable]  # untrainable rows: dropped, as prepare_data drops them
 
 
@@ -130,23 +162,19 @@ def _fingerprints(recipe: Recipe, loaders: list[Callable]) -> tuple[list[str], d
     return fingerprints, loaded
 
 
-def _build_mixture(recipe: Recipe, loaders: list[Callable], formats: list[Callable],
-                   loaded: dict[int, Any]) -> tuple[Any, dict, list[RowNames]]:
-    """The mixture, its stats, and what names each source's rows in an error."""
-    data, formatted, names = recipe.data, [], []
-    with progress_bars():
-        for i, (entry, load, to_messages) in enumerate(zip(data.mixture, loaders, formats)):
-            rows = loaded.pop(i) if i in loaded else load(entry.source, entry.split)
-            dataset, named = format_source(rows, i, entry, to_messages, data.num_workers)
-            formatted.append(dataset)
-            names.append(named)
-    mixture, sources = mix(formatted, data, recipe.seed)
-    return mixture, {"rows": len(mixture), "seed": recipe.seed, "sources": sources}, names
+def _reader(recipe: Recipe, loaders: list[Callable], formats: list[Callable], loaded: dict[int, Any]) -> Reader:
+    """Every source loaded (arrow stays arrow) and the mixture planned over them."""
+    sources = []
+    for i, (entry, load, to_messages) in enumerate(zip(recipe.data.mixture, loaders, formats)):
+        rows = loaded.pop(i) if i in loaded else load(entry.source, entry.split)
+        sources.append(make_source(rows, i, entry, to_messages))
+    plan = plan_mixture([len(source) for source in sources], recipe.data.mixture, recipe.seed)
+    return Reader(plan, sources)
 
 
 @contextlib.contextmanager
 def _quiet_datasets():
-    """Only the long steps (formatting, tokenizing) show datasets' progress bars."""
+    """datasets' own tqdm bars would interleave with seqtune's progress: off while preparing."""
     from datasets.utils import logging as ds_logging
 
     was_enabled = ds_logging.is_progress_bar_enabled()
@@ -156,29 +184,6 @@ def _quiet_datasets():
     finally:
         if was_enabled:
             ds_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def progress_bars():
-    from datasets.utils import logging as ds_logging
-
-    ds_logging.enable_progress_bar()
-    try:
-        yield
-    finally:
-        ds_logging.disable_progress_bar()
-
-
-def _tokenize(mixture: Any, encode: Callable, num_workers: int, max_seq_length: int) -> tuple[Any, Report]:
-    with progress_bars():
-        tokenized = mixture.map(encode, batched=True, remove_columns=mixture.column_names,
-                                num_proc=num_workers if num_workers > 1 else None,
-                                desc=f"tokenizing (max_seq_length {max_seq_length:,})")
-    stats = tokenized.select_columns(["length", "length_before", "trainable", "trainable_before", "dropped"])
-    report = Report.from_columns(stats.to_dict(), max_seq_length)
-    kept = tokenized.filter(lambda codes: [code == 0 for code in codes], input_columns="dropped",
-                            batched=True, desc="dropping rows with nothing to train")
-    return kept.select_columns(["input_ids", "labels", "length"]), report
 
 
 def _key(recipe: Recipe, fingerprints: list[str], tokenizer: Any, max_seq_length: int) -> str:

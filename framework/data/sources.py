@@ -1,27 +1,31 @@
-"""Sources: pick each mixture entry's loader, fingerprint it, map its columns and format its rows.
+"""Sources: pick each mixture entry's loader, fingerprint it, and format its rows on demand.
 
-A formatted source is a `datasets.Dataset` with columns `messages` (chat turns, or empty), `text`
-(plain language-modelling text, or None), `source` (index into data.mixture), `file` and `row`:
-where the row came from, so that any later error can still name it. When the loader said where
-each row came from (`framework.Rows`), `file` indexes its files and `row` is the row's line in that
-file (1-based, blank lines counted); otherwise `file` is 0 and `row` the 1-based row number in the
-source. `RowNames` turns the three back into `file:line` (or `source: row N`).
+A `Source` is one entry's rows as its loader gave them, kept as arrow (a `datasets.Dataset` or a
+`SourceTable` stays memory-mapped, whatever its size) and turned into chat messages or text only
+when a pass reads them, batch by batch. Python rows (a list, or a `framework.Rows`) are formatted
+when loaded instead, so a wrongly typed value is the format's error about that row, never an arrow
+type-inference failure. Every row keeps a name for errors: `file:line`, `file: row N`, or
+`source: row N`.
 """
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-from dataclasses import dataclass
+from array import array
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from framework.config.schema import MixtureEntry
 from framework.errors import UserError
-from framework.types import Rows
+from framework.types import Rows, SourceTable
 
 LOADER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+FORMAT_ERRORS = (ValueError, TypeError, KeyError, AttributeError)  # a format's way of refusing a row
+Formatted = tuple[list[dict], Optional[str]]  # (messages, text): text None for a chat
 
 
 def pick_loader(entry: MixtureEntry) -> str | None:
@@ -55,71 +59,132 @@ def local_fingerprint(source: str) -> str | None:
 
 def loaded_fingerprint(loaded: Any) -> str:
     """Fingerprint of data a loader returned (a hub dataset, or rows from a third-party loader)."""
+    loaded = loaded.dataset if isinstance(loaded, SourceTable) else loaded
     fingerprint = getattr(loaded, "_fingerprint", None)
     if fingerprint:
         return str(fingerprint)
     return hashlib.sha256(json.dumps(list(loaded), sort_keys=True, default=str).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class RowNames:
-    """Names a row of one source from its `file` and `row` columns, as errors show it."""
+    """Names row i (0-based) of one source as errors show it. `files` are (name, kind) with kind
+    `line` (numbers are physical lines), `nonblank` (row k of a file is its k-th non-blank line:
+    counted when an error needs it) or `row`; `file_of`/`numbers` place each row when the loader
+    said, else `starts` (each file's first row) does."""
 
     source: str
-    files: tuple[tuple[str, bool], ...] = ()  # a `Rows`' files: (name, whether numbers are lines)
+    files: tuple[tuple[str, str], ...] = ()
+    starts: tuple[int, ...] = ()
+    file_of: array = field(default_factory=lambda: array("i"))
+    numbers: array = field(default_factory=lambda: array("q"))
 
-    def __call__(self, file: int, number: int) -> str:
+    def __call__(self, i: int) -> str:
         if not self.files:
-            return f"{self.source}: row {number}"
-        name, lines = self.files[file]
-        return f"{name}:{number}" if lines else f"{name}: row {number}"
+            return f"{self.source}: row {i + 1}"
+        if self.file_of:
+            file, number = self.file_of[i], self.numbers[i]
+        else:
+            file = bisect_right(self.starts, i) - 1
+            number = i - self.starts[file] + 1
+        name, kind = self.files[file]
+        if kind == "nonblank":
+            return f"{name}:{_nonblank_line(name, number)}"
+        return f"{name}:{number}" if kind == "line" else f"{name}: row {number}"
 
 
-def format_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable,
-                  num_workers: int) -> tuple[Any, RowNames]:
-    """Rows of one source as `messages`/`text`, tagged with where they came from, and the names
-    of those places.
+def _nonblank_line(path: str, k: int) -> int:
+    """The physical line (1-based) of the k-th non-blank line of a file."""
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            k -= bool(line.strip())
+            if k == 0:
+                return number
+    return number
 
-    Python rows (from JSON) are formatted before they become arrow data, so a wrongly typed or
-    missing value is the format's error about that row, never an arrow type-inference failure.
-    """
+
+@dataclass
+class Source:
+    """One mixture entry's rows, formatted batch by batch when a pass reads them."""
+
+    index: int
+    entry: MixtureEntry
+    dataset: Any  # a datasets.Dataset: the loader's columns, or `messages`/`text` when `to_messages` is None
+    to_messages: Optional[Callable]
+    names: RowNames
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def formatted(self, indices: Sequence[int]) -> list[Formatted]:
+        """(messages, text) of the rows at `indices` (0-based), in that order."""
+        order = sorted(set(int(i) for i in indices))
+        read = self.dataset[order]
+        columns = list(read)
+        at = {i: {c: read[c][k] for c in columns} for k, i in enumerate(order)}
+        if self.to_messages is None:
+            return [(at[i]["messages"], at[i]["text"]) for i in indices]
+        return [self._format(at[i], i) for i in indices]
+
+    def _format(self, row: dict, i: int) -> Formatted:
+        record = {**row, **{wanted: row.get(actual) for wanted, actual in self.entry.columns.items()}}
+        try:
+            result = self.to_messages(record)
+        except FORMAT_ERRORS as exc:
+            raise UserError(f"{self.names(i)}: {exc}") from None
+        return ([], result) if isinstance(result, str) else (result, None)
+
+
+def make_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable) -> Source:
+    """A Source from what the entry's loader returned: a Dataset or SourceTable stays arrow, to be
+    formatted when read; Python rows are formatted now."""
     import datasets
 
-    if not isinstance(loaded, datasets.Dataset):
-        rows, names = _nonempty(list(loaded), entry), _names(loaded, entry.source)
-        files, numbers = ((loaded.file_of, loaded.numbers) if names.files
-                          else (itertools.repeat(0), range(1, len(rows) + 1)))
-        _check_columns(entry, index, set().union(*(row.keys() for row in rows)))
-        return _to_arrow(_convert(rows, files, numbers, index, entry, to_messages, names), names), names
+    if isinstance(loaded, SourceTable):
+        starts = tuple(accumulate((count for _, count in loaded.files[:-1]), initial=0))
+        kind = "nonblank" if loaded.lines else "row"
+        names = RowNames(entry.source, tuple((name, kind) for name, _ in loaded.files), starts)
+        loaded = loaded.dataset
+    elif isinstance(loaded, datasets.Dataset):
+        names = RowNames(entry.source)
+    else:
+        return _python_source(loaded, index, entry, to_messages)
     _check_columns(entry, index, set(_nonempty(loaded, entry).column_names))
-    names = RowNames(entry.source)
-
-    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        return _convert(rows, itertools.repeat(0), [i + 1 for i in indices], index, entry, to_messages, names)
-
-    formatted = loaded.map(convert, batched=True, with_indices=True, remove_columns=loaded.column_names,
-                           num_proc=num_workers if num_workers > 1 and len(loaded) > 1000 else None,
-                           desc=f"formatting {entry.source}", features=_features())
-    return formatted, names
+    return Source(index, entry, loaded, to_messages, names)
 
 
-def _to_arrow(batch: dict[str, list], names: RowNames) -> Any:
-    """The formatted rows as a Dataset; a lone UTF-16 surrogate (which a loader's Python strings may
-    hold, though arrow cannot) is an error naming its row."""
+def _python_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable) -> Source:
+    rows, names = _nonempty(list(loaded), entry), _names(loaded, entry.source)
+    _check_columns(entry, index, set().union(*(row.keys() for row in rows)))
+    reading = Source(index, entry, rows, to_messages, names)
+    formatted = [reading._format(row, i) for i, row in enumerate(rows)]
+    return Source(index, entry, _to_arrow(formatted, names), None, names)
+
+
+def _to_arrow(formatted: list[Formatted], names: RowNames) -> Any:
+    """Formatted Python rows as a Dataset; a lone UTF-16 surrogate (which Python strings may hold,
+    though arrow cannot) is an error naming its row."""
     import datasets
 
+    batch = {"messages": [m for m, _ in formatted], "text": [t for _, t in formatted]}
     try:
-        return datasets.Dataset.from_dict(batch, features=_features())
+        return datasets.Dataset.from_dict(batch, features=features())
     except UnicodeEncodeError:
-        for i, (messages, text) in enumerate(zip(batch["messages"], batch["text"])):
+        for i, row in enumerate(formatted):
             try:
-                json.dumps([messages, text], ensure_ascii=False).encode("utf-8")
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError as exc:
-                raise UserError(f"{names(batch['file'][i], batch['row'][i])}: holds \\u"
-                                f"{ord(exc.object[exc.start]):04x}, half of a UTF-16 surrogate pair, not a "
-                                "character; fix or remove it") from None
+                raise UserError(f"{names(i)}: holds \\u{ord(exc.object[exc.start]):04x}, half of a UTF-16 "
+                                "surrogate pair, not a character; fix or remove it") from None
         raise
+
+
+def features() -> Any:
+    """The columns of formatted rows: chat messages, or plain text."""
+    from datasets import Features, List, Value
+
+    return Features({"messages": List({"role": Value("string"), "content": Value("string")}),
+                     "text": Value("string")})
 
 
 def _nonempty(rows: Any, entry: MixtureEntry) -> Any:
@@ -134,7 +199,8 @@ def _names(loaded: Any, source: str) -> RowNames:
     if not len(loaded) == len(loaded.file_of) == len(loaded.numbers):
         raise UserError(f"{source}: the loader returned {len(loaded):,} rows but {len(loaded.numbers):,} "
                         "locations; build its Rows with add_file")
-    return RowNames(source, tuple(loaded.files))
+    files = tuple((name, "line" if lines else "row") for name, lines in loaded.files)
+    return RowNames(source, files, file_of=loaded.file_of, numbers=loaded.numbers)
 
 
 def _check_columns(entry: MixtureEntry, index: int, columns: set[str]) -> None:
@@ -142,28 +208,3 @@ def _check_columns(entry: MixtureEntry, index: int, columns: set[str]) -> None:
     if missing:
         raise UserError(f"{entry.source}: data.mixture[{index}].columns names missing column(s) "
                         f"{', '.join(missing)} (columns: {', '.join(sorted(columns))})")
-
-
-def _convert(rows: list[dict], files: Any, numbers: Sequence[int], index: int, entry: MixtureEntry,
-             to_messages: Callable, names: RowNames) -> dict[str, list]:
-    out: dict[str, list] = {"messages": [], "text": [], "source": [], "file": [], "row": []}
-    for row, file, number in zip(rows, files, numbers):
-        record = {**row, **{wanted: row.get(actual) for wanted, actual in entry.columns.items()}}
-        try:
-            result = to_messages(record)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise UserError(f"{names(file, number)}: {exc}") from None
-        out["messages"].append([] if isinstance(result, str) else result)
-        out["text"].append(result if isinstance(result, str) else None)
-        out["source"].append(index)
-        out["file"].append(file)
-        out["row"].append(number)
-    return out
-
-
-def _features():
-    from datasets import Features, List, Value
-
-    return Features({"messages": List({"role": Value("string"), "content": Value("string")}),
-                     "text": Value("string"), "source": Value("int32"), "file": Value("int32"),
-                     "row": Value("int64")})

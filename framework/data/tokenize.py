@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from framework.data.chat import TemplateError, encode_chats
-from framework.data.sources import RowNames
 from framework.errors import UserError
 from framework.types import IGNORE_INDEX, Sample
 
@@ -91,24 +90,16 @@ def truncate_row(sample: Sample, truncate: Callable, max_seq_length: int) -> Sam
 
 
 def make_encoder(tokenizer: Any, truncate: Callable, max_seq_length: int, train_on: str,
-                 sources: Sequence[str | Callable[[int, int], str]], template: str = "the chat template",
-                 untrainable_rows: str = "drop") -> Callable:
-    """The batched `datasets.map` function: tokens, labels, per-row accounting columns, and `dropped`
-    (0 for a kept row, else 1 + the index of its cause in CAUSES).
+                 template: str = "the chat template", untrainable_rows: str = "drop") -> Callable:
+    """`encode(rows, where)`: a batch of formatted rows ((messages, text) pairs) as tokens, labels,
+    per-row accounting columns and `dropped` (0 for a kept row, else 1 + the index of its cause in
+    CAUSES). `where(i)` names row i in an error; `untrainable_rows` is data.untrainable ("error":
+    the first row with nothing to train stops preprocessing)."""
 
-    `sources[i]` names data.mixture[i]'s rows from their `file` and `row` columns (a plain name: its
-    rows are `name: row N`); `untrainable_rows` is data.untrainable ("error": the first row with
-    nothing to train stops preprocessing)."""
-    names = [RowNames(s) if isinstance(s, str) else s for s in sources]
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        files = batch.get("file") or [0] * len(batch["row"])
-
-        def where(i: int) -> str:
-            return names[batch["source"][i]](files[i], batch["row"][i])
-
-        causes = [untrainable(m, text, train_on) for m, text in zip(batch["messages"], batch["text"])]
-        fulls = _encode(tokenizer, batch["messages"], batch["text"], causes, train_on, where, template)
+    def encode(rows: Sequence[tuple[list[dict], str | None]], where: Callable[[int], str]) -> dict[str, list]:
+        messages, texts = [m for m, _ in rows], [t for _, t in rows]
+        causes = [untrainable(m, text, train_on) for m, text in rows]
+        fulls = _encode(tokenizer, messages, texts, causes, train_on, where, template)
         out: dict[str, list] = {k: [] for k in COLUMNS}
         for i, (full, cause) in enumerate(zip(fulls, causes)):
             kept, cause = _kept(full, cause, truncate, max_seq_length, where, i)

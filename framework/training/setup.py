@@ -9,7 +9,6 @@ from typing import Any
 
 from framework.config import LoadedRecipe, display_path
 from framework.data.batching import BatchPlan, padding_free_layout, plan_batches
-from framework.data.mixture import write_mix
 from framework.data.pipeline import PreparedData, prepare_data
 from framework.launch.accelerator import make_accelerator
 from framework.launch.launcher import is_worker
@@ -103,7 +102,7 @@ def start(loaded: LoadedRecipe) -> Run | None:
     saved = None if resume_from is None else read_checkpoint(resume_from, state, deepspeed, rank)
     hook = _start_loggers(prep, claim, accelerator)
     if recipe.data.mix_dir and accelerator.is_main_process:
-        write_mix(Path(recipe.data.mix_dir), prep.data.build_mixture(), prep.data.mixture_stats)
+        prep.data.write_mix(Path(recipe.data.mix_dir), recipe.data.num_workers)
     if saved:
         state = restore_checkpoint(saved, accelerator, optimizer, scheduler)
         say(f"resuming from {resume_from} at step {state.step:,}")

@@ -119,11 +119,11 @@ def test_raise_refuses_over_length_rows_with_their_length(full):
 
 
 def test_raise_through_the_encoder_names_source_row_and_length(tokenizer, full):
-    encode = make_encoder(tokenizer, refuse, 20, "assistant", ["first.jsonl", "data/second.jsonl"])
+    encode = make_encoder(tokenizer, refuse, 20, "assistant")
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    batch = {"messages": [short, CHAT], "text": [None, None], "source": [0, 1], "row": [4, 17]}
+    names = ["first.jsonl: row 4", "data/second.jsonl: row 17"]
     with pytest.raises(UserError) as info:
-        encode(batch)
+        encode([(short, None), (CHAT, None)], names.__getitem__)
     (line,) = info.value.problems
     assert line.startswith(f"data/second.jsonl: row 17: has {len(full.input_ids)} tokens, "
                            "more than max_seq_length 20")
@@ -131,18 +131,16 @@ def test_raise_through_the_encoder_names_source_row_and_length(tokenizer, full):
 
 @pytest.mark.parametrize("strategy", [drop, right, turns])
 def test_a_row_truncation_leaves_nothing_to_train_is_dropped_as_cut(tokenizer, full, strategy):
-    from framework.data.sources import RowNames
     from framework.data.tokenize import CODES
 
     (start, _), *_ = trained_runs(full.labels)  # the first trained token: cut before it, nothing is left
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    batch = {"messages": [short, CHAT], "text": [None, None], "source": [0, 0], "file": [0, 1], "row": [4, 17]}
-    names = [RowNames("data", (("data/a.jsonl", True), ("data/b.jsonl", True)))]
-    out = make_encoder(tokenizer, strategy, start, "assistant", names)(batch)
+    batch, names = [(short, None), (CHAT, None)], ["data/a.jsonl:4", "data/b.jsonl:17"].__getitem__
+    out = make_encoder(tokenizer, strategy, start, "assistant")(batch, names)
     assert out["dropped"] == [0, CODES["cut_by_truncation"]] and out["length"][1] == 0
     assert out["length_before"][1] == len(full.input_ids) and out["trainable_before"][1] == full.num_trainable
     with pytest.raises(UserError) as info:
-        make_encoder(tokenizer, strategy, start, "assistant", names, untrainable_rows="error")(batch)
+        make_encoder(tokenizer, strategy, start, "assistant", untrainable_rows="error")(batch, names)
     assert info.value.problems[0].startswith(f"data/b.jsonl:17: has {len(full.input_ids)} tokens and truncation "
                                              f"to max_seq_length {start} leaves none of them to train")
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from seqtune_testing import mixture_rows
 
 QUICKSTART = "recipes/quickstart.yaml"
 
@@ -189,8 +190,8 @@ def test_good_run_writes_the_mixture_and_the_truncation_report(train, tmp_path, 
     data = prepare_data(loaded.recipe, parts.loaders, parts.formats, parts.truncation, tokenizer)
     assert data.from_cache
     assert report == vars(data.report)
-    assert [(r["source"], r["row"]) for r in mixed] == list(zip(data.build_mixture()["source"],
-                                                               data.build_mixture()["row"]))
+    assert [(r["source"], r["row"]) for r in mixed] == list(zip(mixture_rows(data)["source"],
+                                                               mixture_rows(data)["row"]))
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import datasets
 import pytest
 
 from framework.errors import UserError
+from seqtune_testing import mixture_rows
 
 GOOD = {"messages": [{"role": "user", "content": "Reverse: c a t"}, {"role": "assistant", "content": "t a c"}]}
 NO_ANSWER = {"messages": [{"role": "user", "content": "a question nobody answers"}]}
@@ -52,8 +53,9 @@ BAD_FILES = {  # name: (file name, bytes, what the error says after the file nam
                            ":2: holds \\udc00, half of a UTF-16 surrogate pair"),
     "deep_nesting_jsonl": ("rows.jsonl", jsonl(GOOD, "") + DEEP + b"\n" + jsonl(GOOD),
                            ":3: invalid JSON line: nested deeper than the parser's limit"),
+    # read natively, a huge number is just a number; the row then lacks what its format needs
     "huge_integer": ("rows.jsonl", jsonl(GOOD) + b'{"id": ' + b"9" * 5000 + b"}\n",
-                     ":2: invalid JSON line: Exceeds the limit (4300 digits)"),
+                     ":2: needs a 'messages' list"),
     "empty_jsonl": ("rows.jsonl", b"", ": the file holds no rows"),
     "blank_jsonl": ("rows.jsonl", b"\n  \n\r\n", ": the file holds no rows"),
     "invalid_utf8_json": ("rows.json", b"[\n" + json.dumps(GOOD).encode() + b",\n\n" + b'{"text": "\xff"}]',
@@ -85,7 +87,7 @@ def test_a_utf8_bom_is_accepted(tmp_path, write_recipe, kit, name):
     (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text)
     with_bom = kit.prepare(write_recipe([{"source": tmp_path / name, "fraction": 1.0}]))
     without = kit.prepare(write_recipe([{"source": tmp_path / "plain" / name, "fraction": 1.0}], name="plain.yaml"))
-    assert with_bom.build_mixture()["messages"] == without.build_mixture()["messages"]
+    assert mixture_rows(with_bom)["messages"] == mixture_rows(without)["messages"]
     assert sorted(kit.rows_of(with_bom)) == sorted(kit.rows_of(without)) and len(with_bom.dataset) == 2
 
 
@@ -94,7 +96,7 @@ def test_a_whole_surrogate_pair_is_one_character_and_unread_columns_are_not_chec
     path.write_bytes(jsonl('{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}, '
                            '{"role": "assistant", "content": "\\uD83D\\uDE00 \\ud7ff"}], "unused": "\\ud800"}'))
     data = kit.prepare(write_recipe([{"source": path, "fraction": 1.0}]))
-    assert [m["content"] for m in data.build_mixture()[0]["messages"]] == ["😀", "😀 \ud7ff"]
+    assert [m["content"] for m in mixture_rows(data)[0]["messages"]] == ["😀", "😀 \ud7ff"]
 
 
 # -- errors found after loading name the file and physical line ----------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from framework import Rows
 from framework.config.schema import MixtureEntry
-from framework.data.sources import format_source
+from seqtune_testing import formatted_source
 from framework.errors import UserError
 from plugins.formats import messages
 
@@ -17,7 +17,7 @@ BAD_ROW = {"messages": [{"role": "robot", "content": "beep"}]}
 
 def formatted_error(loaded, source: str = "third/party") -> str:
     with pytest.raises(UserError) as info:
-        format_source(loaded, 0, MixtureEntry(source=source, fraction=1.0), messages, 1)
+        formatted_source(loaded, 0, MixtureEntry(source=source, fraction=1.0), messages)
     (line,) = info.value.problems
     assert "\n" not in line
     return line
@@ -34,13 +34,24 @@ def test_a_loaders_rows_name_their_file_and_line_or_row():
     assert formatted_error(table).startswith("tables/b.parquet: row 3: messages[0] has unknown role")
 
 
-def test_formatted_rows_keep_file_and_line_columns():
+def test_formatted_rows_keep_their_names():
     rows = Rows()
     rows.add_file("a.jsonl", [GOOD_ROW, GOOD_ROW], [3, 5])
     rows.add_file("b.json", [GOOD_ROW])
-    dataset, names = format_source(rows, 2, MixtureEntry(source="data", fraction=1.0), messages, 1)
-    assert list(zip(dataset["source"], dataset["file"], dataset["row"])) == [(2, 0, 3), (2, 0, 5), (2, 1, 1)]
-    assert [names(f, n) for f, n in zip(dataset["file"], dataset["row"])] == ["a.jsonl:3", "a.jsonl:5", "b.json: row 1"]
+    source = formatted_source(rows, 2, MixtureEntry(source="data", fraction=1.0), messages)
+    assert [source.names(i) for i in range(3)] == ["a.jsonl:3", "a.jsonl:5", "b.json: row 1"]
+
+
+def test_a_source_table_names_rows_by_file_and_physical_line(tmp_path):
+    from framework import SourceTable
+
+    (tmp_path / "a.jsonl").write_text("\n{}\n\n{}\n")  # rows on lines 2 and 4
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    table = SourceTable(datasets.Dataset.from_dict({"messages": [GOOD_ROW["messages"]] * 3}),
+                        [(str(tmp_path / "a.jsonl"), 2), (str(tmp_path / "b.jsonl"), 1)])
+    source = formatted_source(table, 0, MixtureEntry(source="data", fraction=1.0), messages)
+    assert [source.names(i) for i in range(3)] == [f"{tmp_path / 'a.jsonl'}:2", f"{tmp_path / 'a.jsonl'}:4",
+                                                    f"{tmp_path / 'b.jsonl'}:1"]
 
 
 def test_plain_rows_are_named_by_their_position_in_the_source():

@@ -8,9 +8,10 @@ import datasets
 import pytest
 
 from framework.config.schema import MixtureEntry
-from framework.data.mixture import sample_indices, write_mix
+from framework.data.mixture import sample_indices
 from framework.data.sources import pick_loader
 from framework.errors import UserError
+from seqtune_testing import mixture_rows
 
 
 def entry(source, **kwargs) -> MixtureEntry:
@@ -126,7 +127,7 @@ def two_sources(tmp_path, kit):
 
 
 def mixture_of(data) -> list[tuple[int, int]]:
-    mixture = data.build_mixture()
+    mixture = mixture_rows(data)
     return list(zip(mixture["source"], mixture["row"]))
 
 
@@ -157,7 +158,7 @@ def test_fraction_and_count_rows_and_stats(two_sources, write_recipe, kit):
 def test_the_mixture_rows_are_the_source_rows(two_sources, write_recipe, kit):
     a, b = two_sources
     data = kit.prepare(write_recipe([{"source": a, "fraction": 1.0}, {"source": b, "fraction": 1.0}]))
-    mixture = data.build_mixture()
+    mixture = mixture_rows(data)
     sources = [[json.loads(line) for line in path.read_text().splitlines()] for path in (a, b)]
     for row in mixture:
         assert row["messages"] == sources[row["source"]][row["row"] - 1]["messages"]
@@ -205,8 +206,8 @@ def test_tokenized_rows_follow_the_mixture_order(tmp_path, write_recipe, kit, ti
 def test_write_mix_writes_the_rows_in_order_and_the_stats(two_sources, write_recipe, kit, tmp_path):
     a, b = two_sources
     data = kit.prepare(write_recipe([{"source": a, "count": 5}, {"source": b, "fraction": 1.0}]))
-    mixture = data.build_mixture()
-    write_mix(tmp_path / "mix" / "nested", mixture, data.mixture_stats)
+    mixture = mixture_rows(data)
+    data.write_mix(tmp_path / "mix" / "nested", 1)
     lines = (tmp_path / "mix" / "nested" / "mixture.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == mixture.to_list()
     assert len(lines) == 15
@@ -263,7 +264,7 @@ def test_rows_keep_columns_that_the_first_row_lacks(tmp_path, write_recipe, kit)
             {"instruction": "Add", "input": "2 and 3", "output": "5"}]
     source = kit.write_jsonl(tmp_path / "alpaca.jsonl", rows)
     data = kit.prepare(write_recipe([{"source": source, "fraction": 1.0, "format": "alpaca"}]))
-    by_row = {row["row"]: row["messages"] for row in data.build_mixture()}
+    by_row = {row["row"]: row["messages"] for row in mixture_rows(data)}
     assert by_row[1][0] == {"role": "user", "content": "Say hi"}
     assert by_row[2][0] == {"role": "user", "content": "Add\n\n2 and 3"}
 
@@ -275,7 +276,7 @@ def test_column_mapping_reads_the_mapped_column(tmp_path, write_recipe, kit):
     source = kit.write_jsonl(tmp_path / "sharegpt.jsonl", rows)
     data = kit.prepare(write_recipe([{"source": source, "fraction": 1.0,
                                       "columns": {"messages": "conversations"}}]))
-    by_row = {row["row"]: row["messages"] for row in data.build_mixture()}
+    by_row = {row["row"]: row["messages"] for row in mixture_rows(data)}
     assert by_row == {i + 1: rows[i]["conversations"] for i in range(3)}
     assert data.report.rows_kept == 3
 
@@ -284,7 +285,7 @@ def test_column_mapping_for_prompt_completion(tmp_path, write_recipe, kit):
     source = kit.write_jsonl(tmp_path / "qa.jsonl", [{"question": "2+2?", "answer": "4"}])
     data = kit.prepare(write_recipe([{"source": source, "fraction": 1.0, "format": "prompt_completion",
                                       "columns": {"prompt": "question", "completion": "answer"}}]))
-    assert data.build_mixture()[0]["messages"] == [{"role": "user", "content": "2+2?"},
+    assert mixture_rows(data)[0]["messages"] == [{"role": "user", "content": "2+2?"},
                                                    {"role": "assistant", "content": "4"}]
 
 
@@ -316,7 +317,7 @@ def test_column_mapping_wins_over_a_column_already_named_like_the_target(tmp_pat
     source = kit.write_jsonl(tmp_path / "rows.jsonl", [row])
     data = kit.prepare(write_recipe([{"source": source, "fraction": 1.0,
                                       "columns": {"messages": "conversations"}}]))
-    assert data.build_mixture()[0]["messages"] == wanted
+    assert mixture_rows(data)[0]["messages"] == wanted
 
 
 # -- hub sources ---------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def test_parquet_csv_and_disk_sources_mix(tmp_path, write_recipe, kit, monkeypat
                                      {"source": tmp_path / "alpaca.csv", "fraction": 1.0, "format": "alpaca"},
                                      {"source": tmp_path / "saved", "fraction": 1.0, "format": "text",
                                       "split": "test"}]))
-    got = {(row["source"], row["row"]): row["messages"] or row["text"] for row in data.build_mixture()}
+    got = {(row["source"], row["row"]): row["messages"] or row["text"] for row in mixture_rows(data)}
     assert got == {
         (0, 1): chats[0]["messages"], (0, 2): chats[1]["messages"], (0, 3): chats[2]["messages"],
         (1, 1): [{"role": "user", "content": "Add\n\n2 and 3"}, {"role": "assistant", "content": "5"}],

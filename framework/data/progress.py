@@ -1,0 +1,83 @@
+"""Progress for long data work, in the project's one style (rich, as training's bar): what is done,
+how fast, and how long is left; on stderr, and only on the main process of a multi-process run.
+
+    with progress_bar("tokenizing", total=len(rows)) as advance:
+        for batch in batches:
+            ...
+            advance(len(batch))
+
+Work spread over processes reports through a shared counter (`Counter`), which the bar polls.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
+
+MIN_SECONDS = 0.5  # a bar appears only for work that lasts longer than this
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: Optional[float], unit: str = "rows",
+                 counter: Optional[Any] = None) -> Iterator[Callable[[float], None]]:
+    """A bar for `total` units (None: unknown), advanced by the callable it yields, or read from
+    `counter` (a `Counter` that worker processes add to) while the block runs."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    columns = [TextColumn(f"[bold blue]{description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=False, disable=False) as bar:
+        task = bar.add_task(description, total=total, rate="")
+        started = time.perf_counter()
+
+        def advance(n: float) -> None:
+            bar.advance(task, n)
+            _show_rate(bar, task, started, unit)
+
+        stop = threading.Event()
+        poller = threading.Thread(target=_poll, args=(bar, task, counter, stop, started, unit), daemon=True)
+        if counter is not None:
+            poller.start()
+        try:
+            yield advance
+        finally:
+            stop.set()
+            if counter is not None:
+                poller.join()
+                bar.update(task, completed=counter.value)
+
+
+def _poll(bar: Any, task: Any, counter: Any, stop: threading.Event, started: float, unit: str) -> None:
+    while not stop.wait(0.25):
+        bar.update(task, completed=counter.value)
+        _show_rate(bar, task, started, unit)
+
+
+def _show_rate(bar: Any, task: Any, started: float, unit: str) -> None:
+    seconds = time.perf_counter() - started
+    done = bar.tasks[0].completed
+    if seconds > MIN_SECONDS and done:
+        bar.update(task, rate=f"{done / seconds:,.0f} {unit}/s")
+
+
+class Counter:
+    """A count shared by worker processes (fork), read by the bar."""
+
+    def __init__(self, context: Any):
+        self._value = context.Value("q", 0)
+
+    def add(self, n: int) -> None:
+        with self._value.get_lock():
+            self._value.value += n
+
+    @property
+    def value(self) -> int:
+        return self._value.value
