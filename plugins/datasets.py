@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from framework import Rows, SourceTable, UserError, hookimpl
+from framework import Rows, SourceTable, UserError, hookimpl, progress_bar
 from plugins.jsonl import read_jsonl_native
 
 BOM = codecs.BOM_UTF8  # some editors start a UTF-8 file with it; it is not part of the first row
@@ -69,13 +69,17 @@ def _read_jsonl(path: Path, split: str) -> tuple[list[dict[str, Any]], list[int]
     A lone surrogate escape ("\\ud800") parses here; the pipeline names its line when it first
     encodes the text, so ordinary lines pay nothing for that check."""
     _local_split(str(path), split)
-    rows, lines = [], []
+    rows, lines, read = [], [], 0
     try:  # lines end at "\n" only, as the byte count of an invalid UTF-8 error below does
-        with path.open(encoding="utf-8-sig", newline="\n") as text:
+        with path.open(encoding="utf-8-sig", newline="\n") as text, \
+                progress_bar(f"reading {path} line by line", path.stat().st_size / 2**20, unit="MB") as advance:
             for number, line in enumerate(text, start=1):
                 if line.strip():
                     rows.append(_json_line(path, number, line))
                     lines.append(number)
+                if number % 10_000 == 0:  # the decoder's position in the file: close enough for a bar
+                    advance((text.buffer.tell() - read) / 2**20)
+                    read = text.buffer.tell()
     except UnicodeDecodeError as exc:  # the text decoder reads in chunks: find the line in the bytes
         _decode(path, path.read_bytes(), 1)
         raise UserError(f"{path}: not valid UTF-8 ({exc.reason}); save the file as UTF-8") from None

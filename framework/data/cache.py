@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 # Bump when the encoding itself changes (masking, truncation accounting, columns).
-PIPELINE_VERSION = 3  # 2: untrainable rows counted by cause; 3: arrow shards + kept rows, no table rewrite
+PIPELINE_VERSION = 4  # 2: untrainable rows counted by cause; 3: arrow shards + kept rows; 4: their lengths
 COMPLETE = "complete.json"  # written last: the entry is complete
 SHARDS = "tokens-*.arrow"  # the tokenizing pass's output, one file per worker, every row
 KEPT = "kept.npy"  # the rows with something to train, as indices into the shards
 PLAN = "mixture.npz"  # the mixture plan: each row's source and index in it
+LENGTHS = "lengths.npy"  # the kept rows' lengths, which every run plans its batches from
 
 
 def cache_root(configured: str | None) -> Path:
@@ -42,26 +43,33 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def load_cached(path: Path) -> tuple[Any, Any, dict] | None:
-    """The cached rows (memory-mapped, the kept ones in mixture order), the mixture plan and the
-    metadata; None when there is no complete entry."""
+def load_cached(path: Path) -> tuple[Any, Any, Any, dict] | None:
+    """The cached rows (memory-mapped, the kept ones in mixture order) as a Dataset, their lengths,
+    the mixture plan, and the metadata; None when there is no complete entry."""
     if not (path / COMPLETE).is_file():
         return None
     import numpy as np
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
 
     from framework.data.mixture import MixturePlan
 
     meta = json.loads((path / COMPLETE).read_text())
     plan = np.load(path / PLAN)
-    rows = open_shards(path).select(np.load(path / KEPT))
-    return rows, MixturePlan(plan["source"], plan["index"], meta["mixture"]["sources"]), meta
+    kept = InMemoryTable(pa.table({"indices": pa.array(np.load(path / KEPT), type=pa.uint64())}))
+    # The kept rows through an indices table, built here: Dataset.select would hash and check them.
+    rows = Dataset(open_shards(path), indices_table=kept, fingerprint=f"seqtune-{path.name}")
+    return (rows, np.load(path / LENGTHS).tolist(), MixturePlan(plan["source"], plan["index"],
+                                                                 meta["mixture"]["sources"]), meta)
 
 
 def open_shards(folder: Path) -> Any:
-    """Every row the tokenizing pass wrote (its shards, memory-mapped, in mixture order)."""
-    from datasets import Dataset, concatenate_datasets
+    """Every row the tokenizing pass wrote: its shards, memory-mapped, in mixture order (an arrow table)."""
+    from datasets.table import ConcatenationTable, MemoryMappedTable
 
-    return concatenate_datasets([Dataset.from_file(str(shard)) for shard in sorted(folder.glob(SHARDS))])
+    return ConcatenationTable.from_tables([MemoryMappedTable.from_file(str(shard))
+                                           for shard in sorted(folder.glob(SHARDS))])
 
 
 def start_entry(path: Path) -> Path:
@@ -72,13 +80,14 @@ def start_entry(path: Path) -> Path:
     return partial
 
 
-def finish_entry(partial: Path, path: Path, plan: Any, kept: Any, meta: dict) -> None:
-    """Complete the entry: the plan, the kept rows, the metadata last, then rename into place, so
-    a crash never leaves an entry that looks complete."""
+def finish_entry(partial: Path, path: Path, plan: Any, kept: Any, lengths: Any, meta: dict) -> None:
+    """Complete the entry: the plan, the kept rows and their lengths, the metadata last, then rename
+    into place, so a crash never leaves an entry that looks complete."""
     import numpy as np
 
     np.savez(partial / PLAN, source=plan.source, index=plan.index)
     np.save(partial / KEPT, kept)
+    np.save(partial / LENGTHS, lengths)
     (partial / COMPLETE).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)

@@ -19,6 +19,8 @@ from framework.data.progress import Counter, progress_bar
 from framework.data.sources import Formatted, Source
 
 BATCH = 1000
+RELEASE_EVERY = 50  # batches: how often the sources' memory maps are reopened (see Source.release)
+RECORD_BATCHES = 16  # batches per arrow record batch: few large ones read back fast from a cold disk
 _JOB: Any = None  # the pass being run: forked workers inherit it instead of unpickling it
 
 
@@ -32,12 +34,15 @@ class Reader:
     def batches(self, start: int, stop: int) -> Iterator[tuple[list[Formatted], Callable[[int], str], Any, Any]]:
         """(formatted rows, a function naming row k of the batch, their sources, their indices)."""
         for first in range(start, stop, BATCH):
+            if (first - start) % (RELEASE_EVERY * BATCH) == 0:
+                for source in self.sources:
+                    source.release()
             last = min(first + BATCH, stop)
             source, index = self.plan.source[first:last], self.plan.index[first:last]
             rows: list[Any] = [None] * len(source)
             for s in set(source.tolist()):
-                at = [k for k in range(len(source)) if source[k] == s]
-                for k, row in zip(at, self.sources[s].formatted([int(index[k]) for k in at])):
+                at = (source == s).nonzero()[0].tolist()
+                for k, row in zip(at, self.sources[s].formatted(index[at].tolist())):
                     rows[k] = row
             yield rows, self._names(source, index), source, index
 
@@ -118,11 +123,16 @@ def write_arrow_part(reader: Reader, encode: Callable, folder: Path) -> Callable
     def write_part(part: int, start: int, stop: int, advance: Callable[[int], None]) -> Path:
         import pyarrow as pa
 
-        path = folder / f"tokens-{part:05d}.arrow"
+        path, pending = folder / f"tokens-{part:05d}.arrow", []
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, _schema()) as out:
             for rows, where, _, _ in reader.batches(start, stop):
-                out.write_batch(_record_batch(encode(rows, where)))
+                pending.append(_record_batch(encode(rows, where)))  # arrow at once: Python ints are 9x larger
                 advance(len(rows))
+                if len(pending) == RECORD_BATCHES:
+                    out.write_table(pa.Table.from_batches(pending).combine_chunks())
+                    pending = []
+            if pending:
+                out.write_table(pa.Table.from_batches(pending).combine_chunks())
         return path
 
     return write_part

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,21 +34,20 @@ class PreparedData:
     """Tokenized rows (arrow, memory-mapped, in mixture order) and what preprocessing did to them."""
 
     dataset: Any  # datasets.Dataset: input_ids, labels, length, and the accounting columns
+    lengths: list[int]  # each row's length, for the batch plan
     report: Report
     mixture_stats: dict[str, Any]
     from_cache: bool
     cache_path: Path
     plan: MixturePlan
     reader: Callable[[], Reader]  # loads the sources again, to read the untokenized rows
+    seconds: dict[str, float] = field(default_factory=dict)  # what each stage took when the entry was built
 
     @property
     def max_seq_length(self) -> int:
         """The bound the rows were cut to (the recipe's data.max_seq_length, read once by prepare_data)."""
         return self.report.max_seq_length
 
-    @property
-    def lengths(self) -> list[int]:
-        return self.dataset.select_columns(["length"]).to_dict()["length"]
 
     def take(self, rows: list[list[Piece]]) -> list[list[Sample]]:
         """The samples of a micro-batch's rows, read in one go; slices are cut after reading."""
@@ -88,8 +87,9 @@ def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable
                                   recipe.data.untrainable)
             _build(path, reader, encode, recipe, max_seq_length)
             cached = load_cached(path)
-        dataset, plan, meta = cached
-    prepared = PreparedData(dataset, Report(**meta["report"]), meta["mixture"], from_cache, path, plan, reader)
+        dataset, lengths, plan, meta = cached
+    prepared = PreparedData(dataset, lengths, Report(**meta["report"]), meta["mixture"], from_cache, path, plan,
+                            reader, meta.get("seconds", {}))
     if len(prepared.dataset) == 0:
         raise UserError(f"data: no row is left to train on: {prepared.report.summary()}; "
                         f"{_remedy(prepared.report)}")
@@ -106,13 +106,14 @@ def _build(path: Path, reader: Callable[[], Reader], encode: Callable, recipe: R
     partial = start_entry(path)
     run(f"tokenizing (max_seq_length {max_seq_length:,})", mixture, recipe.data.num_workers,
         write_arrow_part(mixture, encode, partial))
-    rows = open_shards(partial).data
+    rows = open_shards(partial)
     columns = {name: rows.column(name).to_numpy() for name in
                ("length", "length_before", "trainable", "trainable_before", "dropped")}
     report = Report.from_columns(columns, max_seq_length)
     stats = {"rows": len(mixture.plan), "seed": recipe.seed, "sources": mixture.plan.stats}
     timings = {"read": round(read - started, 2), "tokenize": round(time.perf_counter() - read, 2)}
-    finish_entry(partial, path, mixture.plan, np.flatnonzero(columns["dropped"] == 0),
+    kept = np.flatnonzero(columns["dropped"] == 0)
+    finish_entry(partial, path, mixture.plan, kept, columns["length"][kept],
                  {"report": vars(report), "mixture": stats, "seconds": timings})
 
 

@@ -29,10 +29,10 @@ def progress_bar(description: str, total: Optional[float], unit: str = "rows",
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    columns = [TextColumn(f"[bold blue]{description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+    columns = [TextColumn(f"[bold blue]{description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False, disable=False) as bar:
         task = bar.add_task(description, total=total, rate="")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from framework.config.schema import MixtureEntry
+from framework.data.progress import progress_bar
 from framework.errors import UserError
 from framework.types import Rows, SourceTable
 
@@ -116,9 +117,22 @@ class Source:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def release(self) -> None:
+        """Let go of the pages read so far. An arrow source is memory-mapped, and every page a pass
+        touches stays in this process's resident memory until the mapping closes: reopening the
+        same files keeps that bounded by what was read since, however large the source."""
+        files = [entry["filename"] for entry in getattr(self.dataset, "cache_files", None) or []]
+        if not files or getattr(self.dataset, "_indices", True) is not None:
+            return  # in memory, or a selection/shuffle of its files: reopening them would change the rows
+        import datasets
+
+        reopened = datasets.concatenate_datasets([datasets.Dataset.from_file(name) for name in files])
+        if len(reopened) == len(self.dataset) and reopened.features == self.dataset.features:
+            self.dataset = reopened
+
     def formatted(self, indices: Sequence[int]) -> list[Formatted]:
         """(messages, text) of the rows at `indices` (0-based), in that order."""
-        order = sorted(set(int(i) for i in indices))
+        order = sorted(set(indices))
         read = self.dataset[order]
         columns = list(read)
         at = {i: {c: read[c][k] for c in columns} for k, i in enumerate(order)}
@@ -156,8 +170,11 @@ def make_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Calla
 def _python_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable) -> Source:
     rows, names = _nonempty(list(loaded), entry), _names(loaded, entry.source)
     _check_columns(entry, index, set().union(*(row.keys() for row in rows)))
-    reading = Source(index, entry, rows, to_messages, names)
-    formatted = [reading._format(row, i) for i, row in enumerate(rows)]
+    reading, formatted = Source(index, entry, rows, to_messages, names), []
+    with progress_bar(f"formatting {entry.source}", len(rows)) as advance:
+        for first in range(0, len(rows), 10_000):
+            formatted += [reading._format(row, i) for i, row in enumerate(rows[first:first + 10_000], start=first)]
+            advance(len(rows[first:first + 10_000]))
     return Source(index, entry, _to_arrow(formatted, names), None, names)
 
 

@@ -48,7 +48,9 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     padding_free = padding_free_layout(packing, recipe.model.attn_implementation.startswith("flash_attention"))
     plan = plan_batches(packing, data.lengths, recipe.train, data.max_seq_length, recipe.seed, rank, world,
                         padding_free)
-    say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}")
+    stages = ", ".join(f"{stage} {seconds:,.1f} s" for stage, seconds in data.seconds.items())
+    say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}"
+        + ("" if data.from_cache else f"; prepared in {stages}"))
     say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
         f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
     return Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan)

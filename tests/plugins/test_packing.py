@@ -397,8 +397,8 @@ def prepared(samples: list[Sample]) -> PreparedData:
     dataset = Dataset.from_dict({"input_ids": [s.input_ids for s in samples],
                                  "labels": [s.labels for s in samples],
                                  "length": [len(s.input_ids) for s in samples]})
-    return PreparedData(dataset, report=None, mixture_stats={}, from_cache=False, cache_path=None, plan=None,
-                        reader=lambda: None)
+    return PreparedData(dataset, list(dataset["length"]), report=None, mixture_stats={}, from_cache=False,
+                        cache_path=None, plan=None, reader=lambda: None)
 
 
 def test_wrapped_slices_and_collate_join_them():
