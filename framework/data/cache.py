@@ -1,6 +1,7 @@
 """The preprocessing cache: a key hashed from everything that changes the tokenized rows, and its
-entries: the tokenized rows as arrow shards (memory-mapped when read back, never rewritten), the
-indices of the rows kept, the mixture plan, and the metadata (the report, the mixture's stats)."""
+entries: the tokenized rows as arrow shards (each distinct row once, in source order; memory-mapped
+when read back, never rewritten), the mixture's kept rows as indices into them, the mixture plan, and
+the metadata (the report, the mixture's stats)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 # Bump when the encoding itself changes (masking, truncation accounting, columns).
-PIPELINE_VERSION = 4  # 2: untrainable rows counted by cause; 3: arrow shards + kept rows; 4: their lengths
+PIPELINE_VERSION = 5  # 2: untrainable rows by cause; 3: arrow shards + kept rows; 4: their lengths; 5: distinct rows
 COMPLETE = "complete.json"  # written last: the entry is complete
-SHARDS = "tokens-*.arrow"  # the tokenizing pass's output, one file per worker, every row
-KEPT = "kept.npy"  # the rows with something to train, as indices into the shards
+SHARDS = "tokens-*.arrow"  # the tokenizing pass's output, one file per worker: each distinct row once
+KEPT = "kept.npy"  # the mixture's rows with something to train, in mixture order, as indices into the shards
 PLAN = "mixture.npz"  # the mixture plan: each row's source and index in it
 LENGTHS = "lengths.npy"  # the kept rows' lengths, which every run plans its batches from
 
@@ -65,7 +66,7 @@ def load_cached(path: Path) -> tuple[Any, Any, Any, dict] | None:
 
 
 def open_shards(folder: Path) -> Any:
-    """Every row the tokenizing pass wrote: its shards, memory-mapped, in mixture order (an arrow table)."""
+    """Every row the tokenizing pass wrote: its shards, memory-mapped, in source order (an arrow table)."""
     from datasets.table import ConcatenationTable, MemoryMappedTable
 
     return ConcatenationTable.from_tables([MemoryMappedTable.from_file(str(shard))

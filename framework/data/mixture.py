@@ -37,6 +37,16 @@ class MixturePlan:
     def __len__(self) -> int:
         return len(self.source)
 
+    def distinct(self) -> tuple[MixturePlan, Any]:
+        """The distinct rows, source by source in row order (so a pass reads each source front to back
+        and each row once, however often the mixture repeats it), and where each row of the mixture
+        is among them."""
+        import numpy as np
+
+        keys = (self.source.astype(np.int64) << 40) | self.index.astype(np.int64)
+        unique, where = np.unique(keys, return_inverse=True)
+        return MixturePlan((unique >> 40).astype(np.int32), unique & ((1 << 40) - 1), self.stats), where
+
 
 def plan_mixture(sizes: list[int], entries: list[MixtureEntry], seed: int) -> MixturePlan:
     """Sample each source by its fraction/count, concatenate in order, shuffle with the seed."""

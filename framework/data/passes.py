@@ -19,7 +19,9 @@ from framework.data.progress import Counter, progress_bar
 from framework.data.sources import Formatted, Source
 
 BATCH = 1000
-RELEASE_EVERY = 50  # batches: how often the sources' memory maps are reopened (see Source.release)
+# Batches between reopening the sources' memory maps (see Source.release): rows read in source order
+# touch each page once, rows in mixture order touch pages all over the files, every batch.
+RELEASE_EVERY = {"source order": 50, "mixture order": 1}
 RECORD_BATCHES = 16  # batches per arrow record batch: few large ones read back fast from a cold disk
 _JOB: Any = None  # the pass being run: forked workers inherit it instead of unpickling it
 
@@ -30,11 +32,12 @@ class Reader:
 
     plan: MixturePlan
     sources: list[Source]
+    release_every: int = RELEASE_EVERY["mixture order"]
 
     def batches(self, start: int, stop: int) -> Iterator[tuple[list[Formatted], Callable[[int], str], Any, Any]]:
         """(formatted rows, a function naming row k of the batch, their sources, their indices)."""
         for first in range(start, stop, BATCH):
-            if (first - start) % (RELEASE_EVERY * BATCH) == 0:
+            if (first - start) % (self.release_every * BATCH) == 0:
                 for source in self.sources:
                     source.release()
             last = min(first + BATCH, stop)

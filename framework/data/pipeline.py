@@ -2,7 +2,9 @@
 
 `prepare_data` is everything between a recipe's `data:` section and rows ready for packing. Each
 source stays arrow (memory-mapped) and the mixture is a plan of indices, so the only pass over the
-rows is the tokenizing one, in data.num_workers processes, writing straight into the cache. The
+rows is the tokenizing one, in data.num_workers processes, writing straight into the cache. It reads
+each distinct row once, in source order (front to back through each file, however shuffled or
+repeated the mixture is); the mixture order is an index array into what it wrote. The
 cache is keyed by everything that changes its result, so a second run (and every non-main process of
 a multi-process run) reads the rows instead of tokenizing again. `untruncated_sample` encodes a
 seeded sample of the same rows without any cut, for the max_seq_length sweep.
@@ -21,7 +23,7 @@ from framework.config.schema import Recipe
 from framework.data.cache import (cache_key, cache_root, finish_entry, load_cached, open_shards, start_entry,
                                   tokenizer_fingerprint)
 from framework.data.mixture import MixturePlan, finish_mix, mix_written, plan_mixture
-from framework.data.passes import Reader, run, write_arrow_part, write_jsonl_part
+from framework.data.passes import RELEASE_EVERY, Reader, run, write_arrow_part, write_jsonl_part
 from framework.data.sources import loaded_fingerprint, local_fingerprint, make_source
 from framework.data.tokenize import Report, encode_rows, make_encoder
 from framework.errors import UserError
@@ -97,23 +99,26 @@ def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable
 
 
 def _build(path: Path, reader: Callable[[], Reader], encode: Callable, recipe: Recipe, max_seq_length: int) -> None:
-    """Read the sources, tokenize the mixture into a new cache entry, and record what it did."""
+    """Read the sources, tokenize each distinct row of the mixture once into a new cache entry, and
+    record what it did, counting each row as often as the mixture holds it."""
     import numpy as np
 
     started = time.perf_counter()
     mixture = reader()
+    distinct, where = mixture.plan.distinct()
+    each_once = Reader(distinct, mixture.sources, RELEASE_EVERY["source order"])
     read = time.perf_counter()
     partial = start_entry(path)
-    run(f"tokenizing (max_seq_length {max_seq_length:,})", mixture, recipe.data.num_workers,
-        write_arrow_part(mixture, encode, partial))
+    run(f"tokenizing (max_seq_length {max_seq_length:,})", each_once, recipe.data.num_workers,
+        write_arrow_part(each_once, encode, partial))
     rows = open_shards(partial)
-    columns = {name: rows.column(name).to_numpy() for name in
+    columns = {name: rows.column(name).to_numpy()[where] for name in
                ("length", "length_before", "trainable", "trainable_before", "dropped")}
     report = Report.from_columns(columns, max_seq_length)
     stats = {"rows": len(mixture.plan), "seed": recipe.seed, "sources": mixture.plan.stats}
     timings = {"read": round(read - started, 2), "tokenize": round(time.perf_counter() - read, 2)}
     kept = np.flatnonzero(columns["dropped"] == 0)
-    finish_entry(partial, path, mixture.plan, kept, columns["length"][kept],
+    finish_entry(partial, path, mixture.plan, where[kept], columns["length"][kept],
                  {"report": vars(report), "mixture": stats, "seconds": timings})
 
 

@@ -133,7 +133,8 @@ class Source:
     def formatted(self, indices: Sequence[int]) -> list[Formatted]:
         """(messages, text) of the rows at `indices` (0-based), in that order."""
         order = sorted(set(indices))
-        read = self.dataset[order]
+        contiguous = order[-1] - order[0] + 1 == len(order)  # a pass in source order reads slices
+        read = self.dataset[order[0]:order[-1] + 1] if contiguous else self.dataset[order]
         columns = list(read)
         at = {i: {c: read[c][k] for c in columns} for k, i in enumerate(order)}
         if self.to_messages is None:

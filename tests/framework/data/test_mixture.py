@@ -44,3 +44,25 @@ def test_json_lines_read_natively_give_the_rows_a_json_file_gives(tmp_path, writ
     assert kit.rows_of(native) == kit.rows_of(python)
     assert mixture_rows(native)["messages"] == mixture_rows(python)["messages"]
     assert np.array_equal(native.plan.index, python.plan.index)
+
+
+def test_a_repeated_row_is_tokenized_once_and_trained_on_as_often_as_the_mixture_holds_it(tmp_path, write_recipe,
+                                                                                           kit):
+    """The tokenizing pass reads each distinct row once, in source order; the mixture (repeats, its
+    shuffle, a second source) is an index array into what it wrote, counted with its repeats."""
+    from framework.data.cache import open_shards
+    from framework.data.chat import encode_chats
+    from framework.model.tokenizer import load_tokenizer
+    from framework.registry import bind_parts
+
+    a = kit.write_jsonl(tmp_path / "a.jsonl", kit.conversations(12))
+    b = kit.write_jsonl(tmp_path / "b.jsonl", kit.conversations(30)[12:])
+    loaded = write_recipe([{"source": a, "fraction": 2.5}, {"source": b, "count": 7}])
+    data = kit.prepare(loaded)
+    assert len(open_shards(data.cache_path)) == 12 + 7  # each distinct row once
+    assert data.report.rows_in == len(data.dataset) == 30 + 7
+    mixed = mixture_rows(data)
+    tokenizer = load_tokenizer(loaded.recipe, bind_parts(loaded).registry.entries["chat_templates"])
+    expected = [(tuple(s.input_ids), tuple(s.labels)) for s in encode_chats(tokenizer, mixed["messages"], "assistant")]
+    assert kit.rows_of(data) == expected
+    assert data.report.tokens_in == sum(len(ids) for ids, _ in expected)
