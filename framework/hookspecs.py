@@ -42,6 +42,8 @@ packing            ()                                           a `framework.typ
                                                                 and collate (tensors)
 optimizers         (param_groups: list[dict])                   a torch.optim.Optimizer
 schedulers         (optimizer, num_training_steps: int)         a torch LR scheduler
+losses             ()                                           loss(model, batch) -> (summed loss,
+                                                                trainable tokens): see below
 loggers            (output_dir: str)                            an object with lifecycle hookimpls
 =================  ===========================================  =====================================
 
@@ -62,6 +64,10 @@ schedulers         factory.warmup_steps -> int                optimizer steps of
                    (num_training_steps, options)              that many steps (shown as unknown)
 packing            Packing.pad_to_multiple_of,                on the object the factory returns: see
                    .supports_padding_free, .packs_rows        `framework.types.Packing`
+losses             factory.chunk_tokens -> int                tokens whose full-vocabulary logits
+                   (vocab_size, options)                      exist at once (all of the micro-batch's)
+                   factory.holds_head_gradient -> bool        the output layer's gradient is held
+                   (options)                                  from forward to backward (False)
 =================  =========================================  ========================================
 """
 from __future__ import annotations
@@ -132,6 +138,20 @@ def seqtune_register_optimizers() -> Factories:
 @hookspec
 def seqtune_register_schedulers() -> Factories:
     """Learning-rate schedules (`scheduler.name`), sized by the exact number of optimizer steps."""
+
+
+@hookspec
+def seqtune_register_losses() -> Factories:
+    """Losses (`train.loss`): each factory returns `loss(model, batch) -> (loss_sum, tokens)`.
+
+    `model` is the model as training wrapped it (DDP, DeepSpeed, PEFT: call it, or its modules, so
+    their hooks run); `batch` holds `input_ids`, `labels` (-100 where nothing is trained), and
+    `attention_mask` or `position_ids`. Return the *sum* over trained tokens of the next-token
+    cross-entropy (position t predicts token t+1), as an fp32 scalar in the autograd graph, and the
+    number of those tokens. The engine scales it (`train.loss_reduction`) and runs the backward, so
+    reductions, packing, accumulation and DeepSpeed work for every loss. A fused kernel gets the
+    final hidden states and the output layer from `framework.decoder_output(model, batch)`.
+    """
 
 
 @hookspec

@@ -9,6 +9,7 @@ BUILTIN = (
     "plugins.packing",
     "plugins.optimizers",
     "plugins.schedulers",
+    "plugins.losses",
     "plugins.loggers",
     "plugins.trackers",
 )

@@ -110,6 +110,9 @@ class TrainConfig:
         "tokens; mean: mean per micro-batch, averaged (HF default); sum: open-instruct's reduce_loss sum.")
     clip_grad_norm: Optional[float] = opt(None, "Clip the global gradient norm to this value.",
                                           minimum=0.0)
+    loss: Component = opt(None, "Loss plugin: chunked_cross_entropy (exact, never holds the full-vocabulary "
+                          "logits) or cross_entropy (transformers' own logits).",
+                          factory=lambda: Component("chunked_cross_entropy"))
 
 
 @dataclass

@@ -38,6 +38,7 @@ FAMILIES = {  # family -> (registration hook, what the recipe calls one)
     "packing": ("seqtune_register_packing", "packing strategy"),
     "optimizers": ("seqtune_register_optimizers", "optimizer"),
     "schedulers": ("seqtune_register_schedulers", "scheduler"),
+    "losses": ("seqtune_register_losses", "loss"),
     "loggers": ("seqtune_register_loggers", "logger"),
 }
 

@@ -31,6 +31,7 @@ class Parts:
     packing: Callable
     optimizer: Callable
     scheduler: Callable
+    loss: Callable
     loggers: list[Callable]
 
 
@@ -76,6 +77,7 @@ def _bind(loaded: LoadedRecipe, problems: Problems) -> Optional[Parts]:
                  packing=bind("packing", recipe.data and recipe.data.packing, "data.packing"),
                  optimizer=bind("optimizers", recipe.optimizer, "optimizer"),
                  scheduler=bind("schedulers", recipe.scheduler, "scheduler"),
+                 loss=bind("losses", recipe.train and recipe.train.loss, "train.loss"),
                  loggers=[bind("loggers", c, f"logging.loggers[{i}]") for i, c in enumerate(recipe.logging.loggers)])
 
 

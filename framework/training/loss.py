@@ -1,28 +1,16 @@
-"""The training loss: the summed next-token cross-entropy of a micro-batch, and how it is scaled
-so that the gradient of an optimizer step is the recipe's normalisation (`train.loss_reduction`)."""
+"""How the training loss is scaled so that the gradient of an optimizer step is the recipe's
+normalisation (`train.loss_reduction`). The summed loss itself comes from the `train.loss` plugin."""
 from __future__ import annotations
 
 from typing import Any
 
-from framework.types import IGNORE_INDEX, MODEL_INPUTS
+from framework.types import IGNORE_INDEX
 
 
 def trainable_tokens(labels: Any) -> Any:
     """How many tokens the loss trains: the labels after the shift (nothing predicts a row's first
     token) that are not masked. A tensor; a CPU one where the caller needs a Python int cheaply."""
     return (labels[:, 1:] != IGNORE_INDEX).sum()
-
-
-def token_loss(model: Any, batch: dict) -> tuple[Any, Any]:
-    """Summed next-token cross-entropy over trainable tokens (fp32), and how many there were."""
-    import torch.nn.functional as F
-
-    labels = batch["labels"][:, 1:]
-    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
-    logits = model(**inputs, use_cache=False).logits[:, :-1]
-    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, trainable_tokens(batch["labels"])
 
 
 def scale_loss(loss_sum: Any, tokens: int, step_tokens: Any, n_micro: int, reduction: str,

@@ -66,6 +66,7 @@ class Run:
     model: Any
     optimizer: Any
     scheduler: Any
+    loss: Any  # loss(model, batch) -> (summed loss, trainable tokens): the train.loss plugin
     hook: Any  # the lifecycle hooks (loggers, callbacks); silent on all but the main process
     state: TrainerState
     output_dir: Path
@@ -108,7 +109,7 @@ def start(loaded: LoadedRecipe) -> Run | None:
     if saved:
         state = restore_checkpoint(saved, accelerator, optimizer, scheduler)
         say(f"resuming from {resume_from} at step {state.step:,}")
-    return Run(loaded, prep, accelerator, model, optimizer, scheduler, hook, state, claim.output_dir)
+    return Run(loaded, prep, accelerator, model, optimizer, scheduler, parts.loss(), hook, state, claim.output_dir)
 
 
 def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim:

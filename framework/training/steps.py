@@ -14,7 +14,7 @@ from framework.data.batching import BatchPlan, MicroBatch
 from framework.errors import RunStopped
 from framework.launch.accelerator import is_deepspeed
 from framework.training.checkpoints import TrainerState, find_resume
-from framework.training.loss import scale_loss, token_loss, trainable_tokens
+from framework.training.loss import scale_loss, trainable_tokens
 from framework.types import IGNORE_INDEX, Sample
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -71,7 +71,7 @@ def forward_backward(run: Any, batch: Batch, step_tokens: Any, n_micro: int, las
     train = run.loaded.recipe.train
     accelerator = run.accelerator
     with _accumulating(accelerator, run.model, last):
-        loss_sum, _ = token_loss(run.model, batch.tensors)
+        loss_sum, _ = run.loss(run.model, batch.tensors)
         loss = scale_loss(loss_sum, batch.trainable, step_tokens, n_micro, train.loss_reduction,
                           train.gradient_accumulation_steps, accelerator.num_processes)
         accelerator.backward(loss * _deepspeed_accumulation(accelerator, run.model))

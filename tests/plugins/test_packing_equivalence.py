@@ -2,7 +2,7 @@
 
 For two architectures and both CPU attention paths: the summed token loss and every parameter's
 gradient of a bfd-packed micro-batch (several rows, and one padding-free row) equal those of the
-same samples padded without packing (fp32, atol 1e-5). A row packed without position resets
+same samples padded without packing (fp32, atol 1e-5), with either loss. A row packed without position resets
 (attention crossing samples) must differ, which shows the comparison can fail.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from seqtune_testing import encode_chat
-from framework.training.loss import token_loss
+from plugins.losses import chunked_cross_entropy, cross_entropy
 from plugins.packing import BestFitDecreasing, PadToLongest
 
 CONVERSATIONS = [
@@ -40,9 +40,12 @@ def tiny_model(arch: str, attn: str, vocab_size: int):
     return model.train()
 
 
-def loss_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+LOSSES = {"cross_entropy": cross_entropy(), "chunked": chunked_cross_entropy(memory_mib=1)}
+
+
+def loss_and_grads(model, batch, loss="cross_entropy") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    loss_sum, tokens = token_loss(model, batch)
+    loss_sum, tokens = LOSSES[loss](model, batch)
     loss = loss_sum / tokens  # token_mean over this micro-batch: the same divisor both ways
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -53,18 +56,19 @@ def samples(tiny_tokenizer):
     return [encode_chat(tiny_tokenizer, c) for c in CONVERSATIONS]
 
 
+@pytest.mark.parametrize("loss", sorted(LOSSES))
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("padding_free", [False, True], ids=["rows", "padding-free"])
-def test_packed_loss_and_gradients_equal_unpacked(arch, attn, padding_free, samples, tiny_tokenizer):
+def test_packed_loss_and_gradients_equal_unpacked(arch, attn, padding_free, loss, samples, tiny_tokenizer):
     pad = tiny_tokenizer.pad_token_id
     model = tiny_model(arch, attn, len(tiny_tokenizer))
     unpacked = PadToLongest(None).collate([[s] for s in samples], pad)
     packed = BestFitDecreasing().collate([samples[:2], samples[2:]], pad, padding_free=padding_free)
     assert packed["input_ids"].shape[0] == (1 if padding_free else 2)
 
-    want_loss, want_grads = loss_and_grads(model, unpacked)
-    got_loss, got_grads = loss_and_grads(model, packed)
+    want_loss, want_grads = loss_and_grads(model, unpacked, loss)
+    got_loss, got_grads = loss_and_grads(model, packed, loss)
     torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=0)
     for name, grad in want_grads.items():
         torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=0, msg=name)

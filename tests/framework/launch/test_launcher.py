@@ -86,14 +86,16 @@ def base_model(tmp_path_factory, repo):
 def test_deepspeed_zero_on_two_cpu_processes_trains_like_ddp_and_saves_a_loadable_model(seqtune, tmp_path, stage,
                                                                                       base_model):
     """ZeRO-2 and ZeRO-3 over gloo with torch's SGD (no DeepSpeed optimizer op is built): the
-    consolidated model loads, and its weights equal one process accumulating as many rows."""
+    consolidated model loads, and its weights equal one process accumulating as many rows. The
+    DeepSpeed run uses the default chunked loss (through ZeRO-3's partitioned output layer), the one
+    process the unchunked one."""
     start_from = [f"model.name_or_path={base_model}", "model.config=null"]
     ds = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'ds'}", *COMMON, *start_from,
                  "launch.num_processes=2", "train.gradient_accumulation_steps=2",
                  f"launch.deepspeed={{zero_stage: {stage}}}", "checkpoint.every=2", timeout=400)
     assert ds.returncode == 0, ds.stderr[-3000:]
     one = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'one'}", *COMMON, *start_from,
-                  "train.gradient_accumulation_steps=4")
+                  "train.gradient_accumulation_steps=4", "train.loss=cross_entropy")
     assert one.returncode == 0, one.stderr[-3000:]
     want, got = load_file(str(tmp_path / "one/model.safetensors")), load_file(str(tmp_path / "ds/model.safetensors"))
     assert set(want) <= set(got)  # ZeRO's gathered state may also spell out the tied lm_head

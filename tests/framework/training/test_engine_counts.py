@@ -19,7 +19,7 @@ import pytest
 
 from framework.registry import bind_parts
 from framework.config import load_recipe
-from framework.training.loss import token_loss
+from plugins.losses import cross_entropy
 from framework.training.setup import prepare
 from framework.data.batching import piece_length
 from framework.types import IGNORE_INDEX
@@ -214,7 +214,7 @@ def test_two_processes_take_the_planned_steps_and_count_every_real_token_once(ru
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_token_loss_of_a_packed_micro_batch_is_the_sum_over_its_samples(repo, tmp_path, request, attention):
+def test_the_loss_of_a_packed_micro_batch_is_the_sum_over_its_samples(repo, tmp_path, request, attention):
     """A packed row trains each sample as if it were alone: same summed loss, same token count."""
     import torch
 
@@ -233,6 +233,7 @@ def test_token_loss_of_a_packed_micro_batch_is_the_sum_over_its_samples(repo, tm
     micro_batch = prep.plan.epochs[0][0]
     rows = prep.data.take(micro_batch)
     assert any(len(row) > 1 for row in rows)
+    token_loss = cross_entropy()
     with torch.no_grad():
         packed_loss, packed_tokens = token_loss(model, prep.packing.collate(rows, pad))
         alone_loss = alone_tokens = 0

@@ -1,0 +1,77 @@
+"""The decoder's final hidden states without the full-vocabulary logits, for losses that apply the
+output layer themselves (chunk by chunk, or in a fused kernel).
+
+The model is run as training runs it (through DDP, DeepSpeed and PEFT wrappers, so their hooks
+fire) with `logits_to_keep` set to no position: transformers' causal LMs then apply the output layer
+to nothing. The final hidden states (after the last norm) are taken from the decoder's output. The
+output layer stays a module: a loss calls it, so ZeRO-3's gathering and a LoRA adapter on it work.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from framework.errors import UserError
+from framework.types import MODEL_INPUTS
+
+
+@dataclass
+class DecoderOutput:
+    """What a loss needs to compute the logits itself, for any part of the sequence."""
+
+    hidden: Any  # (batch, sequence, hidden size): the final norm's output, in the graph
+    head: Any  # the output layer (lm_head), a module to call on hidden states
+    vocab_size: int
+    softcap: Optional[float]  # gemma-2's final_logit_softcapping: logits = softcap * tanh(logits / softcap)
+    autocast: Optional[tuple[str, Any]]  # (device type, dtype) of the autocast the model ran under
+
+    def logits(self, hidden: Any) -> Any:
+        """The logits of some hidden states, as the model itself would compute them."""
+        import torch
+
+        with torch.autocast(*self.autocast) if self.autocast else contextlib.nullcontext():
+            logits = self.head(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers model inside the wrappers training puts around it (PEFT, DDP, DeepSpeed)."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(getattr(model, "module", None), "forward"):
+            model = model.module
+        else:
+            return model
+
+
+def decoder_output(model: Any, batch: dict) -> DecoderOutput:
+    """Run `model` (as wrapped for training) on a batch's inputs, computing no logits."""
+    import torch
+
+    inner = causal_lm(model)
+    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        raise UserError(f"train.loss: {type(inner).__name__} cannot skip its logits (its forward takes no "
+                        "logits_to_keep); set train.loss: cross_entropy")
+    captured: dict[str, Any] = {}
+
+    def keep(module: Any, args: Any, output: Any) -> None:
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        device = captured["hidden"].device.type
+        if torch.is_autocast_enabled(device):
+            captured["autocast"] = (device, torch.get_autocast_dtype(device))
+
+    handle = inner.get_decoder().register_forward_hook(keep)
+    try:
+        inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
+        nothing = torch.empty(0, dtype=torch.long, device=batch["input_ids"].device)
+        model(**inputs, use_cache=False, logits_to_keep=nothing)
+    finally:
+        handle.remove()
+    config = getattr(inner.config, "get_text_config", lambda: inner.config)()
+    return DecoderOutput(captured["hidden"], inner.get_output_embeddings(), config.vocab_size,
+                         getattr(config, "final_logit_softcapping", None), captured.get("autocast"))

@@ -1,0 +1,117 @@
+"""Losses: the summed next-token cross-entropy of a micro-batch and its trainable-token count.
+
+`cross_entropy` computes the full-vocabulary logits of every token, as transformers does.
+`chunked_cross_entropy` (the default) gives the same loss and the same gradients without ever
+holding them: it runs the decoder to its final hidden states, keeps the positions that are trained,
+and applies the output layer, soft-capping, the fp32 upcast and the cross-entropy a chunk of tokens
+at a time, sized so that one chunk's logits and their gradient fit `memory_mib`.
+
+Its backward is either computed chunk by chunk during the forward (`in_forward`: the same three
+matmuls as the unchunked loss, but the output layer's gradient is held from forward to backward),
+or recomputed chunk by chunk in the backward (`recompute`: nothing held, one more matmul per chunk).
+`auto` uses in_forward unless the output layer is partitioned by ZeRO-3, which only gathers it
+inside its own forward and backward.
+"""
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated, Literal
+
+from framework import IGNORE_INDEX, MODEL_INPUTS, Bounds, decoder_output, hookimpl, trainable_tokens
+
+BYTES_PER_LOGIT = 16  # a chunk's logits, soft-capped copy, fp32 upcast and gradient, at most 4 bytes each
+
+
+def cross_entropy():
+    """The full-vocabulary logits of every token of the micro-batch, then the cross-entropy."""
+
+    def loss(model, batch):
+        import torch.nn.functional as F
+
+        logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits[:, :-1]
+        total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+        return total, trainable_tokens(batch["labels"])
+
+    return loss
+
+
+def chunk_tokens(vocab_size: int, memory_mib: float = 512) -> int:
+    """Tokens per chunk: as many as keep one chunk's logits within `memory_mib`."""
+    return max(1, int(memory_mib * 2**20) // (vocab_size * BYTES_PER_LOGIT))
+
+
+def chunked_cross_entropy(*, memory_mib: Annotated[float, Bounds(gt=0)] = 512,
+                          backward: Literal["auto", "in_forward", "recompute"] = "auto"):
+    """The cross-entropy of the trained positions, a chunk of tokens at a time (see the module)."""
+
+    def loss(model, batch):
+        out = decoder_output(model, batch)
+        shifted = batch["labels"][:, 1:]  # position t predicts token t + 1
+        rows, positions = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
+        hidden, targets = out.hidden[rows, positions], shifted[rows, positions]
+        if len(targets) == 0:  # a rank's empty filler: a zero that still reaches every parameter
+            return out.logits(hidden).float().sum(), 0
+        chunk = chunk_tokens(out.vocab_size, memory_mib)
+        params = [p for p in out.head.parameters() if p.requires_grad]
+        if backward == "recompute" or (backward == "auto" and any(hasattr(p, "ds_id") for p in params)):
+            return _recomputed(out, hidden, targets, chunk), len(targets)
+        return _head_loss().apply(hidden, targets, out, chunk, *params), len(targets)
+
+    return loss
+
+
+chunked_cross_entropy.chunk_tokens = chunk_tokens
+
+
+def _chunk_loss(out, hidden, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(out.logits(hidden).float(), targets, reduction="sum")
+
+
+def _recomputed(out, hidden, targets, chunk):
+    """Each chunk checkpointed: its logits are computed again in the backward, through the module."""
+    from torch.utils.checkpoint import checkpoint
+
+    total = 0
+    for start in range(0, len(targets), chunk):
+        total = total + checkpoint(_chunk_loss, out, hidden[start:start + chunk], targets[start:start + chunk],
+                                   use_reentrant=False)
+    return total
+
+
+@cache
+def _head_loss():
+    """The autograd Function, built on first use: loading plugins imports no torch."""
+    import torch
+
+    class HeadLoss(torch.autograd.Function):
+        """The loss of every chunk with its gradients, taken in the forward; the backward scales them."""
+
+        @staticmethod
+        def forward(ctx, hidden, targets, out, chunk, *params):
+            total, grad_hidden, grads = torch.zeros((), device=hidden.device), torch.empty_like(hidden), None
+            for start in range(0, len(targets), chunk):
+                with torch.enable_grad():
+                    x = hidden[start:start + chunk].detach().requires_grad_()
+                    part = _chunk_loss(out, x, targets[start:start + chunk])
+                    found = torch.autograd.grad(part, [x, *params])
+                grad_hidden[start:start + chunk] = found[0]
+                grads = list(found[1:]) if grads is None else [g.add_(f) for g, f in zip(grads, found[1:])]
+                total += part.detach()
+            ctx.grads = grad_hidden, grads or []
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_total):
+            grad_hidden, grads = ctx.grads
+            del ctx.grads
+            return (grad_hidden * grad_total, None, None, None, *(g * grad_total for g in grads))
+
+    return HeadLoss
+
+
+@hookimpl
+def seqtune_register_losses():
+    return {"chunked_cross_entropy": chunked_cross_entropy, "cross_entropy": cross_entropy}
