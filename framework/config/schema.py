@@ -50,6 +50,8 @@ class ModelConfig:
         "float32", "dtype the weights are loaded in (mixed precision is launch.mixed_precision).")
     trust_remote_code: bool = opt(False, "Allow model code from the hub (only for models you trust).")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+    activation_offloading: bool = opt(False, "Keep what the forward saves for the backward in pinned CPU memory, "
+                                      "not on the GPU (with gradient_checkpointing: the layer inputs). GPU only.")
 
 
 @dataclass

@@ -39,6 +39,9 @@ class Claim:
         return self.kind == "replace"
 
 
+MEMORY_SAVERS = ("gradient_checkpointing", "activation_offloading")
+
+
 def run_identity(loaded: LoadedRecipe, data_key: str, world: int) -> dict[str, str]:
     """A short hash per component of what changes the trained weights. `data_key` names the
     preprocessing cache entry, which already hashes sources, tokenizer, template, lengths,
@@ -46,8 +49,9 @@ def run_identity(loaded: LoadedRecipe, data_key: str, world: int) -> dict[str, s
     recipe = loaded.recipe
     train, launch = recipe.train, recipe.launch
     parts = {
-        # gradient checkpointing recomputes the same numbers: a run may turn it on to resume in less memory
-        "model": {k: v for k, v in asdict(recipe.model).items() if k != "gradient_checkpointing"},
+        # The memory savers compute the same numbers: a run may turn them on to resume in less memory
+        # (the loss plugin is left out for the same reason: train.loss is not part of "batch").
+        "model": {k: v for k, v in asdict(recipe.model).items() if k not in MEMORY_SAVERS},
         "tokenizer": asdict(recipe.tokenizer),
         "data": {"rows": data_key, "packing": asdict(recipe.data.packing)},
         "optimizer": asdict(recipe.optimizer),

@@ -14,7 +14,8 @@ from framework.launch.accelerator import make_accelerator
 from framework.launch.launcher import is_worker
 from framework.launch.preflight import preflight
 from framework.model.loading import build_model, check_positions, param_groups
-from framework.model.lora import apply_lora, load_lora_weights, trainable_summary
+from framework.model.lora import apply_lora
+from framework.model.offload import Offloader, offloading, load_lora_weights, trainable_summary
 from framework.model.tokenizer import load_tokenizer
 from framework.registry import Parts, bind_parts
 from framework.training.checkpoints import TrainerState, find_resume
@@ -109,7 +110,8 @@ def start(loaded: LoadedRecipe) -> Run | None:
     if saved:
         state = restore_checkpoint(saved, accelerator, optimizer, scheduler)
         say(f"resuming from {resume_from} at step {state.step:,}")
-    return Run(loaded, prep, accelerator, model, optimizer, scheduler, parts.loss(), hook, state, claim.output_dir)
+    return Run(loaded, prep, accelerator, model, optimizer, scheduler, _loss(recipe, parts, model, accelerator), hook,
+               state, claim.output_dir)
 
 
 def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim:
@@ -118,6 +120,18 @@ def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim
     identity = run_identity(loaded, prep.data.cache_path.name, world)
     output_dir = Path(loaded.recipe.output_dir)
     return check_output_dir(loaded, output_dir, identity, keep=prep.data.cache_path.parent)
+
+
+def _loss(recipe: Any, parts: Parts, model: Any, accelerator: Any) -> Any:
+    """The train.loss plugin's loss, its forward's activations offloaded when the recipe asks."""
+    loss = parts.loss()
+    if not recipe.model.activation_offloading:
+        return loss
+    if accelerator.device.type != "cuda":
+        warn("model.activation_offloading: the model runs on the CPU, where there is no GPU memory to "
+             "save; nothing is offloaded")
+        return loss
+    return offloading(loss, Offloader(model, "cuda"))
 
 
 def _model(recipe: Any, prep: Prepared, resume_from: Path | None) -> Any:
