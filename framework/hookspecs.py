@@ -67,7 +67,7 @@ packing            Packing.pad_to_multiple_of,                on the object the 
 losses             factory.chunk_tokens -> int                tokens whose full-vocabulary logits
                    (vocab_size, options)                      exist at once (all of the micro-batch's)
                    factory.holds_head_gradient -> bool        the output layer's gradient is held
-                   (options)                                  from forward to backward (False)
+                   (zero_stage, options)                      from forward to backward (False)
 =================  =========================================  ========================================
 """
 from __future__ import annotations

@@ -61,7 +61,14 @@ def chunked_cross_entropy(*, memory_mib: Annotated[float, Bounds(gt=0)] = 512,
     return loss
 
 
+def holds_head_gradient(zero_stage, backward: str = "auto") -> bool:
+    """Whether the output layer's gradient is taken in the forward and held until the backward."""
+    return backward == "in_forward" or (backward == "auto" and zero_stage != 3)
+
+
+# Declared for planning (see hookspecs.py): what a chunk holds, and what is held beside it.
 chunked_cross_entropy.chunk_tokens = chunk_tokens
+chunked_cross_entropy.holds_head_gradient = holds_head_gradient
 
 
 def _chunk_loss(out, hidden, targets):

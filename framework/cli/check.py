@@ -79,7 +79,8 @@ def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
 
     recipe = loaded.recipe
     states, note = optimizer_state_tensors(parts.optimizer, recipe.optimizer.name)
-    estimate = estimate_for_recipe(loaded, recipe_shape(recipe, parts.registry), optimizer_states=states)
+    estimate = estimate_for_recipe(loaded, recipe_shape(recipe, parts.registry), optimizer_states=states,
+                                   loss=parts.loss)
     console.print(estimate_table(estimate, f"memory per GPU ({recipe.launch.num_processes} x {name}, {gib:g} GiB)"))
     for line in [*estimate.notes, *([note] if note else [])]:
         console.print(f"note: {line}")

@@ -32,6 +32,7 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     rows = sweep.rows(gib, measured)
     _print(loaded, rows, name, gib, measured, plot)
     _recommend(rows, sweep, gib)
+    _savers(sweep, name, gib)
     own = sweep.estimate()
     if not own.fits(gib):
         _remedies(own.settings["max_seq_length"], sweep, gib)
@@ -44,10 +45,31 @@ class _Sweep:
     def __init__(self, loaded: Any, parts: Any, shape: Any, optimizer_states: int):
         self.loaded, self.parts, self.shape, self.states = loaded, parts, shape, optimizer_states
 
-    def estimate(self, **changes: Any) -> Any:
+    def estimate(self, loss: Any = None, **changes: Any) -> Any:
+        """The estimate with `changes` to the settings and, when given, another bound loss plugin."""
         from framework.estimation.for_recipe import estimate_for_recipe
 
-        return estimate_for_recipe(self.loaded, self.shape, optimizer_states=self.states, **changes)
+        return estimate_for_recipe(self.loaded, self.shape, optimizer_states=self.states,
+                                   loss=loss or self.parts.loss, **changes)
+
+    def savers(self) -> list[tuple[str, Any, dict]]:
+        """(override, bound loss or None, settings changes) of each memory saver the recipe does not
+        use yet (they leave every number of the result as it is), then of all of them together."""
+        from framework.config.schema import TrainConfig
+        from framework.config.validate import Problems
+        from framework.estimation.sweep import SAVERS
+
+        default_loss, own = TrainConfig().loss, self.estimate().total
+        found = []
+        if self.loaded.recipe.train.loss.name != default_loss.name:
+            loss = self.parts.registry.bind("losses", default_loss, Problems(lambda key: "schema"), "train.loss")
+            found.append((f"train.loss={default_loss.name}", loss, {}))
+        found += [(override, None, changes) for override, changes in SAVERS]
+        found = [saver for saver in found if self.estimate(saver[1], **saver[2]).total < own]
+        if len(found) > 1:
+            loss = next((saver[1] for saver in found if saver[1] is not None), None)
+            found.append(("all of them", loss, {k: v for saver in found for k, v in saver[2].items()}))
+        return found
 
     def rows(self, gib: float, samples: Any) -> list:
         from framework.estimation.sweep import CANDIDATES, LengthRow, data_at
@@ -118,13 +140,28 @@ def _recommend(rows: list, sweep: _Sweep, gib: float) -> None:
                   + (f"; smallest keeping 99% of trainable tokens: {keeping:,}" if keeping else ""), soft_wrap=True)
 
 
+def _savers(sweep: _Sweep, name: str, gib: float) -> None:
+    """The longest max_seq_length that fits with each memory saver the recipe does not use, and all."""
+    from framework.estimation.memory import longest_fitting
+
+    savers = sweep.savers()
+    if not savers:
+        return
+    recipe = sweep.loaded.recipe
+    console.print(f"memory savers (the same results) and the longest max_seq_length that fits "
+                  f"{recipe.launch.num_processes} x {name} with each, to a multiple of 64:", soft_wrap=True)
+    for override, loss, changes in [("as the recipe is", None, {}), *savers]:
+        longest = longest_fitting(lambda n: sweep.estimate(loss, max_seq_length=n, **changes), gib)
+        console.print(f"  {override}: {f'{longest:,}' if longest else 'none'}", highlight=False, soft_wrap=True)
+
+
 def _remedies(max_seq_length: int, sweep: _Sweep, gib: float) -> None:
     from framework.estimation.sweep import REMEDIES
 
     console.print(f"at max_seq_length {max_seq_length:,} it does not fit; "
                   "each change alone gives:", soft_wrap=True)
-    for override, changes in REMEDIES:
-        estimate = sweep.estimate(**changes)
+    for override, loss, changes in [*sweep.savers(), *((o, None, c) for o, c in REMEDIES)]:
+        estimate = sweep.estimate(loss, **changes)
         console.print(f"  {override}: {estimate.total_gib:.1f} GiB ({'fits' if estimate.fits(gib) else 'does not fit'})",
                       highlight=False, soft_wrap=True)
 

@@ -76,7 +76,9 @@ def activations(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
     micro_batch × max_seq_length is exact for packing and the worst case without it. Per token: each
     layer's `layer_activation_bytes` (+ the LoRA branches) and the final norm before the lm_head. With
     gradient checkpointing (transformers checkpoints every decoder layer) only each layer's input
-    (r·h per token) stays, plus one layer's full activations recomputed during its backward.
+    (r·h per token) stays, plus one layer's full activations recomputed during its backward. With
+    activation offloading what is saved (with checkpointing: the layer inputs) moves to host memory
+    as the forward goes, so one layer's activations are on the GPU at a time.
     """
     e = s.act_bytes
     # the residual stream: 16-bit when DeepSpeed casts the model, else the weights' dtype (autocast
@@ -89,7 +91,12 @@ def activations(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
     scores = 0
     if s.attn_implementation == "eager":
         scores = s.micro_batch * shape.num_heads * s.max_seq_length**2 * eager_score_bytes(shape, e)
-    if s.gradient_checkpointing:
+    if s.activation_offloading:  # what is saved waits in host memory: one layer's worth is in flight
+        total = tokens * (per_layer + head) + scores
+        kept = shape.num_layers * (r * h if s.gradient_checkpointing else per_layer)
+        how = (f"{tokens:,} tokens × (one layer's {per_layer:,} B + {head:,} B head); {tokens * kept / GIB:.2f} GiB "
+               "offloaded to pinned host memory per process")
+    elif s.gradient_checkpointing:
         total = tokens * (shape.num_layers * r * h + per_layer + head) + scores
         how = (f"{tokens:,} tokens × ({shape.num_layers} layer inputs × {r * h:,} B + one layer's "
                f"{per_layer:,} B + {head:,} B head)")
@@ -97,22 +104,34 @@ def activations(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
         total = tokens * (shape.num_layers * per_layer + head) + shape.num_layers * scores
         how = f"{tokens:,} tokens × ({shape.num_layers} layers × {per_layer:,} B + {head:,} B head)"
     if scores:
-        layers = 1 if s.gradient_checkpointing else shape.num_layers
+        layers = 1 if (s.gradient_checkpointing or s.activation_offloading) else shape.num_layers
         how += f" + eager attention scores {layers} × {scores / GIB:.2f} GiB"
     return total, how
 
 
 def logits(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
-    """The logits and the loss over the vocabulary, for every token of the micro-batch.
+    """The logits and the loss over the vocabulary.
 
-    The training loss computes cross_entropy(logits.float()): the model's logits (e bytes per vocab
-    entry; Gemma2's final soft-capping keeps its tanh output too, another e), the fp32 upcast whose
-    log-softmax cross_entropy keeps (4 bytes), and in the backward the fp32 gradient of those (4
-    bytes). With a 256k vocabulary this is the largest activation of a small model.
+    An unchunked loss computes cross_entropy(logits.float()) for every token of the micro-batch: the
+    model's logits (e bytes per vocab entry; Gemma2's final soft-capping keeps its tanh output too,
+    another e), the fp32 upcast whose log-softmax cross_entropy keeps (4 bytes), and in the backward
+    the fp32 gradient of those (4 bytes). With a 256k vocabulary this is the largest activation of a
+    small model. A chunked loss (`loss_chunk_tokens`) holds that for one chunk at a time, plus the
+    trained positions' hidden states and their gradient (2·e·h per token) and, when it takes the
+    gradients in the forward, the output layer's gradient until the backward (vocab × h).
     """
-    e = s.act_bytes
+    e, h, vocab = s.act_bytes, shape.hidden_size, shape.vocab_size
     per_entry = e + (e if shape.logit_softcapping else 0) + 4 + 4
     tokens = s.micro_batch * s.max_seq_length
     softcap = f" + {e} (soft-capping)" if shape.logit_softcapping else ""
-    return tokens * shape.vocab_size * per_entry, (f"{tokens:,} tokens × {shape.vocab_size:,} vocab × ({e} logits"
-                                                   f"{softcap} + 4 fp32 upcast + 4 its gradient) B")
+    entry = f"{vocab:,} vocab × ({e} logits{softcap} + 4 fp32 upcast + 4 its gradient) B"
+    if s.loss_chunk_tokens is None:
+        return tokens * vocab * per_entry, f"{tokens:,} tokens × {entry}"
+    chunk = min(tokens, s.loss_chunk_tokens)
+    total = chunk * vocab * per_entry + tokens * 2 * e * h
+    how = f"one chunk of {chunk:,} tokens × {entry} + {tokens:,} tokens × 2 × {e * h:,} B hidden states and gradient"
+    if s.loss_holds_head_gradient and s.lora is None and s.lora_trainable_params is None:
+        grad_bytes = 2 if (s.zero_stage is not None and s.half) else s.weight_bytes
+        total += vocab * h * grad_bytes
+        how += f" + the output layer's gradient {vocab:,} × {h:,} × {grad_bytes} B, taken in the forward"
+    return total, how

@@ -2,31 +2,36 @@
 
 The model's shape comes from `shapes.load_shape`; max_seq_length, batch, processes, precision, dtype,
 DeepSpeed (its config_file's stage and offloading when set and readable), gradient checkpointing,
-attention, LoRA from their recipe keys; the optimizer's state tensors from what its plugin declares.
+attention, activation offloading, LoRA from their recipe keys; the optimizer's state tensors and the
+loss's chunking from what their plugins declare.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from framework.config.schema import DeepSpeedConfig, choices
 from framework.estimation.adapters import LoraSpec
 from framework.estimation.memory import MemoryEstimate, estimate_memory
 from framework.estimation.settings import MemorySettings
 from framework.estimation.shapes import ModelShape, load_shape
+from framework.registry.factories import declared
 
 
-def recipe_settings(recipe: Any, optimizer_states: Optional[int] = None) -> tuple[MemorySettings, list[str]]:
-    """The recipe's settings (a Recipe, or a LoadedRecipe), and notes on what could not be read.
+def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: Optional[int] = None,
+                    loss: Optional[Callable] = None) -> tuple[MemorySettings, list[str]]:
+    """The recipe's settings (a Recipe, or a LoadedRecipe) for a model of `shape`, and notes on what
+    could not be read.
 
-    `optimizer_states`: what the recipe's optimizer plugin declares; read from the recipe's plugins
-    when not given."""
+    `optimizer_states`: what the recipe's optimizer plugin declares; `loss`: its train.loss plugin,
+    bound to its options. Both are read from the recipe's plugins when not given."""
     recipe = getattr(recipe, "recipe", recipe)
     notes: list[str] = []
-    if optimizer_states is None:
-        optimizer_states = _declared_states(recipe, notes)
+    if optimizer_states is None or loss is None:
+        bound_states, bound_loss = _declaring_plugins(recipe, notes)
+        optimizer_states, loss = optimizer_states if optimizer_states is not None else bound_states, loss or bound_loss
     launch, ds = recipe.launch, recipe.launch.deepspeed
     zero_stage, offload_optimizer, offload_params = None, False, False
     if ds is not None:
@@ -41,6 +46,9 @@ def recipe_settings(recipe: Any, optimizer_states: Optional[int] = None) -> tupl
         num_gpus=launch.num_processes, precision=launch.mixed_precision, weights_dtype=recipe.model.dtype,
         zero_stage=zero_stage, offload_optimizer=offload_optimizer, offload_params=offload_params,
         gradient_checkpointing=recipe.model.gradient_checkpointing,
+        activation_offloading=recipe.model.activation_offloading and launch.device != "cpu",
+        loss_chunk_tokens=declared(loss, "chunk_tokens", shape.vocab_size),
+        loss_holds_head_gradient=bool(declared(loss, "holds_head_gradient", zero_stage, default=False)),
         attn_implementation=recipe.model.attn_implementation,
         lora=LoraSpec.from_recipe(recipe.lora) if recipe.lora is not None else None,
         optimizer_states=optimizer_states)
@@ -48,13 +56,14 @@ def recipe_settings(recipe: Any, optimizer_states: Optional[int] = None) -> tupl
 
 
 def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, optimizer_states: Optional[int] = None,
-                        cache_dir: Optional[str | Path] = None, **changes: Any) -> MemoryEstimate:
+                        loss: Optional[Callable] = None, cache_dir: Optional[str | Path] = None,
+                        **changes: Any) -> MemoryEstimate:
     """The estimate of a recipe on one of its GPUs; `changes` replace settings (max_seq_length=4096,
     num_gpus=8, zero_stage=3, ...), as `seqtune plan` does for its sweep and remedies."""
     recipe = getattr(recipe, "recipe", recipe)
-    settings, notes = recipe_settings(recipe, optimizer_states)
     if shape is None:
         shape = load_shape(recipe.model, cache_dir=cache_dir)
+    settings, notes = recipe_settings(recipe, shape, optimizer_states, loss)
     estimate = estimate_memory(shape, dataclasses.replace(settings, **changes))
     estimate.notes[:0] = notes
     estimate.settings["packing"] = recipe.data.packing.name
@@ -62,20 +71,23 @@ def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, opti
     return estimate
 
 
-def _declared_states(recipe: Any, notes: list[str]) -> int:
-    """The state tensors the recipe's optimizer plugin declares (plugins load without torch)."""
+def _declaring_plugins(recipe: Any, notes: list[str]) -> tuple[int, Callable]:
+    """The state tensors the recipe's optimizer plugin declares, and its loss plugin, bound to its
+    options (plugins load without torch)."""
     from framework.config.validate import Problems
     from framework.errors import UserError
     from framework.registry import build_registry
     from framework.registry.factories import optimizer_state_tensors
 
     problems = Problems(lambda key: "recipe")
-    bound = build_registry(recipe.plugins).bind("optimizers", recipe.optimizer, problems, "optimizer")
-    if bound is None:
+    registry = build_registry(recipe.plugins)
+    optimizer = registry.bind("optimizers", recipe.optimizer, problems, "optimizer")
+    loss = registry.bind("losses", recipe.train.loss, problems, "train.loss")
+    if problems.lines:
         raise UserError(problems.lines)
-    count, note = optimizer_state_tensors(bound, recipe.optimizer.name)
+    count, note = optimizer_state_tensors(optimizer, recipe.optimizer.name)
     notes.extend([note] if note else [])
-    return count
+    return count, loss
 
 
 def _from_ds_file(path: str, stage: int, offload_optimizer: bool, offload_params: bool,

@@ -34,6 +34,9 @@ class MemorySettings:
     offload_optimizer: bool = False
     offload_params: bool = False
     gradient_checkpointing: bool = False
+    activation_offloading: bool = False
+    loss_chunk_tokens: Optional[int] = None
+    loss_holds_head_gradient: bool = False
     attn_implementation: str = "sdpa"
     lora: Optional[LoraSpec] = None
     lora_trainable_params: Optional[int] = None

@@ -10,8 +10,11 @@ from framework.data.tokenize import truncate_row
 from framework.types import Sample
 
 CANDIDATES = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-REMEDIES = (  # what a user can change when nothing fits: the override, and the MemorySettings it changes
+SAVERS = (  # what saves memory without changing a number of the result (the loss's chunking: from its plugin)
     ("model.gradient_checkpointing=true", {"gradient_checkpointing": True}),
+    ("model.activation_offloading=true", {"activation_offloading": True}),
+)
+REMEDIES = (  # what else a user can change when nothing fits: the override, and the MemorySettings it changes
     ("launch.deepspeed={zero_stage: 3}", {"zero_stage": 3}),
     ("launch.deepspeed={zero_stage: 3, offload_optimizer: true, offload_params: true}",
      {"zero_stage": 3, "offload_optimizer": True, "offload_params": True}),

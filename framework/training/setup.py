@@ -14,8 +14,8 @@ from framework.launch.accelerator import make_accelerator
 from framework.launch.launcher import is_worker
 from framework.launch.preflight import preflight
 from framework.model.loading import build_model, check_positions, param_groups
-from framework.model.lora import apply_lora
-from framework.model.offload import Offloader, offloading, load_lora_weights, trainable_summary
+from framework.model.lora import apply_lora, load_lora_weights, trainable_summary
+from framework.model.offload import Offloader, offloading
 from framework.model.tokenizer import load_tokenizer
 from framework.registry import Parts, bind_parts
 from framework.training.checkpoints import TrainerState, find_resume

@@ -277,6 +277,31 @@ def test_activations_by_hand_with_flash_attention_and_checkpointing():
     assert autocast.activations == 16 * (2 * (2 * 640 + 400 + 2048) + 640)
 
 
+def test_offloading_keeps_one_layer_on_the_gpu_with_or_without_checkpointing():
+    common = dict(micro_batch=2, max_seq_length=8, precision="bf16", zero_stage=2, attn_implementation="flash_attention_2")
+    for checkpointing in (False, True):
+        offloaded = estimate_memory(tiny(), MemorySettings(activation_offloading=True,
+                                                           gradient_checkpointing=checkpointing, **common))
+        assert offloaded.activations == 16 * ((1024 + 400 + 2048) + 512)  # one layer + the final norm
+        moved = 16 * 2 * (2 * 64 if checkpointing else 1024 + 400 + 2048)  # what waits in host memory
+        assert f"{moved / 2**30:.2f} GiB offloaded" in offloaded.details["activations"]
+
+
+def test_a_chunked_loss_holds_one_chunk_the_hidden_states_and_the_head_gradient():
+    # fp32, no soft-capping: 12 B per vocab entry; 16 tokens, chunks of 5; h = 64, vocab 100.
+    common = dict(micro_batch=2, max_seq_length=8)
+    full = estimate_memory(tiny(), MemorySettings(**common)).logits
+    assert full == 16 * 100 * 12
+    chunked = estimate_memory(tiny(), MemorySettings(loss_chunk_tokens=5, **common)).logits
+    assert chunked == 5 * 100 * 12 + 16 * 2 * 4 * 64
+    held = estimate_memory(tiny(), MemorySettings(loss_chunk_tokens=5, loss_holds_head_gradient=True, **common))
+    assert held.logits == chunked + 100 * 64 * 4
+    lora = estimate_memory(tiny(), MemorySettings(loss_chunk_tokens=5, loss_holds_head_gradient=True,
+                                                  lora_trainable_params=10, **common))
+    assert lora.logits == chunked  # a frozen output layer has no gradient to hold
+    assert estimate_memory(tiny(), MemorySettings(loss_chunk_tokens=10**6, **common)).logits == full + 16 * 2 * 4 * 64
+
+
 @pytest.mark.parametrize("model_type, norms", [
     ("llama", 2 * (4 + 2 + 2) * 64),  # two pre-norms keep normalised values in bf16
     ("gemma2", 2 * (4 + 4 + 2) * 64 + 2 * (4 + 4) * 64),  # fp32 normalised values; two post-norms more
@@ -358,14 +383,18 @@ def test_plan_from_the_tulu_recipe_matches_its_settings(tmp_path):
     gemma = bundled("google/gemma-2-2b", tmp_path)
     loaded = load_recipe(TULU)
     plan = estimate_for_recipe(loaded, gemma)
+    # the default loss: chunks of 512 MiB / (256,000 x 16 B) = 131 tokens, the head's gradient held
     direct = estimate_memory(gemma, MemorySettings(micro_batch=1, max_seq_length=2048, num_gpus=4, precision="bf16", weights_dtype="float32",
                          zero_stage=2, attn_implementation="flash_attention_2",
-                         lora=None, optimizer_states=2))
+                         lora=None, optimizer_states=2, loss_chunk_tokens=131, loss_holds_head_gradient=True))
     assert plan.total == direct.total and states(plan) == states(direct)
     psi = gemma.num_parameters
     assert plan.model_states == 2 * psi + -(-2 * psi // 4) + -(-12 * psi // 4)
     assert plan.settings["packing"] == "none" and plan.fits(80) and not plan.fits(24)
-    assert estimate_for_recipe(loaded, gemma, max_seq_length=4096).logits == 2 * plan.logits
+    unchunked = estimate_for_recipe(load_recipe(TULU, ["train.loss=cross_entropy"]), gemma)
+    assert unchunked.logits == 2048 * 256_000 * 12 and not unchunked.fits(30)
+    assert estimate_for_recipe(load_recipe(TULU, ["train.loss=cross_entropy"]), gemma, max_seq_length=4096).logits \
+        == 2 * unchunked.logits
     assert estimate_for_recipe(loaded, gemma, num_gpus=8).optimizer_states == -(-12 * psi // 8)
 
 
