@@ -131,3 +131,20 @@ def test_an_empty_filler_batch_gives_zero_and_reaches_every_parameter(tiny_token
     loss_sum.backward()
     assert float(loss_sum.detach()) == 0 and int(tokens) == 0
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+def test_a_third_party_loss_built_on_decoder_output_is_the_loss_too(batches, tiny_tokenizer):
+    """docs/writing-plugins.md's example (label smoothing; 0 here) through the public API."""
+    import torch.nn.functional as F
+
+    from framework import IGNORE_INDEX, decoder_output
+
+    def smoothed(model, batch):
+        out = decoder_output(model, batch)
+        labels = batch["labels"][:, 1:]
+        trained = labels != IGNORE_INDEX
+        logits = out.logits(out.hidden[:, :-1][trained]).float()
+        return F.cross_entropy(logits, labels[trained], reduction="sum", label_smoothing=0.0), trained.sum()
+
+    model = tiny_model("gemma2", len(tiny_tokenizer), tied=False)
+    assert_same(step(model, batches["packed"], smoothed), step(model, batches["packed"], cross_entropy()))
