@@ -8,7 +8,7 @@ tokens each) and the tokenizer is the real Qwen2.5 vocabulary with its own ChatM
 offline, as the tests build it). For each worker count it runs, in fresh processes:
 - cold: `seqtune check recipe --samples 1` with an empty cache: read, mix, tokenize, write the cache;
   its stage times come from the cache entry, its peak memory is the whole process tree's (PSS);
-- warm: the same command again (the cache is filled): time to the first sample;
+- warm: the same command again (the cache is filled and written out to disk): time to the first sample;
 - warm train: `seqtune train` of a tiny model on the cached rows, until its first step starts;
 and, in this process, plain batched tokenization (`encode_batch`, 1,000 at a time) of the same rows
 rendered by the template (up to 100,000 of them: the rate is per row). With `--small`, a cold run at
@@ -111,6 +111,7 @@ def prepare_run(recipe: Path, workers: int, cache: Path) -> dict:
     shutil.rmtree(cache, ignore_errors=True)
     check = seqtune("check", str(recipe), "--samples", "1", f"data.num_workers={workers}")
     cold, cold_rss = timed(check)
+    os.sync()  # the cold run's gigabytes of shards reach the disk before the warm runs are timed
     meta = json.loads(next(cache.glob("preprocessed/*/complete.json")).read_text())
     warm, warm_rss = timed(check)
     # the rich logger's header ("<run>: N rows, S optimizer steps, ...") comes right before the first step

@@ -48,9 +48,8 @@ def efficiency(plan: list[MicroBatch], lengths: list[int], multiple: int, paddin
     if not plan:
         return 0.0
     rows = [row for micro_batch in plan for row in micro_batch]
-    if all(len(row) == 1 and row[0].__class__ is int for row in rows):  # one whole sample per row
-        row_lengths = np.asarray(lengths, dtype=np.int64)[[row[0] for row in rows]]
-    else:
+    row_lengths = _whole_sample_lengths(rows, lengths)
+    if row_lengths is None:
         row_lengths = np.array([sum(piece_length(p, lengths) for p in row) for row in rows], dtype=np.int64)
     real = int(row_lengths.sum())
     if padding_free:
@@ -58,6 +57,18 @@ def efficiency(plan: list[MicroBatch], lengths: list[int], multiple: int, paddin
     sizes = np.array([len(micro_batch) for micro_batch in plan])
     widths = -(-np.maximum.reduceat(row_lengths, np.concatenate(([0], np.cumsum(sizes)[:-1]))) // multiple) * multiple
     return real / max(int((widths * sizes).sum()), 1)
+
+
+def _whole_sample_lengths(rows: list[list[Piece]], lengths: list[int]) -> Any:
+    """Each row's length when every row is one whole sample (no packing), computed in numpy; else None."""
+    import numpy as np
+
+    if any(len(row) != 1 for row in rows):
+        return None
+    firsts = np.array([row[0] for row in rows], dtype=object) if rows else np.array([], dtype=object)
+    if firsts.ndim != 1 or not all(map(int.__instancecheck__, firsts)):
+        return None
+    return np.asarray(lengths, dtype=np.int64)[firsts.astype(np.int64)]
 
 
 @contextlib.contextmanager

