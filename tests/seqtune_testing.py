@@ -6,6 +6,17 @@ from typing import Any
 from framework.data.chat import encode_chats
 from framework.types import IGNORE_INDEX, Sample
 
+# Short chats of varied shape (a system prompt, several exchanges), for tests that compute on every token.
+CONVERSATIONS = [
+    [{"role": "user", "content": "Reverse: c a t"}, {"role": "assistant", "content": "t a c"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Uppercase: sun"},
+     {"role": "assistant", "content": "SUN"}, {"role": "user", "content": "What is 4 + 5?"},
+     {"role": "assistant", "content": "4 + 5 = 9"}],
+    [{"role": "user", "content": "Sort: 7 2 9 1"}, {"role": "assistant", "content": "1 2 7 9"}],
+    [{"role": "user", "content": "Repeat sun 3 times."}, {"role": "assistant", "content": "sun sun sun"}],
+    [{"role": "user", "content": "What letter comes after k?"}, {"role": "assistant", "content": "l"}],
+]
+
 
 def encode_chat(tokenizer: Any, messages: list[dict], train_on: str = "assistant") -> Sample:
     """One conversation: token ids of its rendering, labels -100 outside the trained turns."""

@@ -1,5 +1,5 @@
 """The chunked loss is the unchunked loss, exactly: the same loss and the same gradient for every
-parameter (fp32: gradients within 1e-6, the loss within a few ulps of its summation order), for Llama, Qwen2 and Gemma-2 (final logit soft-capping), tied and untied
+parameter (fp32: within 1e-6, or 1e-6 relative above 1: a few ulps of summation order), for Llama, Qwen2 and Gemma-2 (final logit soft-capping), tied and untied
 output layers, padded and packed batches, all three loss reductions, both backward modes, and a LoRA
 model whose adapters include the output layer. Chunks are forced small so that every batch spans many."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from framework.training.loss import scale_loss
 from plugins.losses import chunk_tokens, chunked_cross_entropy, cross_entropy
 from plugins.packing import BestFitDecreasing, PadToLongest
-from seqtune_testing import encode_chat
+from seqtune_testing import CONVERSATIONS, encode_chat
 
 ARCHITECTURES = {
     "llama": {"model_type": "llama"},
@@ -19,17 +19,9 @@ ARCHITECTURES = {
                "head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 64},
 }
 TINY_BUDGET_MIB = 0.02  # a few tokens per chunk with the test vocabulary
-GRADIENT_TOLERANCE = {"atol": 1e-6, "rtol": 0}
-# The same per-token losses summed in another order: a few fp32 ulps apart (one ulp at 6.4 is 4.8e-7).
-LOSS_TOLERANCE = {"atol": 1e-6, "rtol": 1e-6}
-CONVERSATIONS = [
-    [{"role": "user", "content": "Reverse: c a t"}, {"role": "assistant", "content": "t a c"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Uppercase: sun"},
-     {"role": "assistant", "content": "SUN"}, {"role": "user", "content": "What is 4 + 5?"},
-     {"role": "assistant", "content": "4 + 5 = 9"}],
-    [{"role": "user", "content": "Sort: 7 2 9 1"}, {"role": "assistant", "content": "1 2 7 9"}],
-    [{"role": "user", "content": "What letter comes after k?"}, {"role": "assistant", "content": "l"}],
-]
+# The same per-token terms summed in another order are a few fp32 ulps apart: within 1e-6 absolute, and
+# relative 1e-6 for values above 1 (one ulp at 6.4 is 4.8e-7; `sum` gives gradients up to ~10).
+TOLERANCE = {"atol": 1e-6, "rtol": 1e-6}
 
 
 def tiny_model(arch: str, vocab_size: int, tied: bool):
@@ -56,10 +48,10 @@ def step(model, batch, loss, reduction="token_mean"):
 
 def assert_same(got, want):
     (got_loss, got_grads), (want_loss, want_grads) = got, want
-    torch.testing.assert_close(got_loss, want_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(got_loss, want_loss, **TOLERANCE)
     assert set(got_grads) == set(want_grads)
     for name, grad in want_grads.items():
-        torch.testing.assert_close(got_grads[name], grad, **GRADIENT_TOLERANCE, msg=name)
+        torch.testing.assert_close(got_grads[name], grad, **TOLERANCE, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqtune_testing import encode_chat
+from seqtune_testing import CONVERSATIONS, encode_chat
 from plugins.losses import chunked_cross_entropy, cross_entropy
 from plugins.packing import BestFitDecreasing, PadToLongest
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "Reverse: c a t"}, {"role": "assistant", "content": "t a c"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Uppercase: sun"},
-     {"role": "assistant", "content": "SUN"}, {"role": "user", "content": "What is 4 + 5?"},
-     {"role": "assistant", "content": "4 + 5 = 9"}],
-    [{"role": "user", "content": "Sort: 7 2 9 1"}, {"role": "assistant", "content": "1 2 7 9"}],
-    [{"role": "user", "content": "Repeat sun 3 times."}, {"role": "assistant", "content": "sun sun sun"}],
-    [{"role": "user", "content": "What letter comes after k?"}, {"role": "assistant", "content": "l"}],
-]
 ARCHITECTURES = {
     "llama": {"model_type": "llama"},
     "qwen2": {"model_type": "qwen2", "use_sliding_window": False},
