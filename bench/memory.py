@@ -59,7 +59,7 @@ def one_step(args: argparse.Namespace) -> None:
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config(args.hidden, args.layers)),
                                              attn_implementation="eager", dtype=torch.float32).train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     ids = torch.randint(0, VOCAB, (1, args.length))
     batch = {"input_ids": ids, "labels": ids.clone()}
     loss = getattr(losses, loss_name)() if loss_name else None

@@ -18,7 +18,7 @@ def tiny_llama(checkpointing: bool):
                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     return model
 
 
