@@ -47,12 +47,17 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: Optional[i
         zero_stage=zero_stage, offload_optimizer=offload_optimizer, offload_params=offload_params,
         gradient_checkpointing=recipe.model.gradient_checkpointing,
         activation_offloading=recipe.model.activation_offloading and launch.device != "cpu",
-        loss_chunk_tokens=declared(loss, "chunk_tokens", shape.vocab_size),
-        loss_holds_head_gradient=bool(declared(loss, "holds_head_gradient", zero_stage, default=False)),
+        **loss_settings(loss, shape, zero_stage),
         attn_implementation=recipe.model.attn_implementation,
         lora=LoraSpec.from_recipe(recipe.lora) if recipe.lora is not None else None,
         optimizer_states=optimizer_states)
     return settings, notes
+
+
+def loss_settings(loss: Callable, shape: ModelShape, zero_stage: Optional[int]) -> dict[str, Any]:
+    """What the loss plugin declares about its memory, as MemorySettings fields."""
+    return {"loss_chunk_tokens": declared(loss, "chunk_tokens", shape.vocab_size),
+            "loss_holds_head_gradient": bool(declared(loss, "holds_head_gradient", zero_stage, default=False))}
 
 
 def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, optimizer_states: Optional[int] = None,
@@ -64,6 +69,9 @@ def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, opti
     if shape is None:
         shape = load_shape(recipe.model, cache_dir=cache_dir)
     settings, notes = recipe_settings(recipe, shape, optimizer_states, loss)
+    if "zero_stage" in changes:  # the loss may keep its gradients another way under another stage
+        loss = loss or _declaring_plugins(recipe, [])[1]
+        changes = {**loss_settings(loss, shape, changes["zero_stage"]), **changes}
     estimate = estimate_memory(shape, dataclasses.replace(settings, **changes))
     estimate.notes[:0] = notes
     estimate.settings["packing"] = recipe.data.packing.name

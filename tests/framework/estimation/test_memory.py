@@ -393,6 +393,7 @@ def test_plan_from_the_tulu_recipe_matches_its_settings(tmp_path):
     assert plan.settings["packing"] == "none" and plan.fits(80) and not plan.fits(24)
     zero3 = estimate_for_recipe(load_recipe(TULU, ["launch.deepspeed={zero_stage: 3}"]), gemma)
     assert plan.logits - zero3.logits == 256_000 * 2304 * 2  # ZeRO-3: each chunk recomputed, no gradient held
+    assert estimate_for_recipe(loaded, gemma, zero_stage=3).logits == zero3.logits  # as plan's remedy asks
     unchunked = estimate_for_recipe(load_recipe(TULU, ["train.loss=cross_entropy"]), gemma)
     assert unchunked.logits == 2048 * 256_000 * 12 and not unchunked.fits(30)
     assert estimate_for_recipe(load_recipe(TULU, ["train.loss=cross_entropy"]), gemma, max_seq_length=4096).logits \
