@@ -1,6 +1,7 @@
 """`seqtune plan`: what each max_seq_length costs in memory and in data, and what to choose."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Optional
 
@@ -52,6 +53,7 @@ class _Sweep:
         return estimate_for_recipe(self.loaded, self.shape, optimizer_states=self.states,
                                    loss=loss or self.parts.loss, **changes)
 
+    @functools.cached_property
     def savers(self) -> list[tuple[str, Any, dict]]:
         """(override, bound loss or None, settings changes) of each memory saver the recipe does not
         use yet (they leave every number of the result as it is), then of all of them together."""
@@ -144,7 +146,7 @@ def _savers(sweep: _Sweep, name: str, gib: float) -> None:
     """The longest max_seq_length that fits with each memory saver the recipe does not use, and all."""
     from framework.estimation.memory import longest_fitting
 
-    savers = sweep.savers()
+    savers = sweep.savers
     if not savers:
         return
     recipe = sweep.loaded.recipe
@@ -160,7 +162,7 @@ def _remedies(max_seq_length: int, sweep: _Sweep, gib: float) -> None:
 
     console.print(f"at max_seq_length {max_seq_length:,} it does not fit; "
                   "each change alone gives:", soft_wrap=True)
-    for override, loss, changes in [*sweep.savers(), *((o, None, c) for o, c in REMEDIES)]:
+    for override, loss, changes in [*sweep.savers, *((o, None, c) for o, c in REMEDIES)]:
         estimate = sweep.estimate(loss, **changes)
         console.print(f"  {override}: {estimate.total_gib:.1f} GiB ({'fits' if estimate.fits(gib) else 'does not fit'})",
                       highlight=False, soft_wrap=True)

@@ -63,12 +63,9 @@ def _whole_sample_lengths(rows: list[list[Piece]], lengths: list[int]) -> Any:
     """Each row's length when every row is one whole sample (no packing), computed in numpy; else None."""
     import numpy as np
 
-    if any(len(row) != 1 for row in rows):
+    if any(len(row) != 1 or row[0].__class__ is not int for row in rows):
         return None
-    firsts = np.array([row[0] for row in rows], dtype=object) if rows else np.array([], dtype=object)
-    if firsts.ndim != 1 or not all(map(int.__instancecheck__, firsts)):
-        return None
-    return np.asarray(lengths, dtype=np.int64)[firsts.astype(np.int64)]
+    return np.asarray(lengths, dtype=np.int64)[np.fromiter((row[0] for row in rows), np.int64, len(rows))]
 
 
 @contextlib.contextmanager

@@ -50,7 +50,6 @@ class PreparedData:
         """The bound the rows were cut to (the recipe's data.max_seq_length, read once by prepare_data)."""
         return self.report.max_seq_length
 
-
     def take(self, rows: list[list[Piece]]) -> list[list[Sample]]:
         """The samples of a micro-batch's rows, read in one go; slices are cut after reading."""
         wanted = sorted({piece if isinstance(piece, int) else piece[0] for row in rows for piece in row})

@@ -174,8 +174,9 @@ def _python_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Ca
     reading, formatted = Source(index, entry, rows, to_messages, names), []
     with progress_bar(f"formatting {entry.source}", len(rows)) as advance:
         for first in range(0, len(rows), 10_000):
-            formatted += [reading._format(row, i) for i, row in enumerate(rows[first:first + 10_000], start=first)]
-            advance(len(rows[first:first + 10_000]))
+            chunk = rows[first:first + 10_000]
+            formatted += [reading._format(row, i) for i, row in enumerate(chunk, start=first)]
+            advance(len(chunk))
     return Source(index, entry, _to_arrow(formatted, names), None, names)
 
 

@@ -20,18 +20,13 @@ from framework.estimation.shapes import ModelShape, load_shape
 from framework.registry.factories import declared
 
 
-def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: Optional[int] = None,
-                    loss: Optional[Callable] = None) -> tuple[MemorySettings, list[str]]:
-    """The recipe's settings (a Recipe, or a LoadedRecipe) for a model of `shape`, and notes on what
-    could not be read.
+def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss: Callable
+                    ) -> tuple[MemorySettings, list[str]]:
+    """The recipe's settings (a Recipe) for a model of `shape`, and notes on what could not be read.
 
     `optimizer_states`: what the recipe's optimizer plugin declares; `loss`: its train.loss plugin,
-    bound to its options. Both are read from the recipe's plugins when not given."""
-    recipe = getattr(recipe, "recipe", recipe)
+    bound to its options."""
     notes: list[str] = []
-    if optimizer_states is None or loss is None:
-        bound_states, bound_loss = _declaring_plugins(recipe, notes)
-        optimizer_states, loss = optimizer_states if optimizer_states is not None else bound_states, loss or bound_loss
     launch, ds = recipe.launch, recipe.launch.deepspeed
     zero_stage, offload_optimizer, offload_params = None, False, False
     if ds is not None:
@@ -68,12 +63,16 @@ def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, opti
     recipe = getattr(recipe, "recipe", recipe)
     if shape is None:
         shape = load_shape(recipe.model, cache_dir=cache_dir)
-    settings, notes = recipe_settings(recipe, shape, optimizer_states, loss)
+    notes: list[str] = []
+    if optimizer_states is None or loss is None:  # read from the recipe's plugins when not given
+        bound_states, bound_loss = _declaring_plugins(recipe, notes)
+        optimizer_states = bound_states if optimizer_states is None else optimizer_states
+        loss = loss or bound_loss
+    settings, more = recipe_settings(recipe, shape, optimizer_states, loss)
     if "zero_stage" in changes:  # the loss may keep its gradients another way under another stage
-        loss = loss or _declaring_plugins(recipe, [])[1]
         changes = {**loss_settings(loss, shape, changes["zero_stage"]), **changes}
     estimate = estimate_memory(shape, dataclasses.replace(settings, **changes))
-    estimate.notes[:0] = notes
+    estimate.notes[:0] = notes + more
     estimate.settings["packing"] = recipe.data.packing.name
     estimate.settings["shape_source"] = shape.source
     return estimate
