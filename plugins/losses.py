@@ -29,11 +29,18 @@ def cross_entropy():
         import torch.nn.functional as F
 
         logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits[:, :-1]
-        total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+        total = F.cross_entropy(upcast(logits).reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
                                 ignore_index=IGNORE_INDEX, reduction="sum")
         return total, trainable_tokens(batch["labels"])
 
     return loss
+
+
+def upcast(logits):
+    """Logits in at least fp32 for the softmax (a float64 model keeps float64)."""
+    import torch
+
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def chunk_tokens(vocab_size: int, memory_mib: float = 512) -> int:
@@ -51,7 +58,7 @@ def chunked_cross_entropy(*, memory_mib: Annotated[float, Bounds(gt=0)] = 512,
         rows, positions = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
         hidden, targets = out.hidden[rows, positions], shifted[rows, positions]
         if len(targets) == 0:  # a rank's empty filler: a zero that still reaches every parameter
-            return out.logits(hidden).float().sum(), 0
+            return upcast(out.logits(hidden)).sum(), 0
         chunk = chunk_tokens(out.vocab_size, memory_mib)
         params = [p for p in out.head.parameters() if p.requires_grad]
         if backward == "recompute" or (backward == "auto" and any(hasattr(p, "ds_id") for p in params)):
@@ -74,7 +81,7 @@ chunked_cross_entropy.holds_head_gradient = holds_head_gradient
 def _chunk_loss(out, hidden, targets):
     import torch.nn.functional as F
 
-    return F.cross_entropy(out.logits(hidden).float(), targets, reduction="sum")
+    return F.cross_entropy(upcast(out.logits(hidden)), targets, reduction="sum")
 
 
 def _recomputed(out, hidden, targets, chunk):
@@ -98,7 +105,8 @@ def _head_loss():
 
         @staticmethod
         def forward(ctx, hidden, targets, out, chunk, *params):
-            total, grad_hidden, grads = torch.zeros((), device=hidden.device), torch.empty_like(hidden), None
+            total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+            grad_hidden, grads = torch.empty_like(hidden), None
             for start in range(0, len(targets), chunk):
                 with torch.enable_grad():
                     x = hidden[start:start + chunk].detach().requires_grad_()
