@@ -1,29 +1,85 @@
-"""Ask a trained quickstart model a few of its tasks: `python scripts/ask.py output/quickstart`.
+"""Ask a trained model a few quickstart tasks, and measure its held-out loss.
+
+    python scripts/ask.py output/quickstart
+    python scripts/ask.py output/smollm2-sft --before models/SmolLM2-135M-Instruct \
+        --eval recipes/smollm2/data/eval.jsonl
 
 Greedy decoding with the saved tokenizer's chat template, so this also proves the output directory
-is a complete Hugging Face checkpoint.
+is a complete Hugging Face checkpoint (a LoRA run's adapter folder loads through peft). With
+`--before`, the base model answers the same questions beside it; with `--eval`, each model's loss on
+the file's conversations is printed: the exact token mean over the assistant tokens seqtune trains.
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import math
+from pathlib import Path
 
 QUESTIONS = ("Reverse: c a t", "Uppercase: dog", "Sort: 7 2 9 1", "Repeat sun 3 times.",
              "What letter comes after k?", "What is 12 + 7?")
 
 
-def main(model_dir: str) -> None:
+def load(model_dir: str):
+    """Tokenizer and model of a saved folder: a full model, or a peft adapter over its base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    for question in QUESTIONS:
+    if (Path(model_dir) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        return tokenizer, AutoPeftModelForCausalLM.from_pretrained(model_dir).eval()
+    return tokenizer, AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+
+def answers(tokenizer, model, questions=QUESTIONS, max_new_tokens: int = 16) -> list[str]:
+    out = []
+    for question in questions:
         inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}],
                                                add_generation_prompt=True, return_tensors="pt",
                                                return_dict=True)
-        out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-        answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        print(f"{question!r:32} -> {answer!r}")
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        out.append(tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def held_out_loss(tokenizer, model, path: Path) -> float:
+    """Token-mean cross-entropy over every trained (assistant) token of the file's conversations."""
+    import torch
+
+    from framework.data.chat import encode_chats
+    from framework.types import IGNORE_INDEX
+
+    rows = [json.loads(line)["messages"] for line in Path(path).read_text().splitlines() if line.strip()]
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for sample in encode_chats(tokenizer, rows):
+            logits = model(input_ids=torch.tensor([sample.input_ids])).logits[0, :-1].float()
+            targets = torch.tensor(sample.labels[1:])  # labels[t] is the target predicted at t - 1
+            total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX,
+                                                       reduction="sum").item()
+            tokens += int((targets != IGNORE_INDEX).sum())
+    return total / tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", nargs="?", default="output/quickstart")
+    parser.add_argument("--before", help="the model before training, answering beside it")
+    parser.add_argument("--eval", type=Path, help="a JSONL file of {messages} rows held out of training")
+    args = parser.parse_args()
+    columns = {"before": args.before, "after": args.model_dir} if args.before else {"": args.model_dir}
+    replies = {}
+    for name, folder in columns.items():
+        tokenizer, model = load(folder)
+        replies[name] = answers(tokenizer, model)
+        if args.eval:
+            loss = held_out_loss(tokenizer, model, args.eval)
+            print(f"held-out loss{' ' + name if name else ''}: {loss:.4f} (perplexity {math.exp(loss):.2f})")
+    for i, question in enumerate(QUESTIONS):
+        print(f"{question!r:30} " + "  ".join(f"{name + ': ' if name else '-> '}{replies[name][i]!r:28}"
+                                               for name in columns))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "output/quickstart")
+    main()

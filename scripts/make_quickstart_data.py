@@ -87,14 +87,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("recipes/quickstart/data/train.jsonl"))
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--exclude", type=Path, help="a JSONL file whose conversations must not recur "
+                        "(a held-out set disjoint from the training rows)")
     args = parser.parse_args()
 
-    rng = random.Random(SEED)
+    rng = random.Random(args.seed)
+    held_out = set(args.exclude.read_text(encoding="utf-8").splitlines()) if args.exclude else set()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Explicit encoding/newline so the bytes do not depend on the platform.
     with args.out.open("w", encoding="utf-8", newline="\n") as f:
-        for _ in range(args.rows):
-            f.write(json.dumps(make_conversation(rng), ensure_ascii=False) + "\n")
+        written = 0
+        while written < args.rows:
+            line = json.dumps(make_conversation(rng), ensure_ascii=False)
+            if line not in held_out:
+                f.write(line + "\n")
+                written += 1
     print(f"wrote {args.rows} conversations to {args.out}")
 
 
