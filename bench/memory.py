@@ -1,17 +1,24 @@
 """Peak memory of one training step on the CPU, measured against the planner, for the loss variants.
 
     python bench/memory.py [--lengths 1024 2048 4096] [--hidden 128] [--layers 2]
+    python bench/memory.py --model smollm2 [--lengths 512 1024 2048]
 
 The model is a Gemma-2 (its 256,000-token vocabulary and final logit soft-capping) with a small
-hidden size, in fp32 at micro-batch 1 with every token trained (the planner's worst case). Each row
+hidden size and eager attention, or with `--model smollm2` the real SmolLM2-135M-Instruct (30 layers,
+a tied 49,152-token output layer, sdpa attention; scripts/prepare_smollm2.py makes its folder), in
+fp32 at micro-batch 1 with every token trained (the planner's worst case). Each row
 runs in a fresh process: the model is built, then one forward+backward is taken (weights,
 gradients, activations, the loss; no optimizer step), and its peak memory is the kernel's high-water
 mark of resident memory (VmHWM) less the process's resident memory just before the model was built.
+The processes run with MALLOC_MMAP_THRESHOLD_=65536, so that glibc maps every tensor above 64 KiB on
+its own and unmaps it when freed: resident memory is then the live tensors, as the planner counts
+them. (With glibc's default, freed layer-sized buffers stay in its heap: a checkpointed SmolLM2 step
+at 2,048 tokens shows 2.2-2.4 GiB resident against 1.4 GiB live.)
 Two more steps are timed. Next to it, the planner's total for the same CPU run (fp32, no optimizer
 states, no CUDA context or fragmentation overhead), and its `logits + loss` part.
 
 Variants: `cross_entropy` (unchunked), `chunked` (chunked_cross_entropy, the default), and
-`chunked + checkpointing`. Targets: at 2,048 tokens the chunked loss cuts the loss's share of the
+`chunked + checkpointing`. Targets (the Gemma-2 rows): at 2,048 tokens the chunked loss cuts the loss's share of the
 peak (peak less the same run's peak with the loss left out) by at least 80%; the planner's total is
 within 15% of the measured peak in every row; the chunked step at most 10% slower than the
 unchunked. A row whose plan exceeds this machine's free memory is not run, and says so.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,12 +41,27 @@ VARIANTS = {"cross_entropy": ("cross_entropy", False), "chunked": ("chunked_cros
             "chunked + checkpointing": ("chunked_cross_entropy", True), "no loss": (None, False)}
 
 
-def config(hidden: int, layers: int) -> dict:
+def config(args: argparse.Namespace) -> dict:
+    """The model's config as a dict: the synthetic Gemma-2's, or the prepared SmolLM2 folder's."""
+    if args.model == "smollm2":
+        return json.loads((smollm2_folder() / "config.json").read_text())
+    hidden, layers = args.hidden, args.layers
     return {"model_type": "gemma2", "vocab_size": VOCAB, "hidden_size": hidden, "intermediate_size": 4 * hidden,
             "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
             "head_dim": hidden // 4, "query_pre_attn_scalar": hidden // 4, "max_position_embeddings": 8192,
             "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "sliding_window": 8192,
             "tie_word_embeddings": True}
+
+
+def smollm2_folder() -> Path:
+    sys.path.insert(0, str(REPO / "scripts"))
+    from prepare_smollm2 import DEFAULT_TARGET, prepare
+
+    return prepare(REPO / DEFAULT_TARGET)
+
+
+def attention(args: argparse.Namespace) -> str:
+    return "sdpa" if args.model == "smollm2" else "eager"
 
 
 def status(key: str) -> int:
@@ -56,16 +79,24 @@ def one_step(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     loss_name, checkpointing = VARIANTS[args.variant]
     before = status("VmRSS")
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config(args.hidden, args.layers)),
-                                             attn_implementation="eager", dtype=torch.float32).train()
+    if args.model == "smollm2":
+        model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), attn_implementation="sdpa",
+                                                     dtype=torch.float32).train()
+        Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here: loading's copies are gone
+    else:
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config(args)), attn_implementation="eager",
+                                                 dtype=torch.float32).train()
+    vocab = model.config.vocab_size
     if checkpointing:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-    ids = torch.randint(0, VOCAB, (1, args.length))
+    ids = torch.randint(0, vocab, (1, args.length))
     batch = {"input_ids": ids, "labels": ids.clone()}
     loss = getattr(losses, loss_name)() if loss_name else None
 
     def step() -> None:
-        model.zero_grad(set_to_none=False)  # gradients stay allocated, as between optimizer steps
+        # as the engine's optimizer step leaves them: none, so the backward allocates them as it frees
+        # the activations (the planner counts both at once, which holds under DeepSpeed ZeRO)
+        model.zero_grad(set_to_none=True)
         if loss is None:  # the decoder alone, to its last hidden state: what the loss adds is the rest
             model.model(input_ids=ids).last_hidden_state.sum().backward()
         else:
@@ -79,7 +110,7 @@ def one_step(args: argparse.Namespace) -> None:
     print(json.dumps({"peak": peak, "seconds": (time.perf_counter() - started) / 2}))
 
 
-def planned(variant: str, length: int, hidden: int, layers: int) -> tuple[int, int]:
+def planned(variant: str, length: int, args: argparse.Namespace) -> tuple[int, int]:
     """(total, logits + loss part) the planner gives the same CPU run."""
     from framework.estimation.memory import estimate_memory
     from framework.estimation.settings import MemorySettings
@@ -88,12 +119,13 @@ def planned(variant: str, length: int, hidden: int, layers: int) -> tuple[int, i
 
     loss_name, checkpointing = VARIANTS[variant]
     chunked = loss_name == "chunked_cross_entropy"
+    shape = ModelShape.from_config(config(args))
     settings = MemorySettings(micro_batch=1, max_seq_length=length, gradient_checkpointing=checkpointing,
-                              attn_implementation="eager",
+                              attn_implementation=attention(args),
                               optimizer_states=0, overhead_gib=0, overhead_fraction=0,
-                              loss_chunk_tokens=chunk_tokens(VOCAB) if chunked else None,
+                              loss_chunk_tokens=chunk_tokens(shape.vocab_size) if chunked else None,
                               loss_holds_head_gradient=chunked)
-    estimate = estimate_memory(ModelShape.from_config(config(hidden, layers)), settings)
+    estimate = estimate_memory(shape, settings)
     return estimate.total, estimate.logits
 
 
@@ -103,11 +135,13 @@ def available() -> int:
 
 
 def measure(variant: str, length: int, args: argparse.Namespace) -> dict | None:
-    total, _ = planned(variant, length, args.hidden, args.layers)
+    total, _ = planned(variant, length, args)
     if total > 0.8 * available():
         return None
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, __file__, "--one", variant, "--length", str(length), "--hidden",
-                          str(args.hidden), "--layers", str(args.layers)], capture_output=True, text=True, cwd=REPO)
+                          str(args.hidden), "--layers", str(args.layers), "--model", args.model],
+                         capture_output=True, text=True, cwd=REPO, env=env)
     if out.returncode:
         raise SystemExit(f"{variant} at {length}: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -115,6 +149,7 @@ def measure(variant: str, length: int, args: argparse.Namespace) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("gemma2", "smollm2"), default="gemma2")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
@@ -131,7 +166,7 @@ def main() -> None:
     for length in args.lengths:
         base = measure("no loss", length, args)
         for variant in ("cross_entropy", "chunked", "chunked + checkpointing"):
-            total, loss_part = planned(variant, length, args.hidden, args.layers)
+            total, loss_part = planned(variant, length, args)
             got = measure(variant, length, args)
             if got is None:
                 print(f"| {length:,} | {variant} | not run: planned {total / gib:.2f} GiB, more than 80% of the "
