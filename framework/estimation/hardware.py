@@ -1,7 +1,7 @@
 """What known GPUs can do: their memory and peak dense FLOP/s, and MFU against that peak.
 
 Peak figures are the vendors' dense (no sparsity) tensor-core numbers for bf16/fp16 with fp32
-accumulation; MFU against them follows the PaLM paper's 6 x parameters x tokens/s estimate.
+accumulation; MFU against them counts the model's FLOPs as the PaLM paper does (`model_flops`).
 """
 from __future__ import annotations
 
@@ -37,11 +37,41 @@ def gpu_from_device_name(device_name: str) -> Gpu | None:
     return None
 
 
-def mfu(num_parameters: int, tokens_per_s: float, tflops_per_device: float | None, devices: int) -> float | None:
-    """Model FLOPs utilisation: 6 x parameters x tokens/s over the devices' peak FLOP/s."""
+@dataclass(frozen=True)
+class FlopsShape:
+    """What a training step's model FLOPs depend on: parameters, and the attention's depth and width."""
+
+    num_parameters: int
+    num_layers: int = 0
+    attention_dim: int = 0  # heads x head_dim: the width of the query-key and attention-value products
+
+    @classmethod
+    def of(cls, model) -> "FlopsShape":
+        config = getattr(model, "config", None)
+        heads, hidden = getattr(config, "num_attention_heads", 0) or 0, getattr(config, "hidden_size", 0) or 0
+        head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
+        # ds_numel: a ZeRO-3 parameter's full size (its numel() is its shard's, often 0)
+        parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        return cls(parameters, getattr(config, "num_hidden_layers", 0) or 0, heads * head_dim)
+
+
+def model_flops(shape: FlopsShape, tokens: int, attention_pairs: int) -> float:
+    """FLOPs of a training step (forward and backward) over `tokens` real tokens.
+
+    After the PaLM paper's appendix B: 6N per token for the weights, plus 12 x layers x attention_dim
+    x T per token for attention's two products over a T-token sequence (2 FLOPs per multiply-add, x3
+    for forward and backward). With causal masking a token at position t attends to t + 1 keys, so a
+    document of l tokens costs half that: 6 x layers x attention_dim x l^2 in all. `attention_pairs`
+    is the sum of l^2 over the step's documents, each packed document counted by its own length.
+    """
+    return 6 * shape.num_parameters * tokens + 6 * shape.num_layers * shape.attention_dim * attention_pairs
+
+
+def mfu(flops_per_s: float, tflops_per_device: float | None, devices: int) -> float | None:
+    """Model FLOPs utilisation: the model's FLOP/s (`model_flops`) over the devices' peak FLOP/s."""
     if not tflops_per_device:
         return None
-    return 6 * num_parameters * tokens_per_s / (tflops_per_device * 1e12 * devices)
+    return flops_per_s / (tflops_per_device * 1e12 * devices)
 
 
 def resolve_gpu(spec: str) -> tuple[str, float]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from framework.config import LoadedRecipe
 from framework.errors import RunStopped
+from framework.estimation.hardware import FlopsShape
 from framework.model.lora import save_lora
 from framework.training.checkpoints import save as save_checkpoint
 from framework.training.metrics import Window, peak_memory_gib, peak_tflops
@@ -33,8 +34,7 @@ def train(loaded: LoadedRecipe) -> Path:
     recipe, accelerator, plan = loaded.recipe, run.accelerator, run.prep.plan
     run.model.train()
     run.hook.seqtune_train_start(run=run_info(run))
-    window = Window(run.state.totals, sum(p.numel() for p in run.model.parameters()),
-                    peak_tflops(recipe.logging.peak_tflops))
+    window = Window(run.state.totals, FlopsShape.of(run.model), peak_tflops(recipe.logging.peak_tflops))
     started = time.perf_counter()
     with StopSignals() as signals:
         for step in remaining_steps(plan, run.state, recipe.train.gradient_accumulation_steps):

@@ -7,21 +7,21 @@ import sys
 import time
 from typing import Any
 
-from framework.estimation.hardware import gpu_from_device_name, mfu
+from framework.estimation.hardware import FlopsShape, gpu_from_device_name, mfu, model_flops
 
 
 class Window:
     """Token and loss tallies between two logging steps (and over the whole run)."""
 
-    def __init__(self, totals: dict[str, float] | None = None, num_parameters: int = 0,
+    def __init__(self, totals: dict[str, float] | None = None, shape: FlopsShape = FlopsShape(0),
                  peak_tflops: float | None = None):
         self.totals = {"tokens": 0, "trainable_tokens": 0, **(totals or {})}
-        self.num_parameters, self.peak_tflops = num_parameters, peak_tflops
+        self.shape, self.peak_tflops = shape, peak_tflops
         self.last_loss = math.nan
         self._reset()
 
     def _reset(self) -> None:
-        self.loss_sum, self.tokens, self.slots, self.trainable = 0.0, 0, 0, 0
+        self.loss_sum, self.tokens, self.slots, self.trainable, self.pairs = 0.0, 0, 0, 0, 0
         self.started = time.perf_counter()
 
     def count(self, batch: Any, loss_sum: Any) -> None:
@@ -29,15 +29,16 @@ class Window:
         self.tokens += batch.tokens
         self.slots += batch.slots
         self.trainable += batch.trainable
+        self.pairs += batch.attention_pairs
         self.loss_sum += loss_sum
 
     def flush(self, accelerator: Any, lr: float, grad_norm: Any, epoch: float) -> dict[str, float]:
         """This window's metrics summed over all ranks; every rank must call it."""
         import torch
 
-        local = torch.tensor([float(self.loss_sum), self.tokens, self.trainable, self.slots],
+        local = torch.tensor([float(self.loss_sum), self.tokens, self.trainable, self.slots, self.pairs],
                              dtype=torch.float64, device=accelerator.device)
-        loss_sum, tokens, trainable, slots = accelerator.reduce(local, "sum").tolist()
+        loss_sum, tokens, trainable, slots, pairs = accelerator.reduce(local, "sum").tolist()
         seconds = max(time.perf_counter() - self.started, 1e-9)
         self.totals["tokens"] += int(tokens)
         self.totals["trainable_tokens"] += int(trainable)
@@ -47,7 +48,7 @@ class Window:
                    "tokens_per_s": tokens / seconds, "trainable_tokens_per_s": trainable / seconds,
                    "padding_fraction": 1 - tokens / max(slots, 1),
                    "peak_memory_gib": peak_memory_gib(accelerator.device)}
-        utilisation = mfu(self.num_parameters, tokens / seconds, self.peak_tflops, accelerator.num_processes)
+        utilisation = mfu(model_flops(self.shape, tokens, pairs) / seconds, self.peak_tflops, accelerator.num_processes)
         if utilisation is not None:  # no peak figure for a CPU: no MFU rather than a made-up one
             metrics["mfu"] = utilisation
         return metrics

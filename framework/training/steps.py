@@ -54,6 +54,7 @@ class Batch:
     tokens: int  # real (non-padding) tokens
     trainable: int  # tokens the loss trains
     slots: int  # token positions computed, padding included
+    attention_pairs: int = 0  # sum of length^2 over the documents: what causal attention computes
 
 
 def collate(prep: Any, micro_batch: Optional[MicroBatch], device: Any) -> Batch:
@@ -62,7 +63,8 @@ def collate(prep: Any, micro_batch: Optional[MicroBatch], device: Any) -> Batch:
     rows = prep.data.take(micro_batch) if micro_batch is not None else [[Sample([pad], [IGNORE_INDEX])]]
     tensors = prep.packing.collate(rows, pad, prep.padding_free)
     tokens = int(tensors.pop("num_tokens")) if micro_batch is not None else 0  # the filler is not data
-    counts = (tokens, int(trainable_tokens(tensors["labels"])), tensors["input_ids"].numel())
+    pairs = sum(len(sample.input_ids) ** 2 for row in rows for sample in row) if micro_batch is not None else 0
+    counts = (tokens, int(trainable_tokens(tensors["labels"])), tensors["input_ids"].numel(), pairs)
     return Batch({key: value.to(device, non_blocking=True) for key, value in tensors.items()}, *counts)
 
 

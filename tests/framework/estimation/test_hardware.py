@@ -1,9 +1,9 @@
-"""MFU and peak-memory figures."""
+"""Model FLOPs, MFU and peak-memory figures."""
 from __future__ import annotations
 
 import pytest
 
-from framework.estimation.hardware import GPUS, gpu_from_device_name, mfu
+from framework.estimation.hardware import GPUS, FlopsShape, gpu_from_device_name, mfu, model_flops
 from framework.training.metrics import peak_memory_gib, peak_tflops
 
 
@@ -20,11 +20,50 @@ def test_unknown_gpu_has_no_peak():
     assert gpu_from_device_name("Some Accelerator 9000") is None
 
 
-def test_mfu_is_six_n_tokens_over_peak_of_all_devices():
-    # 1B parameters at 10k tokens/s is 6e13 FLOP/s: 0.2 of a 300 TFLOP/s device, 0.05 of four.
-    assert mfu(10**9, 10_000, 300, 1) == pytest.approx(0.2)
-    assert mfu(10**9, 10_000, 300, 4) == pytest.approx(0.05)
-    assert mfu(10**9, 10_000, None, 1) is None
+def test_model_flops_add_causal_attention_per_document():
+    # 1B parameters, 2 layers of attention 2,048 wide; a packed step of two documents, 1,000 and 2,000
+    # tokens. Weights: 6 x 1e9 x 3,000 = 1.8e13. Attention, by PaLM's 12 x L x d x T per token halved
+    # for causal masking: 6 x 2 x 2,048 x (1,000^2 + 2,000^2) = 24,576 x 5e6 = 1.2288e11.
+    shape = FlopsShape(10**9, num_layers=2, attention_dim=2048)
+    assert model_flops(shape, 3000, 1000**2 + 2000**2) == 1.8e13 + 1.2288e11
+    # one 4,096-token sequence: per token, 6N + 12 x L x d x T / 2
+    assert model_flops(shape, 4096, 4096**2) == 4096 * (6e9 + 12 * 2 * 2048 * 4096 / 2)
+
+
+def test_mfu_is_model_flops_over_the_peak_of_all_devices():
+    # 6e13 FLOP/s is 0.2 of a 300 TFLOP/s device, 0.05 of four
+    assert mfu(6e13, 300, 1) == pytest.approx(0.2)
+    assert mfu(6e13, 300, 4) == pytest.approx(0.05)
+    assert mfu(6e13, None, 1) is None
+
+
+def test_the_flops_shape_reads_the_models_attention_width():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("gemma2", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16)  # 4 x 16 != 32
+    model = AutoModelForCausalLM.from_config(config)
+    shape = FlopsShape.of(model)
+    assert (shape.num_layers, shape.attention_dim) == (3, 64)
+    assert shape.num_parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_a_micro_batch_counts_attention_by_document_packed_or_padded(tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from framework.training.steps import collate
+    from plugins.packing import BestFitDecreasing, PadToLongest
+    from seqtune_testing import CONVERSATIONS, encode_chat
+
+    samples = [encode_chat(tiny_tokenizer, c) for c in CONVERSATIONS[:3]]
+    want = sum(len(s.input_ids) ** 2 for s in samples)
+    for packing, rows, padding_free in ((BestFitDecreasing(), [samples], True),
+                                        (PadToLongest(None), [[s] for s in samples], False)):
+        prep = SimpleNamespace(tokenizer=tiny_tokenizer, data=SimpleNamespace(take=lambda rows: rows),
+                               packing=packing, padding_free=padding_free)
+        batch = collate(prep, rows, "cpu")
+        assert batch.attention_pairs == want  # not (sum of lengths)^2, nor padded length^2
+        assert batch.tokens == sum(len(s.input_ids) for s in samples)
 
 
 def test_the_recipe_peak_wins_and_a_cpu_has_none_of_its_own():

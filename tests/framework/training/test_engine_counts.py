@@ -32,7 +32,8 @@ RECIPE = "recipes/quickstart.yaml"
 ROWS, BATCH, ACCUMULATION, EPOCHS, MAX_LEN, LR = 100, 8, 2, 2, 128, 3.0e-3
 COMMON = [f"data.mixture=[{{source: recipes/quickstart/data/train.jsonl, count: {ROWS}}}]",
           f"train.per_device_batch_size={BATCH}", f"train.gradient_accumulation_steps={ACCUMULATION}",
-          f"train.epochs={EPOCHS}", "logging.every_steps=1", "logging.loggers=[jsonl]"]
+          f"train.epochs={EPOCHS}", "logging.every_steps=1", "logging.loggers=[jsonl]",
+          "logging.peak_tflops=1.0"]  # a peak for the CPU, so that MFU is logged
 
 
 @contextlib.contextmanager
@@ -162,6 +163,23 @@ def test_epoch_progress_tokens_and_padding_follow_the_plan(runs, packing):
     assert run.summary["tokens"] == EPOCHS * sum(run.lengths)
     assert run.summary["trainable_tokens"] == EPOCHS * sum(len(x) - x.count(IGNORE_INDEX) for x in labels)
     assert run.summary["packing_efficiency"] == round(run.prep.plan.efficiency, 4)
+
+
+@pytest.mark.parametrize("packing", ["none", "bfd"])
+def test_mfu_counts_each_documents_causal_attention(runs, packing):
+    """mfu x peak / tokens_per_s is the step's model FLOPs per token: 6N plus each document's causal
+    attention by its own length (a packed row's documents are not one long sequence)."""
+    from framework.estimation.hardware import FlopsShape, model_flops
+    from framework.model.loading import build_model
+
+    run = runs(packing)
+    shape = FlopsShape.of(build_model(run.prep.loaded.recipe, run.prep.tokenizer))
+    assert shape.num_layers == 2 and shape.attention_dim == 128  # the quickstart model
+    for log, (_, group, _, _) in zip(run.logs, run.steps()):
+        pieces = [piece_length(p, run.lengths) for micro_batch in group for row in micro_batch for p in row]
+        want = model_flops(shape, sum(pieces), sum(n * n for n in pieces)) / sum(pieces)
+        assert log["mfu"] * 1e12 / log["tokens_per_s"] == pytest.approx(want, rel=1e-9)
+        assert want > 6 * shape.num_parameters
 
 
 def test_bfd_pads_less_than_none(runs):
