@@ -74,13 +74,14 @@ def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
     """Print the estimate per GPU for a GPU of `gib` GiB; whether the recipe fits."""
     from framework.cli.show import estimate_table
     from framework.estimation.for_recipe import estimate_for_recipe
+    from framework.model.attention import separates_documents
     from framework.model.loading import recipe_shape
     from framework.registry.factories import optimizer_state_tensors
 
     recipe = loaded.recipe
     states, note = optimizer_state_tensors(parts.optimizer, recipe.optimizer.name)
     estimate = estimate_for_recipe(loaded, recipe_shape(recipe, parts.registry), optimizer_states=states,
-                                   loss=parts.loss)
+                                   loss=parts.loss, documents_per_row=separates_documents(parts.packing()))
     console.print(estimate_table(estimate, f"memory per GPU ({recipe.launch.num_processes} x {name}, {gib:g} GiB)"))
     for line in [*estimate.notes, *([note] if note else [])]:
         console.print(f"note: {line}")

@@ -51,7 +51,13 @@ class _Sweep:
         from framework.estimation.for_recipe import estimate_for_recipe
 
         return estimate_for_recipe(self.loaded, self.shape, optimizer_states=self.states,
-                                   loss=loss or self.parts.loss, **changes)
+                                   loss=loss or self.parts.loss, documents_per_row=self.documents, **changes)
+
+    @functools.cached_property
+    def documents(self) -> bool:
+        from framework.model.attention import separates_documents
+
+        return separates_documents(self.parts.packing())
 
     @functools.cached_property
     def savers(self) -> list[tuple[str, Any, dict]]:

@@ -44,8 +44,11 @@ class ModelConfig:
         None, "Build a randomly initialised model from this config (model_type plus AutoConfig "
         "keys) instead of loading weights; vocab_size and special token ids default to the tokenizer's.")
     revision: str = opt("main", "Hub revision (branch, tag or commit) of name_or_path.")
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] = opt(
-        "sdpa", "Attention kernel; flash_attention_* need the flash-attn package and a GPU.")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flex_attention", "flash_attention_2",
+                                 "flash_attention_3"] = opt(
+        "sdpa", "Attention kernel; flash_attention_* need the flash-attn package and a GPU, flex_attention a GPU "
+        "to train. auto: flash_attention_2 on a GPU with flash-attn, else flex_attention on a GPU for packed rows, "
+        "else sdpa.")
     dtype: Literal["float32", "bfloat16", "float16"] = opt(
         "float32", "dtype the weights are loaded in (mixed precision is launch.mixed_precision).")
     trust_remote_code: bool = opt(False, "Allow model code from the hub (only for models you trust).")

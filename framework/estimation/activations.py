@@ -31,7 +31,8 @@ def layer_activation_bytes(shape: ModelShape, act_bytes: int, residual_bytes: in
       themselves: 2·e·h.
     - Attention: e·(q + 2k' + q): Q, K and V as the kernel keeps them and its output (the o_proj
       input), where k' = k for flash_attention_* (native GQA) but q for sdpa and eager (transformers
-      repeats K/V for every head when there is a padding mask or the kernel is eager); + 4·a for the
+      repeats K/V for every head when there is a padding mask or the kernel is eager; flex_attention
+      takes them grouped, as flash does); + 4·a for the
       fp32 log-sum-exp of fused kernels. No dropout (attention_dropout is 0), so no masks.
     - Gated MLP: 4·e·I (gate output, up output, act(gate), and act(gate)·up, the down_proj input).
 
@@ -51,7 +52,7 @@ def layer_activation_bytes(shape: ModelShape, act_bytes: int, residual_bytes: in
     norms = {"pre": 2 * pre_norm,
              "sandwich": 2 * pre_norm + 2 * post_norm,
              "post": 2 * post_norm + (4 + n) * (q + kv) + 2 * e * h}[shape.norm_layout]
-    kv_kept = kv if attn.startswith("flash_attention") else q
+    kv_kept = kv if attn.startswith("flash_attention") or attn == "flex_attention" else q
     attention = e * (q + 2 * kv_kept + q) + (4 * shape.num_heads if attn != "eager" else 0)
     mlp = 4 * e * inter
     return norms + attention + mlp

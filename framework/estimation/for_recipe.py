@@ -17,15 +17,17 @@ from framework.estimation.adapters import LoraSpec
 from framework.estimation.memory import MemoryEstimate, estimate_memory
 from framework.estimation.settings import MemorySettings
 from framework.estimation.shapes import ModelShape, load_shape
+from framework.model.attention import resolve, separates_documents
 from framework.registry.factories import declared
 
 
-def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss: Callable
-                    ) -> tuple[MemorySettings, list[str]]:
+def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss: Callable,
+                    documents_per_row: bool = False) -> tuple[MemorySettings, list[str]]:
     """The recipe's settings (a Recipe) for a model of `shape`, and notes on what could not be read.
 
     `optimizer_states`: what the recipe's optimizer plugin declares; `loss`: its train.loss plugin,
-    bound to its options."""
+    bound to its options; `documents_per_row`: whether its packing keeps several documents in a row
+    (model.attn_implementation=auto resolves as on a GPU of this machine's software)."""
     notes: list[str] = []
     launch, ds = recipe.launch, recipe.launch.deepspeed
     zero_stage, offload_optimizer, offload_params = None, False, False
@@ -43,7 +45,7 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss:
         gradient_checkpointing=recipe.model.gradient_checkpointing,
         activation_offloading=recipe.model.activation_offloading and launch.device != "cpu",
         **loss_settings(loss, shape, zero_stage),
-        attn_implementation=recipe.model.attn_implementation,
+        attn_implementation=resolve(recipe.model.attn_implementation, documents_per_row, gpu=True),
         lora=LoraSpec.from_recipe(recipe.lora) if recipe.lora is not None else None,
         optimizer_states=optimizer_states)
     return settings, notes
@@ -56,19 +58,20 @@ def loss_settings(loss: Callable, shape: ModelShape, zero_stage: Optional[int]) 
 
 
 def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, optimizer_states: Optional[int] = None,
-                        loss: Optional[Callable] = None, cache_dir: Optional[str | Path] = None,
-                        **changes: Any) -> MemoryEstimate:
+                        loss: Optional[Callable] = None, documents_per_row: Optional[bool] = None,
+                        cache_dir: Optional[str | Path] = None, **changes: Any) -> MemoryEstimate:
     """The estimate of a recipe on one of its GPUs; `changes` replace settings (max_seq_length=4096,
     num_gpus=8, zero_stage=3, ...), as `seqtune plan` does for its sweep and remedies."""
     recipe = getattr(recipe, "recipe", recipe)
     if shape is None:
         shape = load_shape(recipe.model, cache_dir=cache_dir)
     notes: list[str] = []
-    if optimizer_states is None or loss is None:  # read from the recipe's plugins when not given
-        bound_states, bound_loss = _declaring_plugins(recipe, notes)
+    if None in (optimizer_states, loss, documents_per_row):  # read from the recipe's plugins when not given
+        bound_states, bound_loss, documents = _declaring_plugins(recipe, notes)
         optimizer_states = bound_states if optimizer_states is None else optimizer_states
         loss = loss or bound_loss
-    settings, more = recipe_settings(recipe, shape, optimizer_states, loss)
+        documents_per_row = documents if documents_per_row is None else documents_per_row
+    settings, more = recipe_settings(recipe, shape, optimizer_states, loss, documents_per_row)
     if "zero_stage" in changes:  # the loss may keep its gradients another way under another stage
         changes = {**loss_settings(loss, shape, changes["zero_stage"]), **changes}
     estimate = estimate_memory(shape, dataclasses.replace(settings, **changes))
@@ -78,9 +81,9 @@ def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, opti
     return estimate
 
 
-def _declaring_plugins(recipe: Any, notes: list[str]) -> tuple[int, Callable]:
-    """The state tensors the recipe's optimizer plugin declares, and its loss plugin, bound to its
-    options (plugins load without torch)."""
+def _declaring_plugins(recipe: Any, notes: list[str]) -> tuple[int, Callable, bool]:
+    """The state tensors the recipe's optimizer plugin declares, its loss plugin bound to its options,
+    and whether its packing keeps several documents in a row (plugins load without torch)."""
     from framework.config.validate import Problems
     from framework.errors import UserError
     from framework.registry import build_registry
@@ -90,11 +93,12 @@ def _declaring_plugins(recipe: Any, notes: list[str]) -> tuple[int, Callable]:
     registry = build_registry(recipe.plugins)
     optimizer = registry.bind("optimizers", recipe.optimizer, problems, "optimizer")
     loss = registry.bind("losses", recipe.train.loss, problems, "train.loss")
+    packing = registry.bind("packing", recipe.data.packing, problems, "data.packing")
     if problems.lines:
         raise UserError(problems.lines)
     count, note = optimizer_state_tensors(optimizer, recipe.optimizer.name)
     notes.extend([note] if note else [])
-    return count, loss
+    return count, loss, separates_documents(packing())
 
 
 def _from_ds_file(path: str, stage: int, offload_optimizer: bool, offload_params: bool,

@@ -6,6 +6,7 @@ import importlib.util
 
 from framework.config.schema import Recipe
 from framework.errors import UserError
+from framework.model.attention import on_gpu
 
 
 def preflight(recipe: Recipe) -> None:
@@ -14,14 +15,16 @@ def preflight(recipe: Recipe) -> None:
 
     problems = []
     attn = recipe.model.attn_implementation
-    gpus = torch.cuda.device_count()
-    on_gpu = recipe.launch.device == "cuda" or (recipe.launch.device == "auto" and gpus > 0)
+    gpus, gpu = torch.cuda.device_count(), on_gpu(recipe.launch)
     if attn.startswith("flash_attention"):
         missing = [what for what, ok in (("the flash-attn package", importlib.util.find_spec("flash_attn")),
-                                         ("a CUDA GPU", on_gpu)) if not ok]
+                                         ("a CUDA GPU", gpu)) if not ok]
         if missing:
             problems.append(f"model.attn_implementation={attn} needs {' and '.join(missing)}, not found "
-                            "here: override model.attn_implementation=sdpa")
+                            "here: override model.attn_implementation=sdpa (or auto)")
+    if attn == "flex_attention" and not gpu:
+        problems.append("model.attn_implementation=flex_attention trains on CUDA GPUs only (PyTorch's flex "
+                        "attention has no backward on the CPU): override model.attn_implementation=sdpa (or auto)")
     per_machine = recipe.launch.num_processes // recipe.launch.num_machines
     if recipe.launch.device == "cuda" or (per_machine > 1 and recipe.launch.device == "auto"):
         if gpus < per_machine:

@@ -6,17 +6,19 @@ from typing import Any
 
 from framework.config.schema import Recipe
 from framework.errors import UserError
+from framework.model.attention import on_gpu, resolve
 
 
-def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None) -> Any:
+def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None, attention: str | None = None) -> Any:
     """Pretrained weights from name_or_path (or from a checkpoint being resumed), or a random init
-    from model.config."""
+    from model.config; `attention`: the kernel to use (default: the recipe's, `auto` as for unpacked rows)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = recipe.model
     dtype = getattr(torch, cfg.dtype)
-    common = {"attn_implementation": cfg.attn_implementation, "dtype": dtype}
+    attention = attention or resolve(cfg.attn_implementation, False, on_gpu(recipe.launch))
+    common = {"attn_implementation": attention, "dtype": dtype}
     if checkpoint is not None:
         model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=cfg.trust_remote_code,
                                                      **common)

@@ -13,6 +13,7 @@ from framework.data.pipeline import PreparedData, prepare_data
 from framework.launch.accelerator import make_accelerator
 from framework.launch.launcher import is_worker
 from framework.launch.preflight import preflight
+from framework.model.attention import dense_mask_warning, on_gpu, resolve, separates_documents
 from framework.model.loading import build_model, check_positions, param_groups
 from framework.model.lora import apply_lora, load_lora_weights, trainable_summary
 from framework.model.offload import Offloader, offloading
@@ -37,6 +38,7 @@ class Prepared:
     packing: Any
     padding_free: bool  # micro-batches as one padding-free row (flash-attention)
     plan: BatchPlan
+    attention: str = "sdpa"  # model.attn_implementation, `auto` resolved
 
 
 def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: int = 0,
@@ -46,7 +48,8 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first)
     packing = parts.packing()
-    padding_free = padding_free_layout(packing, recipe.model.attn_implementation.startswith("flash_attention"))
+    attention = _attention(recipe, packing)
+    padding_free = padding_free_layout(packing, attention.startswith("flash_attention"))
     plan = plan_batches(packing, data.lengths, recipe.train, data.max_seq_length, recipe.seed, rank, world,
                         padding_free)
     stages = ", ".join(f"{stage} {seconds:,.1f} s" for stage, seconds in data.seconds.items())
@@ -54,7 +57,19 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
         + ("" if data.from_cache else f"; prepared in {stages}"))
     say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
         f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
-    return Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan)
+    return Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention)
+
+
+def _attention(recipe: Any, packing: Any) -> str:
+    """The attention kernel, `auto` resolved, with a warning where packed rows get a dense mask."""
+    documents, gpu = separates_documents(packing), on_gpu(recipe.launch)
+    attention = resolve(recipe.model.attn_implementation, documents, gpu)
+    if attention != recipe.model.attn_implementation:
+        say(f"attention: {attention} (model.attn_implementation=auto)")
+    warning = dense_mask_warning(attention, documents, gpu)
+    if warning:
+        warn(warning)
+    return attention
 
 
 @dataclass
@@ -138,9 +153,9 @@ def _model(recipe: Any, prep: Prepared, resume_from: Path | None) -> Any:
     """The model to train: full weights, or a LoRA adapter on the base (a LoRA checkpoint holds only
     the adapter, so a resumed one rebuilds the base and loads the adapter into it)."""
     if recipe.lora is None:
-        model = build_model(recipe, prep.tokenizer, resume_from)
+        model = build_model(recipe, prep.tokenizer, resume_from, prep.attention)
     else:
-        model = apply_lora(build_model(recipe, prep.tokenizer), recipe.lora)
+        model = apply_lora(build_model(recipe, prep.tokenizer, attention=prep.attention), recipe.lora)
         if resume_from is not None:
             load_lora_weights(model, resume_from)
         counts = trainable_summary(model)

@@ -3,7 +3,8 @@
 For two architectures and both CPU attention paths: the summed token loss and every parameter's
 gradient of a bfd-packed micro-batch (several rows, and one padding-free row) equal those of the
 same samples padded without packing (fp32, atol 1e-5), with either loss. A row packed without position resets
-(attention crossing samples) must differ, which shows the comparison can fail.
+(attention crossing samples) must differ, which shows the comparison can fail. flex_attention's packed loss
+equals the unpacked one too (forward only: it has no backward on the CPU).
 """
 from __future__ import annotations
 
@@ -75,3 +76,21 @@ def test_without_position_resets_attention_crosses_samples_and_the_loss_differs(
     want_loss, _ = loss_and_grads(model, unpacked)
     got_loss, _ = loss_and_grads(model, packed)
     assert not torch.allclose(got_loss, want_loss, atol=1e-3)
+
+
+@pytest.mark.slow  # flex attention compiles its kernel on first use (~20 s on the CPU)
+@pytest.mark.parametrize("padding_free", [False, True], ids=["rows", "padding-free"])
+def test_flex_attention_keeps_packed_documents_apart(padding_free, samples, tiny_tokenizer):
+    """flex_attention (what `auto` picks for packed rows on a GPU without flash-attn): the packed loss
+    equals the unpacked one. Forward only: PyTorch's flex attention has no backward on the CPU."""
+    pad = tiny_tokenizer.pad_token_id
+    unpacked = PadToLongest(None).collate([[s] for s in samples], pad)
+    packed = BestFitDecreasing().collate([samples[:2], samples[2:]], pad, padding_free=padding_free)
+    with torch.no_grad():
+        want, _ = LOSSES["cross_entropy"](tiny_model("llama", "sdpa", len(tiny_tokenizer)), unpacked)
+        flex = tiny_model("llama", "flex_attention", len(tiny_tokenizer))
+        got, _ = LOSSES["cross_entropy"](flex, packed)
+        packed["position_ids"] = torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"])
+        crossing, _ = LOSSES["cross_entropy"](flex, packed)  # no restarts: one long sequence per row
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)  # summed losses (~150): a few fp32 ulps
+    assert not torch.allclose(crossing, want, rtol=1e-5, atol=0)  # ~3e-4 apart on this tiny model
