@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU smoke test, by hand on a machine with one CUDA GPU (about 5 minutes):
 #     bash scripts/gpu_smoke.sh
-# Needs only python with a CUDA build of torch; installs this project with its deepspeed extra.
+# Needs only python with a CUDA build of torch; installs this project with its deepspeed extra, from
+# SEQTUNE_WHEELS (a folder made by scripts/wheelhouse.py) with --no-index on a machine without network.
 # Trains recipes/gpu_smoke.yaml (a random ~0.48B model, bf16, bfd packing, ZeRO-2) at
 # max_seq_length 2048 and 4096 with flash-attention when flash_attn imports, else sdpa, and prints
 # one JSON line per run: tokens/s, MFU, peak GPU memory and the memory plan's estimate for the
@@ -9,7 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-"$python" -m pip install -q -e ".[deepspeed]"
+# Offline nodes: SEQTUNE_WHEELS names a folder made by scripts/wheelhouse.py; installs with --no-index.
+# Nothing is installed when seqtune and deepspeed already import.
+if ! "$python" -c "import framework, deepspeed, omegaconf, datasets" 2>/dev/null; then
+    if [ -n "${SEQTUNE_WHEELS:-}" ]; then
+        "$python" -m pip install -q --no-index --find-links "$SEQTUNE_WHEELS" -e ".[deepspeed]"
+    else
+        "$python" -m pip install -q -e ".[deepspeed]"
+    fi
+fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 out=output/gpu_smoke
 mkdir -p "$out"
