@@ -1,0 +1,128 @@
+"""The GPU smoke runs: one recipe varied one setting at a time, measured, as JSON lines and a table.
+
+    python scripts/gpu_smoke.py [--out output/gpu_smoke] [--steps 20] [--only NAME ...]
+
+Trains recipes/gpu_smoke.yaml (a random ~0.48B Llama-style model, bf16, DeepSpeed ZeRO-2, one GPU) on
+synthetic chat data written here (nothing is downloaded). The base run is bfd packing, `auto`
+attention, the chunked loss, no gradient checkpointing, max_seq_length 4,096; each other run changes
+one thing: max_seq_length 2,048 or 8,192, no packing, sdpa / flex_attention / flash_attention_2
+(when flash-attn imports) attention, gradient checkpointing, the unchunked loss. Per run: tokens/s,
+MFU and peak GPU memory (the mean over logged steps after the first), and the memory plan's estimate
+for the same recipe (`seqtune check --gpu`; target: the peak within 10% of it). Written to
+OUT/smoke.jsonl and OUT/smoke.md, and printed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = "recipes/gpu_smoke.yaml"
+BASE = {"data.packing": "bfd", "model.attn_implementation": "auto", "train.loss": "chunked_cross_entropy",
+        "model.gradient_checkpointing": "false", "data.max_seq_length": "4096"}
+
+
+def variants() -> dict[str, dict[str, str]]:
+    runs = {"base": {}, "len-2048": {"data.max_seq_length": "2048"}, "len-8192": {"data.max_seq_length": "8192"},
+            "no-packing": {"data.packing": "none", "train.per_device_batch_size": "1"},
+            "sdpa": {"model.attn_implementation": "sdpa"}, "flex": {"model.attn_implementation": "flex_attention"},
+            "checkpointing": {"model.gradient_checkpointing": "true"}, "unchunked-loss": {"train.loss": "cross_entropy"}}
+    if importlib.util.find_spec("flash_attn") is not None:
+        runs["flash"] = {"model.attn_implementation": "flash_attention_2"}
+    return runs
+
+
+def write_data(path: Path, rows: int = 6000) -> None:
+    """Chats with log-normal message lengths (a long tail, as chat data has)."""
+    rng = random.Random(0)
+    words = "the model learns to answer questions about data tokens and long context windows".split()
+
+    def say() -> str:
+        return " ".join(rng.choice(words) for _ in range(max(1, int(rng.lognormvariate(5.0, 1.0)))))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for _ in range(rows):
+            out.write(json.dumps({"messages": [{"role": "user", "content": say()},
+                                               {"role": "assistant", "content": say()}]}) + "\n")
+
+
+def overrides(name: str, changes: dict[str, str], out: Path, steps: int) -> list[str]:
+    settings = {**BASE, **changes, "output_dir": str(out / name), "overwrite_output_dir": "true",
+                "train.max_steps": str(steps),
+                "data.mixture": f"[{{source: {out / 'data.jsonl'}, fraction: 1.0}}]"}
+    return [f"{key}={value}" for key, value in settings.items()]
+
+
+def planned_gib(args: list[str]) -> float:
+    from framework.config import load_recipe
+    from framework.estimation.for_recipe import estimate_for_recipe
+
+    return estimate_for_recipe(load_recipe(RECIPE, args)).total_gib
+
+
+def measure(name: str, args: list[str], out: Path) -> dict:
+    seqtune = Path(sys.executable).with_name("seqtune")
+    log = out / f"{name}.log"
+    with log.open("w") as sink:
+        code = subprocess.run([str(seqtune), "train", RECIPE, *args], cwd=REPO, stdout=sink, stderr=sink).returncode
+    result = {"run": name, **{a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=")[0] in BASE}}
+    text = log.read_text()
+    if code:
+        return {**result, "error": text.strip().splitlines()[-1].strip(" •")[:300]}
+    resolved = [line.split()[1] for line in text.splitlines() if line.startswith("attention: ")]
+    result["model.attn_implementation"] += f" ({resolved[0]})" if resolved else ""
+    records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in records if "loss" in r]
+    logs = logs[1:] or logs  # the first window holds the warm-up
+    mean = lambda key: sum(r.get(key) or 0 for r in logs) / len(logs)  # noqa: E731
+    peak, plan = max(r["peak_memory_gib"] for r in logs), planned_gib(args)
+    return {**result, "tokens_per_s": round(mean("tokens_per_s")), "mfu": round(mean("mfu"), 4),
+            "peak_memory_gib": round(peak, 2), "planned_gib": round(plan, 2), "peak_over_plan": round(peak / plan, 3),
+            "final_loss": round(logs[-1]["loss"], 4)}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| run | max_seq_length | packing | attention | checkpointing | loss | tokens/s | MFU | peak GiB "
+             "| planned GiB | peak / plan |", "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        cells = [r["run"], r["data.max_seq_length"], r["data.packing"], r["model.attn_implementation"],
+                 r["model.gradient_checkpointing"], r["train.loss"]]
+        if "error" in r:
+            cells += [f"failed: {r['error']}", "", "", "", ""]
+        else:
+            cells += [f"{r['tokens_per_s']:,}", f"{r['mfu']:.1%}", r["peak_memory_gib"], r["planned_gib"], r["peak_over_plan"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "output/gpu_smoke")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--only", nargs="*", help="run only these (names from the module docstring's list)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    write_data(args.out / "data.jsonl")
+    results = []
+    with (args.out / "smoke.jsonl").open("w") as jsonl:
+        for name, changes in variants().items():
+            if args.only and name not in args.only:
+                continue
+            results.append(measure(name, overrides(name, changes, args.out, args.steps), args.out))
+            print(json.dumps(results[-1]), flush=True)
+            jsonl.write(json.dumps(results[-1]) + "\n")
+    (args.out / "smoke.md").write_text(table(results) + "\n")
+    print(table(results))
+    if any("error" in r for r in results):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

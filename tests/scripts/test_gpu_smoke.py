@@ -1,0 +1,24 @@
+"""scripts/gpu_smoke.sh on a machine without a GPU: it installs nothing (seqtune imports), downloads
+nothing, writes its data, and stops at its first run's CUDA check with the reason in its table."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seqtune_testing import REPO
+
+
+@pytest.mark.slow
+def test_the_smoke_runs_offline_up_to_the_first_cuda_call(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(["bash", "scripts/gpu_smoke.sh", "--out", str(tmp_path), "--only", "base", "--steps", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert len((tmp_path / "data.jsonl").read_text().splitlines()) == 6000
+    [result] = [json.loads(line) for line in (tmp_path / "smoke.jsonl").read_text().splitlines()]
+    assert result["run"] == "base" and "needs 1 CUDA GPU(s) on this machine, found 0" in result["error"]
+    assert "| base | 4096 | bfd | auto |" in (tmp_path / "smoke.md").read_text()
