@@ -63,8 +63,11 @@ def overrides(name: str, changes: dict[str, str], out: Path, steps: int) -> list
 def planned_gib(args: list[str]) -> float:
     from framework.config import load_recipe
     from framework.estimation.for_recipe import estimate_for_recipe
+    from framework.model.loading import recipe_shape
+    from framework.registry import build_registry
 
-    return estimate_for_recipe(load_recipe(RECIPE, args)).total_gib
+    loaded = load_recipe(RECIPE, args)  # model.config: its vocabulary is the tokenizer's, as in training
+    return estimate_for_recipe(loaded, recipe_shape(loaded.recipe, build_registry())).total_gib
 
 
 def measure(name: str, args: list[str], out: Path) -> dict:

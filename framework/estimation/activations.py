@@ -32,8 +32,8 @@ def layer_activation_bytes(shape: ModelShape, act_bytes: int, residual_bytes: in
     - Attention: e·(q + 2k' + q): Q, K and V as the kernel keeps them and its output (the o_proj
       input), where k' = k for flash_attention_* (native GQA) but q for sdpa and eager (transformers
       repeats K/V for every head when there is a padding mask or the kernel is eager; flex_attention
-      takes them grouped, as flash does); + 4·a for the
-      fp32 log-sum-exp of fused kernels. No dropout (attention_dropout is 0), so no masks.
+      takes them grouped, as flash does); + 4·a for the fp32 log-sum-exp of fused kernels. No
+      dropout (attention_dropout is 0), so no masks.
     - Gated MLP: 4·e·I (gate output, up output, act(gate), and act(gate)·up, the down_proj input).
 
     Eager attention also keeps a·s²·(4 + e) bytes per sequence: the fp32 softmax and its 16-bit copy

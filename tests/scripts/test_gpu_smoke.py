@@ -22,3 +22,15 @@ def test_the_smoke_runs_offline_up_to_the_first_cuda_call(tmp_path):
     [result] = [json.loads(line) for line in (tmp_path / "smoke.jsonl").read_text().splitlines()]
     assert result["run"] == "base" and "needs 1 CUDA GPU(s) on this machine, found 0" in result["error"]
     assert "| base | 4096 | bfd | auto |" in (tmp_path / "smoke.md").read_text()
+
+
+def test_every_smoke_run_has_a_memory_plan(tmp_path, monkeypatch):
+    """The plan each run is compared with: the random-init model's vocabulary comes from the tokenizer."""
+    from seqtune_testing import load_script
+
+    smoke = load_script("scripts/gpu_smoke")
+    monkeypatch.chdir(REPO)
+    plans = {name: smoke.planned_gib(smoke.overrides(name, changes, tmp_path, 2))
+             for name, changes in smoke.variants().items()}
+    assert plans["len-2048"] < plans["base"] < plans["len-8192"]
+    assert plans["checkpointing"] < plans["base"]
