@@ -8,8 +8,12 @@ attention, the chunked loss, no gradient checkpointing, max_seq_length 4,096; ea
 one thing: max_seq_length 2,048 or 8,192, no packing, sdpa / flex_attention / flash_attention_2
 (when flash-attn imports) attention, gradient checkpointing, the unchunked loss. Per run: tokens/s,
 MFU and peak GPU memory (the mean over logged steps after the first), and the memory plan's estimate
-for the same recipe (`seqtune check --gpu`; target: the peak within 10% of it). Written to
-OUT/smoke.jsonl and OUT/smoke.md, and printed.
+for the same recipe (`seqtune check --gpu`; target: the peak within 10% of it).
+
+Then the planner's promise, on a GPU capped at 24 GiB (`launch.gpu_memory_gib=24`): the base run at the
+longest candidate length `seqtune plan --gpu 24` says fits, which must train, and at the next
+candidate, which the plan says does not fit (what happened is reported; it does not fail the script).
+Written to OUT/smoke.jsonl and OUT/smoke.md, and printed; exit 1 when a run that should train fails.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/gpu_smoke.yaml"
+CAP_GIB = 24
 BASE = {"data.packing": "bfd", "model.attn_implementation": "auto", "train.loss": "chunked_cross_entropy",
         "model.gradient_checkpointing": "false", "data.max_seq_length": "4096"}
 
@@ -36,6 +41,20 @@ def variants() -> dict[str, dict[str, str]]:
     if importlib.util.find_spec("flash_attn") is not None:
         runs["flash"] = {"model.attn_implementation": "flash_attention_2"}
     return runs
+
+
+def capped(out: Path, steps: int) -> dict[str, dict[str, str]]:
+    """The base run on a GPU capped at CAP_GIB, at the longest candidate length the plan says fits and
+    at the next one."""
+    from framework.estimation.sweep import CANDIDATES
+
+    def plan(length: int) -> float:
+        return planned_gib(overrides("plan", {"data.max_seq_length": str(length)}, out, steps))
+
+    fitting = [length for length in CANDIDATES if plan(length) <= CAP_GIB]
+    chosen = ([fitting[-1]] if fitting else []) + [n for n in CANDIDATES if n > max(fitting, default=0)][:1]
+    return {f"cap{CAP_GIB}-{n}": {"data.max_seq_length": str(n), "launch.gpu_memory_gib": str(CAP_GIB)}
+            for n in chosen}
 
 
 def write_data(path: Path, rows: int = 6000) -> None:
@@ -77,8 +96,11 @@ def measure(name: str, args: list[str], out: Path) -> dict:
         code = subprocess.run([str(seqtune), "train", RECIPE, *args], cwd=REPO, stdout=sink, stderr=sink).returncode
     result = {"run": name, **{a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=")[0] in BASE}}
     text = log.read_text()
+    if "launch.gpu_memory_gib=" in " ".join(args):
+        result["cap_gib"] = CAP_GIB
     if code:
-        return {**result, "error": text.strip().splitlines()[-1].strip(" •")[:300]}
+        plan = planned_gib(args)
+        return {**result, "planned_gib": round(plan, 2), "error": text.strip().splitlines()[-1].strip(" •")[:300]}
     resolved = [line.split()[1] for line in text.splitlines() if line.startswith("attention: ")]
     result["model.attn_implementation"] += f" ({resolved[0]})" if resolved else ""
     records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
@@ -92,13 +114,14 @@ def measure(name: str, args: list[str], out: Path) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| run | max_seq_length | packing | attention | checkpointing | loss | tokens/s | MFU | peak GiB "
-             "| planned GiB | peak / plan |", "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| run | max_seq_length | packing | attention | checkpointing | loss | GPU cap GiB | tokens/s | MFU "
+             "| peak GiB | planned GiB | peak / plan |",
+             "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         cells = [r["run"], r["data.max_seq_length"], r["data.packing"], r["model.attn_implementation"],
-                 r["model.gradient_checkpointing"], r["train.loss"]]
+                 r["model.gradient_checkpointing"], r["train.loss"], r.get("cap_gib", "")]
         if "error" in r:
-            cells += [f"failed: {r['error']}", "", "", "", ""]
+            cells += [f"failed: {r['error']}", "", "", r.get("planned_gib", ""), ""]
         else:
             cells += [f"{r['tokens_per_s']:,}", f"{r['mfu']:.1%}", r["peak_memory_gib"], r["planned_gib"], r["peak_over_plan"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -114,8 +137,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     write_data(args.out / "data.jsonl")
     results = []
+    runs = {**variants(), **capped(args.out, args.steps)}
     with (args.out / "smoke.jsonl").open("w") as jsonl:
-        for name, changes in variants().items():
+        for name, changes in runs.items():
             if args.only and name not in args.only:
                 continue
             results.append(measure(name, overrides(name, changes, args.out, args.steps), args.out))
@@ -123,8 +147,8 @@ def main() -> None:
             jsonl.write(json.dumps(results[-1]) + "\n")
     (args.out / "smoke.md").write_text(table(results) + "\n")
     print(table(results))
-    if any("error" in r for r in results):
-        raise SystemExit(1)
+    if any("error" in r and r.get("planned_gib", 0) <= r.get("cap_gib", float("inf")) for r in results):
+        raise SystemExit(1)  # a run failed that should have trained
 
 
 if __name__ == "__main__":

@@ -156,6 +156,9 @@ class LaunchConfig:
     main_process_port: int = opt(29500, "Port of the main machine.", minimum=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "Autocast precision.")
     deepspeed: Optional[DeepSpeedConfig] = opt(None, "Use DeepSpeed ZeRO when set.")
+    gpu_memory_gib: Optional[float] = opt(
+        None, "Cap each process's CUDA memory at this many GiB (PyTorch's per-process memory fraction): "
+        "rehearse a smaller GPU, e.g. the 24 GiB of `seqtune plan --gpu 24`, on a larger one.", minimum=1.0)
 
 
 @dataclass

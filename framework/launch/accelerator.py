@@ -14,12 +14,26 @@ def make_accelerator(recipe: Any) -> Any:
 
     launch = recipe.launch
     if launch.deepspeed is None:
-        return Accelerator(cpu=launch.device == "cpu", mixed_precision=launch.mixed_precision)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, world))
-    # On the CPU, DeepSpeed runs over gloo; Accelerator(cpu=True) would silently drop DeepSpeed.
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if launch.device == "cpu" else []
-    return Accelerator(deepspeed_plugin=plugin, mixed_precision=launch.mixed_precision, kwargs_handlers=handlers)
+        accelerator = Accelerator(cpu=launch.device == "cpu", mixed_precision=launch.mixed_precision)
+    else:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, world))
+        # On the CPU, DeepSpeed runs over gloo; Accelerator(cpu=True) would silently drop DeepSpeed.
+        handlers = [InitProcessGroupKwargs(backend="gloo")] if launch.device == "cpu" else []
+        accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=launch.mixed_precision,
+                                  kwargs_handlers=handlers)
+    if launch.gpu_memory_gib is not None:
+        cap_memory(accelerator.device, launch.gpu_memory_gib)
+    return accelerator
+
+
+def cap_memory(device: Any, gib: float) -> None:
+    """Make PyTorch's allocator fail past `gib` on this device, as a GPU of that size would (the CUDA
+    context and NCCL's buffers lie outside it, as they lie outside the memory plan)."""
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
 
 
 def is_deepspeed(accelerator: Any) -> bool:

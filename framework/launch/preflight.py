@@ -31,8 +31,25 @@ def preflight(recipe: Recipe) -> None:
             problems.append(f"launch.num_processes={recipe.launch.num_processes} needs {per_machine} "
                             f"CUDA GPU(s) on this machine, found {gpus}: override "
                             "launch.num_processes=1 launch.device=cpu for a CPU run")
+    problems += _memory_cap(recipe.launch.gpu_memory_gib, gpu)
     if recipe.launch.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
         problems.append("launch.deepspeed needs the deepspeed package: pip install 'seqtune[deepspeed]',"
                         " or override launch.deepspeed=null")
     if problems:
         raise UserError(problems)
+
+
+def _memory_cap(gib: float | None, gpu: bool) -> list[str]:
+    """launch.gpu_memory_gib caps CUDA memory, so it needs a GPU at least that large."""
+    import torch
+
+    if gib is None:
+        return []
+    if not gpu:
+        return [f"launch.gpu_memory_gib={gib:g} caps CUDA memory and this run uses no GPU: override "
+                "launch.gpu_memory_gib=null"]
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if gib > total:
+        return [f"launch.gpu_memory_gib={gib:g} is more than this GPU's {total:.1f} GiB: override a smaller "
+                "launch.gpu_memory_gib, or null"]
+    return []

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from framework.estimation.sweep import CANDIDATES
 from seqtune_testing import REPO
 
 
@@ -21,7 +22,7 @@ def test_the_smoke_runs_offline_up_to_the_first_cuda_call(tmp_path):
     assert len((tmp_path / "data.jsonl").read_text().splitlines()) == 6000
     [result] = [json.loads(line) for line in (tmp_path / "smoke.jsonl").read_text().splitlines()]
     assert result["run"] == "base" and "needs 1 CUDA GPU(s) on this machine, found 0" in result["error"]
-    assert "| base | 4096 | bfd | auto |" in (tmp_path / "smoke.md").read_text()
+    assert "| base | 4096 | bfd | auto | false | chunked_cross_entropy |  | failed" in (tmp_path / "smoke.md").read_text()
 
 
 def test_every_smoke_run_has_a_memory_plan(tmp_path, monkeypatch):
@@ -34,3 +35,16 @@ def test_every_smoke_run_has_a_memory_plan(tmp_path, monkeypatch):
              for name, changes in smoke.variants().items()}
     assert plans["len-2048"] < plans["base"] < plans["len-8192"]
     assert plans["checkpointing"] < plans["base"]
+
+
+def test_the_capped_runs_straddle_what_the_plan_says_fits_24_gib(tmp_path, monkeypatch):
+    from seqtune_testing import load_script
+
+    smoke = load_script("scripts/gpu_smoke")
+    monkeypatch.chdir(REPO)
+    runs = smoke.capped(tmp_path, 2)
+    assert len(runs) == 2 and all(changes["launch.gpu_memory_gib"] == "24" for changes in runs.values())
+    fits, next_up = (smoke.planned_gib(smoke.overrides(name, changes, tmp_path, 2)) for name, changes in runs.items())
+    assert fits <= 24 < next_up
+    lengths = [int(changes["data.max_seq_length"]) for changes in runs.values()]
+    assert CANDIDATES.index(lengths[1]) == CANDIDATES.index(lengths[0]) + 1
