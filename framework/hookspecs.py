@@ -45,6 +45,8 @@ schedulers         (optimizer, num_training_steps: int)         a torch LR sched
 losses             ()                                           loss(model, batch) -> (summed loss,
                                                                 trainable tokens): see below
 loggers            (output_dir: str)                            an object with lifecycle hookimpls
+objectives         ()                                           a `framework.types.Objective`: see
+                                                                seqtune_register_objectives
 =================  ===========================================  =====================================
 
 `seqtune_register_chat_templates` is the one family of plain values: `{name: jinja_source}`.
@@ -151,6 +153,31 @@ def seqtune_register_losses() -> Factories:
     number of those tokens. The engine scales it (`train.loss_reduction`) and runs the backward, so
     reductions, packing, accumulation and DeepSpeed work for every loss. A fused kernel gets the
     final hidden states and the output layer from `framework.decoder_output(model, batch)`.
+    """
+
+
+@hookspec
+def seqtune_register_objectives() -> Factories:
+    """Training objectives (`objective: {name: sft}`, the default, or `dpo`); a factory returns a
+    `framework.types.Objective`, which owns what differs between objectives:
+
+    * **encoding**: `encoder(...)` returns the preprocessing pass's `encode(rows, where)`. Rows are
+      formatted rows `(messages, text, rejected)` (from a format returning a `framework.Pair`: the chosen
+      conversation and the rejected one; else rejected is None); it returns the cache columns of `framework.data.tokenize.COLUMNS`. A row of several
+      sequences (a pair) is stored end to end with their lengths in `sequences`.
+    * **micro-batches**: `collate(rows, packing, pad_token_id, padding_free)` lays a micro-batch's
+      rows out with the recipe's packing strategy (a pair's two sequences as two documents of one
+      packed row, or two rows) and adds what its loss reads; `units(rows)` counts on the CPU what
+      `train.loss_reduction` divides by (trainable tokens for SFT, pairs for DPO).
+    * **state**: `reference` says what the engine provides in `batch["reference_logps"]` (rows x
+      sequences, no gradient): nothing (`none`), the frozen starting model's `sequence_logps` every
+      step (`live`: a frozen copy, or with LoRA the model with its adapter disabled), or the same
+      numbers computed once before training and cached beside the data cache (`cached`).
+    * **the loss**: `loss(model, batch, token_loss)` returns the summed loss over the micro-batch's
+      units and a dict of metric sums over them (the engine divides them by the units of the logging
+      window, over every rank, and logs them by name). `token_loss` is the recipe's train.loss plugin.
+    * **planning**: `sequences_per_row` (sequences per data row: 1, or 2 for a pair) scales the
+      planner's tokens per row, and a packed row holds max_seq_length x that many tokens.
     """
 
 

@@ -14,10 +14,24 @@ IGNORE_INDEX = -100  # label value that the loss skips (masked prompt, padding)
 
 @dataclass
 class Sample:
-    """One tokenized row: `labels[i]` is the target for `input_ids[i]` (the model shifts)."""
+    """One tokenized row: `labels[i]` is the target for `input_ids[i]` (the model shifts).
+
+    A row of several sequences that train together (a preference pair: chosen, then rejected) holds
+    them end to end, with `sequences` their lengths; empty for a row of one sequence."""
 
     input_ids: list[int]
     labels: list[int]
+    sequences: tuple[int, ...] = ()
+
+    def split(self) -> list[Sample]:
+        """The row's sequences, each a Sample of its own."""
+        if not self.sequences:
+            return [self]
+        out, at = [], 0
+        for n in self.sequences:
+            out.append(Sample(self.input_ids[at:at + n], self.labels[at:at + n]))
+            at += n
+        return out
 
     @property
     def num_trainable(self) -> int:
@@ -87,6 +101,43 @@ class Packing(Protocol):
                 ) -> dict[str, torch.Tensor]:
         """One micro-batch as tensors: the MODEL_INPUTS it uses, `labels`, and `num_tokens` (the
         real, non-padding tokens). `padding_free` asks for one row without padding (flash-attention)."""
+
+
+@dataclass
+class Pair:
+    """What a preference format returns for one row: two conversations with the same prompt turns,
+    differing in their final assistant turn."""
+
+    chosen: list[dict]
+    rejected: list[dict]
+
+
+class Objective(Protocol):
+    """What an objective factory returns (`objective: {name: dpo, ...}`): how rows are encoded, laid
+    out in micro-batches and scored. See hookspecs.seqtune_register_objectives."""
+
+    sequences_per_row: int  # sequences a data row trains (SFT 1, a preference pair 2): for the planner
+    reference: str  # "none", "live" or "cached": what the engine provides as batch["reference_logps"]
+    unit: str  # what train.loss_reduction divides by, as logs name it ("token", "pair")
+
+    def encoder(self, tokenizer: Any, truncate: Any, max_seq_length: int, train_on: str, template: str,
+                untrainable: str) -> Any:
+        """`encode(rows, where) -> columns` for the preprocessing pass (see framework.data.tokenize)."""
+
+    def collate(self, rows: list[list[Sample]], packing: Packing, pad_token_id: int, padding_free: bool
+                ) -> dict[str, torch.Tensor]:
+        """A micro-batch's tensors, as the packing strategy lays its rows out, plus what the loss reads."""
+
+    def units(self, rows: list[list[Sample]], tensors: dict[str, torch.Tensor]) -> int:
+        """How many units (tokens, pairs) the micro-batch trains, counted on the CPU (from its rows or
+        the tensors `collate` made, before they reach the device)."""
+
+    def sequence_logps(self, model: Any, batch: dict) -> torch.Tensor:
+        """Per data row, each sequence's summed log-probability of its trained tokens: (rows, sequences)."""
+
+    def loss(self, model: Any, batch: dict, token_loss: Any) -> tuple[Any, dict[str, Any]]:
+        """(the summed loss over the micro-batch's units, metric sums over them). `token_loss` is the
+        recipe's train.loss plugin."""
 
 
 @dataclass

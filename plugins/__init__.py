@@ -10,6 +10,8 @@ BUILTIN = (
     "plugins.optimizers",
     "plugins.schedulers",
     "plugins.losses",
+    "plugins.objectives",
+    "plugins.dpo",
     "plugins.loggers",
     "plugins.trackers",
 )

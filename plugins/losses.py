@@ -17,9 +17,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Literal
 
-from framework import IGNORE_INDEX, MODEL_INPUTS, Bounds, decoder_output, hookimpl, trainable_tokens
-
-BYTES_PER_LOGIT = 16  # a chunk's logits, soft-capped copy, fp32 upcast and gradient, at most 4 bytes each
+from framework import (IGNORE_INDEX, MODEL_INPUTS, Bounds, chunk_tokens, decoder_output, hookimpl, trainable_tokens,
+                       upcast)
 
 
 def cross_entropy():
@@ -34,18 +33,6 @@ def cross_entropy():
         return total, trainable_tokens(batch["labels"])
 
     return loss
-
-
-def upcast(logits):
-    """Logits in at least fp32 for the softmax (a float64 model keeps float64)."""
-    import torch
-
-    return logits if logits.dtype == torch.float64 else logits.float()
-
-
-def chunk_tokens(vocab_size: int, memory_mib: float = 512) -> int:
-    """Tokens per chunk: as many as keep one chunk's logits within `memory_mib`."""
-    return max(1, int(memory_mib * 2**20) // (vocab_size * BYTES_PER_LOGIT))
 
 
 def chunked_cross_entropy(*, memory_mib: Annotated[float, Bounds(gt=0)] = 512,

@@ -51,8 +51,8 @@ def mixture_rows(data: Any) -> Any:
     reader = data.reader()
     out: dict[str, list] = {"messages": [], "text": [], "source": [], "row": []}
     for rows, _, source, index in reader.batches(0, len(reader.plan)):
-        out["messages"] += [messages for messages, _ in rows]
-        out["text"] += [text for _, text in rows]
+        out["messages"] += [messages for messages, _, _ in rows]
+        out["text"] += [text for _, text, _ in rows]
         out["source"] += [int(s) for s in source]
         out["row"] += [int(i) + 1 for i in index]
     return datasets.Dataset.from_dict(out)

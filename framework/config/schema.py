@@ -190,6 +190,8 @@ class Recipe:
                                factory=lambda: Component("adamw"))
     scheduler: Component = opt(None, "Learning-rate schedule plugin and its options.",
                                factory=lambda: Component("linear"))
+    objective: Component = opt(None, "Training objective plugin and its options: sft (next-token loss on the "
+                               "trained tokens) or dpo (preference pairs).", factory=lambda: Component("sft"))
     checkpoint: CheckpointConfig = opt(None, "When checkpoints are written.", factory=CheckpointConfig)
     logging: LoggingConfig = opt(None, "Which loggers, how often.", factory=LoggingConfig)
     launch: LaunchConfig = opt(None, "Processes, machines, precision and DeepSpeed.",

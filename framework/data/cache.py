@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 # Bump when the encoding itself changes (masking, truncation accounting, columns).
-PIPELINE_VERSION = 5  # 2: untrainable rows by cause; 3: arrow shards + kept rows; 4: their lengths; 5: distinct rows
+PIPELINE_VERSION = 6  # 2: untrainable rows by cause; 3: arrow shards + kept rows; 4: their lengths; 5: distinct rows;
+# 6: each row's sequences (preference pairs)
 COMPLETE = "complete.json"  # written last: the entry is complete
 SHARDS = "tokens-*.arrow"  # the tokenizing pass's output, one file per worker: each distinct row once
 KEPT = "kept.npy"  # the mixture's rows with something to train, in mixture order, as indices into the shards

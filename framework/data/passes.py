@@ -104,19 +104,22 @@ class _quiet_fork:
 
 def write_jsonl_part(reader: Reader, folder: Path) -> Callable[[int, int, int, Callable], Path]:
     """A pass writing rows as JSON lines ({messages, text, source, row}: data.mixture index and 1-based
-    row in that source), one part file per worker."""
+    row in that source; a preference pair as {chosen, rejected, source, row}), one part file per worker."""
 
     def write_part(part: int, start: int, stop: int, advance: Callable[[int], None]) -> Path:
         path = folder / f"part-{part:05d}.jsonl"
         with path.open("w", encoding="utf-8", buffering=1 << 20) as out:
             for rows, _, source, index in reader.batches(start, stop):
-                out.writelines(json.dumps({"messages": messages, "text": text, "source": int(s), "row": int(i) + 1},
-                                          ensure_ascii=False) + "\n"
-                               for (messages, text), s, i in zip(rows, source, index))
+                out.writelines(json.dumps({**_row(*row), "source": int(s), "row": int(i) + 1}, ensure_ascii=False) + "\n"
+                               for row, s, i in zip(rows, source, index))
                 advance(len(rows))
         return path
 
     return write_part
+
+
+def _row(messages: list[dict], text: str | None, rejected: list[dict] | None) -> dict:
+    return {"messages": messages, "text": text} if rejected is None else {"chosen": messages, "rejected": rejected}
 
 
 def write_arrow_part(reader: Reader, encode: Callable, folder: Path) -> Callable[[int, int, int, Callable], Path]:
@@ -146,7 +149,8 @@ def _schema() -> Any:
 
     ids = pa.list_(pa.int32())
     return pa.schema([("input_ids", ids), ("labels", ids), ("length", pa.int32()), ("length_before", pa.int32()),
-                      ("trainable", pa.int32()), ("trainable_before", pa.int32()), ("dropped", pa.int8())])
+                      ("trainable", pa.int32()), ("trainable_before", pa.int32()), ("dropped", pa.int8()),
+                      ("sequences", ids)])
 
 
 def _record_batch(columns: dict[str, list]) -> Any:

@@ -53,8 +53,9 @@ class PreparedData:
     def take(self, rows: list[list[Piece]]) -> list[list[Sample]]:
         """The samples of a micro-batch's rows, read in one go; slices are cut after reading."""
         wanted = sorted({piece if isinstance(piece, int) else piece[0] for row in rows for piece in row})
-        read = self.dataset.select_columns(["input_ids", "labels"])[wanted]
-        found = {i: Sample(ids, labels) for i, ids, labels in zip(wanted, read["input_ids"], read["labels"])}
+        read = self.dataset.select_columns(["input_ids", "labels", "sequences"])[wanted]
+        found = {i: Sample(ids, labels, tuple(seqs))
+                 for i, ids, labels, seqs in zip(wanted, read["input_ids"], read["labels"], read["sequences"])}
         return [[found[p] if isinstance(p, int) else Sample(found[p[0]].input_ids[p[1]:p[2]],
                                                             found[p[0]].labels[p[1]:p[2]])
                  for p in row] for row in rows]
@@ -70,11 +71,12 @@ class PreparedData:
 
 
 def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable], truncate: Callable,
-                 tokenizer: Any, main_first: Any = None) -> PreparedData:
+                 tokenizer: Any, main_first: Any = None, objective: Any = None) -> PreparedData:
     """Load, mix, tokenize and truncate the recipe's data, or read it from the cache.
 
     `loaders[i]`/`formats[i]` are the bound plugins of data.mixture[i]; `main_first` (a context
-    manager) lets the main process fill the cache before the other processes read it.
+    manager) lets the main process fill the cache before the other processes read it; `objective`
+    (the recipe's, built) encodes the rows (None: the chat encoder of sft).
     """
     max_seq_length = recipe.data.max_seq_length
     with main_first or contextlib.nullcontext(), _quiet_datasets():
@@ -84,8 +86,9 @@ def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable
         cached = load_cached(path)
         from_cache = cached is not None
         if not from_cache:
-            encode = make_encoder(tokenizer, truncate, max_seq_length, recipe.data.train_on, template_name(recipe),
-                                  recipe.data.untrainable)
+            settings = (tokenizer, truncate, max_seq_length, recipe.data.train_on, template_name(recipe),
+                        recipe.data.untrainable)
+            encode = objective.encoder(*settings) if objective is not None else make_encoder(*settings)
             _build(path, reader, encode, recipe, max_seq_length)
             cached = load_cached(path)
         dataset, lengths, plan, meta = cached
@@ -149,7 +152,7 @@ def untruncated_sample(recipe: Recipe, loaders: list[Callable], formats: list[Ca
     sample = Reader(MixturePlan(reader.plan.source[picked], reader.plan.index[picked], []), reader.sources)
     samples = []
     for rows, where, _, _ in sample.batches(0, len(picked)):
-        samples += encode_rows(tokenizer, [m for m, _ in rows], [t for _, t in rows], recipe.data.train_on,
+        samples += encode_rows(tokenizer, [m for m, _, _ in rows], [t for _, t, _ in rows], recipe.data.train_on,
                                where, template_name(recipe))
     return [s for s in samples if s.num_trainable]  # untrainable rows: dropped, as prepare_data drops them
 
@@ -198,4 +201,4 @@ def _key(recipe: Recipe, fingerprints: list[str], tokenizer: Any, max_seq_length
                for e, fp in zip(data.mixture, fingerprints)]
     return cache_key({"sources": sources, "seed": recipe.seed, "tokenizer": tokenizer_fingerprint(tokenizer),
                       "max_seq_length": max_seq_length, "truncation": vars(data.truncation),
-                      "train_on": data.train_on, "untrainable": data.untrainable})
+                      "train_on": data.train_on, "untrainable": data.untrainable, "objective": recipe.objective.name})

@@ -21,12 +21,14 @@ from typing import Any, Callable, Optional, Sequence
 from framework.config.schema import MixtureEntry
 from framework.data.progress import progress_bar
 from framework.errors import UserError
-from framework.types import Rows, SourceTable
+from framework.types import Pair, Rows, SourceTable
 
 LOADER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 FORMAT_ERRORS = (ValueError, TypeError, KeyError, AttributeError)  # a format's way of refusing a row
-Formatted = tuple[list[dict], Optional[str]]  # (messages, text): text None for a chat
+# (messages, text, rejected): text None for a chat; for a preference pair, messages is the chosen
+# conversation and rejected the other (None for any other row)
+Formatted = tuple[list[dict], Optional[str], Optional[list[dict]]]
 
 
 def pick_loader(entry: MixtureEntry) -> str | None:
@@ -131,14 +133,14 @@ class Source:
             self.dataset = reopened
 
     def formatted(self, indices: Sequence[int]) -> list[Formatted]:
-        """(messages, text) of the rows at `indices` (0-based), in that order."""
+        """(messages, text, rejected) of the rows at `indices` (0-based), in that order."""
         order = sorted(set(indices))
         contiguous = order[-1] - order[0] + 1 == len(order)  # a pass in source order reads slices
         read = self.dataset[order[0]:order[-1] + 1] if contiguous else self.dataset[order]
         columns = list(read)
         at = {i: {c: read[c][k] for c in columns} for k, i in enumerate(order)}
         if self.to_messages is None:
-            return [(at[i]["messages"], at[i]["text"]) for i in indices]
+            return [(at[i]["messages"], at[i]["text"], at[i]["rejected"]) for i in indices]
         return [self._format(at[i], i) for i in indices]
 
     def _format(self, row: dict, i: int) -> Formatted:
@@ -147,7 +149,9 @@ class Source:
             result = self.to_messages(record)
         except FORMAT_ERRORS as exc:
             raise UserError(f"{self.names(i)}: {exc}") from None
-        return ([], result) if isinstance(result, str) else (result, None)
+        if isinstance(result, Pair):
+            return result.chosen, None, result.rejected
+        return ([], result, None) if isinstance(result, str) else (result, None, None)
 
 
 def make_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable) -> Source:
@@ -185,7 +189,8 @@ def _to_arrow(formatted: list[Formatted], names: RowNames) -> Any:
     though arrow cannot) is an error naming its row."""
     import datasets
 
-    batch = {"messages": [m for m, _ in formatted], "text": [t for _, t in formatted]}
+    batch = {"messages": [m for m, _, _ in formatted], "text": [t for _, t, _ in formatted],
+             "rejected": [r for _, _, r in formatted]}
     try:
         return datasets.Dataset.from_dict(batch, features=features())
     except UnicodeEncodeError:
@@ -199,11 +204,11 @@ def _to_arrow(formatted: list[Formatted], names: RowNames) -> Any:
 
 
 def features() -> Any:
-    """The columns of formatted rows: chat messages, or plain text."""
+    """The columns of formatted rows: chat messages (a pair's chosen side), plain text, a pair's rejected side."""
     from datasets import Features, List, Value
 
-    return Features({"messages": List({"role": Value("string"), "content": Value("string")}),
-                     "text": Value("string")})
+    message = {"role": Value("string"), "content": Value("string")}
+    return Features({"messages": List(message), "text": Value("string"), "rejected": List(message)})
 
 
 def _nonempty(rows: Any, entry: MixtureEntry) -> Any:

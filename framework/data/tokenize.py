@@ -13,7 +13,7 @@ PERCENTILES = (50, 90, 99)
 # is 1 + its index here, 0 for a kept row.
 CAUSES = ("empty", "no_assistant_turn", "no_trainable_token", "cut_by_truncation")
 CODES = {None: 0, **{cause: code for code, cause in enumerate(CAUSES, start=1)}}
-COLUMNS = ("input_ids", "labels", "length", "length_before", "trainable", "trainable_before", "dropped")
+COLUMNS = ("input_ids", "labels", "length", "length_before", "trainable", "trainable_before", "dropped", "sequences")
 EMPTY = Sample([], [])
 
 
@@ -91,14 +91,16 @@ def truncate_row(sample: Sample, truncate: Callable, max_seq_length: int) -> Sam
 
 def make_encoder(tokenizer: Any, truncate: Callable, max_seq_length: int, train_on: str,
                  template: str = "the chat template", untrainable_rows: str = "drop") -> Callable:
-    """`encode(rows, where)`: a batch of formatted rows ((messages, text) pairs) as tokens, labels,
+    """`encode(rows, where)`: a batch of formatted rows ((messages, text, rejected)) as tokens, labels,
     per-row accounting columns and `dropped` (0 for a kept row, else 1 + the index of its cause in
     CAUSES). `where(i)` names row i in an error; `untrainable_rows` is data.untrainable ("error":
     the first row with nothing to train stops preprocessing)."""
 
-    def encode(rows: Sequence[tuple[list[dict], str | None]], where: Callable[[int], str]) -> dict[str, list]:
-        messages, texts = [m for m, _ in rows], [t for _, t in rows]
-        causes = [untrainable(m, text, train_on) for m, text in rows]
+    def encode(rows: Sequence[tuple[list[dict], str | None, list[dict] | None]], where: Callable[[int], str]
+               ) -> dict[str, list]:
+        refuse_pairs(rows, where)
+        messages, texts = [m for m, _, _ in rows], [t for _, t, _ in rows]
+        causes = [untrainable(m, text, train_on) for m, text, _ in rows]
         fulls = _encode(tokenizer, messages, texts, causes, train_on, where, template)
         out: dict[str, list] = {k: [] for k in COLUMNS}
         for i, (full, cause) in enumerate(zip(fulls, causes)):
@@ -106,12 +108,27 @@ def make_encoder(tokenizer: Any, truncate: Callable, max_seq_length: int, train_
             if cause is not None and untrainable_rows == "error":
                 raise UserError(f"{where(i)}: {_why(cause, full, max_seq_length)} (data.untrainable: error; "
                                 "'drop' drops and counts such rows)")
-            for key, value in zip(COLUMNS, (kept.input_ids, kept.labels, len(kept.input_ids), len(full.input_ids),
-                                            kept.num_trainable, full.num_trainable, CODES[cause])):
-                out[key].append(value)
+            add_row(out, kept, full, cause)
         return out
 
     return encode
+
+
+def add_row(out: dict[str, list], kept: Sample, full: Sample, cause: str | None) -> None:
+    """Append a row's cache columns: what is kept of it (EMPTY when dropped), what it was before any
+    cut, and why it was dropped (a cause in CAUSES) or None."""
+    values = (kept.input_ids, kept.labels, len(kept.input_ids), len(full.input_ids), kept.num_trainable,
+              full.num_trainable, CODES[cause], list(kept.sequences))
+    for key, value in zip(COLUMNS, values):
+        out[key].append(value)
+
+
+def refuse_pairs(rows: Sequence[tuple], where: Callable[[int], str]) -> None:
+    """A preference pair reaching an objective that trains single conversations is a recipe mistake."""
+    for i, (_, _, rejected) in enumerate(rows):
+        if rejected is not None:
+            raise UserError(f"{where(i)}: is a preference pair (chosen and rejected); objective sft trains "
+                            "single conversations: set objective: {name: dpo}, or give this source a conversation format")
 
 
 def _kept(full: Sample, cause: str | None, truncate: Callable, max_seq_length: int, where: Callable[[int], str],

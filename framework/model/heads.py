@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from framework.errors import UserError
-from framework.types import MODEL_INPUTS
+from framework.types import IGNORE_INDEX, MODEL_INPUTS
+
+BYTES_PER_LOGIT = 16  # a chunk's logits, soft-capped copy, fp32 upcast and gradient, at most 4 bytes each
 
 
 @dataclass
@@ -75,3 +77,41 @@ def decoder_output(model: Any, batch: dict) -> DecoderOutput:
     config = getattr(inner.config, "get_text_config", lambda: inner.config)()
     return DecoderOutput(captured["hidden"], inner.get_output_embeddings(), config.vocab_size,
                          getattr(config, "final_logit_softcapping", None), captured.get("autocast"))
+
+
+def upcast(logits: Any) -> Any:
+    """Logits in at least fp32 for the softmax (a float64 model keeps float64)."""
+    import torch
+
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def chunk_tokens(vocab_size: int, memory_mib: float = 512) -> int:
+    """Tokens per chunk: as many as keep one chunk's logits within `memory_mib`."""
+    return max(1, int(memory_mib * 2**20) // (vocab_size * BYTES_PER_LOGIT))
+
+
+def trained_token_logps(model: Any, batch: dict, memory_mib: float = 512) -> Any:
+    """The log-probability of every trained token of a batch (labels after the shift, in row-major
+    order), never holding the full-vocabulary logits of more than one chunk of tokens: each chunk is
+    recomputed in the backward. For objectives that score whole sequences (DPO and its variants)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    out = decoder_output(model, batch)
+    shifted = batch["labels"][:, 1:]  # position t predicts token t + 1
+    rows, positions = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
+    hidden, targets = out.hidden[rows, positions], shifted[rows, positions]
+    if len(targets) == 0:  # an empty filler: nothing, still connected to every parameter
+        return _chunk_logps(out, out.hidden[:, :0].reshape(0, out.hidden.size(-1)), targets)
+    chunk, parts = chunk_tokens(out.vocab_size, memory_mib), []
+    for start in range(0, len(targets), chunk):
+        args = (out, hidden[start:start + chunk], targets[start:start + chunk])
+        parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if torch.is_grad_enabled()
+                     else _chunk_logps(*args))
+    return torch.cat(parts)
+
+
+def _chunk_logps(out: DecoderOutput, hidden: Any, targets: Any) -> Any:
+    logits = upcast(out.logits(hidden))
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)

@@ -40,6 +40,7 @@ FAMILIES = {  # family -> (registration hook, what the recipe calls one)
     "schedulers": ("seqtune_register_schedulers", "scheduler"),
     "losses": ("seqtune_register_losses", "loss"),
     "loggers": ("seqtune_register_loggers", "logger"),
+    "objectives": ("seqtune_register_objectives", "objective"),
 }
 
 

@@ -33,6 +33,7 @@ class Parts:
     scheduler: Callable
     loss: Callable
     loggers: list[Callable]
+    objective: Callable
 
 
 def bind_parts(loaded: LoadedRecipe) -> Parts:
@@ -78,7 +79,8 @@ def _bind(loaded: LoadedRecipe, problems: Problems) -> Optional[Parts]:
                  optimizer=bind("optimizers", recipe.optimizer, "optimizer"),
                  scheduler=bind("schedulers", recipe.scheduler, "scheduler"),
                  loss=bind("losses", recipe.train and recipe.train.loss, "train.loss"),
-                 loggers=[bind("loggers", c, f"logging.loggers[{i}]") for i, c in enumerate(recipe.logging.loggers)])
+                 loggers=[bind("loggers", c, f"logging.loggers[{i}]") for i, c in enumerate(recipe.logging.loggers)],
+                 objective=bind("objectives", recipe.objective, "objective"))
 
 
 def _sources(recipe, registry: Registry, problems: Problems) -> tuple[list, list]:

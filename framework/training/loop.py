@@ -40,15 +40,15 @@ def train(loaded: LoadedRecipe) -> Path:
         for step in remaining_steps(plan, run.state, recipe.train.gradient_accumulation_steps):
             if run.state.step == plan.total_steps:  # first: a resumed last checkpoint has no step left
                 break
-            # All micro-batches of the step first, so token_mean knows the step's token count.
+            # All micro-batches of the step first, so token_mean knows the step's token (or pair) count.
             batches = [collate(run.prep, pieces, accelerator.device) for pieces in step.micro_batches]
-            local_tokens = torch.tensor(sum(batch.trainable for batch in batches), device=accelerator.device)
-            step_tokens = accelerator.reduce(local_tokens, "sum")
+            local_units = torch.tensor(sum(batch.units for batch in batches), device=accelerator.device)
+            step_units = accelerator.reduce(local_units, "sum")
             step_loss = 0.0
             for k, batch in enumerate(batches):
                 run.hook.seqtune_micro_batch(step=run.state.step + 1, pieces=step.micro_batches[k])
-                loss_sum = forward_backward(run, batch, step_tokens, len(batches), last=k == len(batches) - 1)
-                window.count(batch, loss_sum)
+                loss_sum, metrics = forward_backward(run, batch, step_units, len(batches), last=k == len(batches) - 1)
+                window.count(batch, loss_sum, metrics)
                 step_loss = step_loss + loss_sum
             grad_norm, stop = optimizer_step(run, step_loss, signals.requested)
             run.state.advance(step.epoch, step.done, step.epoch_length)

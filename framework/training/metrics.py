@@ -21,30 +21,38 @@ class Window:
         self._reset()
 
     def _reset(self) -> None:
-        self.loss_sum, self.tokens, self.slots, self.trainable, self.pairs = 0.0, 0, 0, 0, 0
+        self.loss_sum, self.tokens, self.slots, self.trainable, self.pairs, self.units = 0.0, 0, 0, 0, 0, 0
+        self.objective: dict[str, Any] = {}  # the objective's metric sums (DPO's rewards), on the device
         self.started = time.perf_counter()
 
-    def count(self, batch: Any, loss_sum: Any) -> None:
-        """A micro-batch's counts (Python ints from the CPU side) and its summed loss (on the device)."""
+    def count(self, batch: Any, loss_sum: Any, metrics: dict[str, Any] | None = None) -> None:
+        """A micro-batch's counts (Python ints from the CPU side), its summed loss and the objective's
+        metric sums (on the device)."""
         self.tokens += batch.tokens
         self.slots += batch.slots
         self.trainable += batch.trainable
         self.pairs += batch.attention_pairs
+        self.units += batch.units
         self.loss_sum += loss_sum
+        for key, value in (metrics or {}).items():
+            self.objective[key] = self.objective.get(key, 0) + value
 
     def flush(self, accelerator: Any, lr: float, grad_norm: Any, epoch: float) -> dict[str, float]:
-        """This window's metrics summed over all ranks; every rank must call it."""
+        """This window's metrics summed over all ranks; every rank must call it. The loss and the
+        objective's metrics are means over its units (trainable tokens, pairs)."""
         import torch
 
-        local = torch.tensor([float(self.loss_sum), self.tokens, self.trainable, self.slots, self.pairs],
+        names = sorted(self.objective)
+        local = torch.tensor([float(self.loss_sum), self.tokens, self.trainable, self.slots, self.pairs, self.units,
+                              *(float(self.objective[name]) for name in names)],
                              dtype=torch.float64, device=accelerator.device)
-        loss_sum, tokens, trainable, slots, pairs = accelerator.reduce(local, "sum").tolist()
+        loss_sum, tokens, trainable, slots, pairs, units, *sums = accelerator.reduce(local, "sum").tolist()
         seconds = max(time.perf_counter() - self.started, 1e-9)
         self.totals["tokens"] += int(tokens)
         self.totals["trainable_tokens"] += int(trainable)
-        self.last_loss = loss_sum / max(trainable, 1)
+        self.last_loss = loss_sum / max(units, 1)
         self._reset()
-        metrics = {"loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
+        metrics = {"loss": self.last_loss, **{name: value / max(units, 1) for name, value in zip(names, sums)}, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
                    "tokens_per_s": tokens / seconds, "trainable_tokens_per_s": trainable / seconds,
                    "padding_fraction": 1 - tokens / max(slots, 1),
                    "peak_memory_gib": peak_memory_gib(accelerator.device)}

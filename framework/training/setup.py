@@ -10,6 +10,7 @@ from typing import Any
 from framework.config import LoadedRecipe, display_path
 from framework.data.batching import BatchPlan, padding_free_layout, plan_batches
 from framework.data.pipeline import PreparedData, prepare_data
+from framework.errors import UserError
 from framework.launch.accelerator import make_accelerator
 from framework.launch.launcher import is_worker
 from framework.launch.preflight import preflight
@@ -23,6 +24,7 @@ from framework.training.checkpoints import TrainerState, find_resume
 from framework.training.checkpoints import read as read_checkpoint
 from framework.training.checkpoints import restore as restore_checkpoint
 from framework.training.outputs import say, warn
+from framework.training.reference import make_reference
 from framework.training.ownership import Claim, check_output_dir, run_identity, take_output_dir
 from framework.types import RunInfo
 
@@ -39,6 +41,7 @@ class Prepared:
     padding_free: bool  # micro-batches as one padding-free row (flash-attention)
     plan: BatchPlan
     attention: str = "sdpa"  # model.attn_implementation, `auto` resolved
+    objective: Any = None  # the recipe's objective, built
 
 
 def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: int = 0,
@@ -46,18 +49,26 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     """Load the tokenizer and the data and plan the run: every data error is raised here."""
     recipe = loaded.recipe
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
-    data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first)
-    packing = parts.packing()
+    objective, packing = parts.objective(), parts.packing()
+    _check_layout(objective, packing, recipe)
+    data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first, objective)
     attention = _attention(recipe, packing)
     padding_free = padding_free_layout(packing, attention.startswith("flash_attention"))
-    plan = plan_batches(packing, data.lengths, recipe.train, data.max_seq_length, recipe.seed, rank, world,
-                        padding_free)
+    row_tokens = data.max_seq_length * objective.sequences_per_row  # a packed row holds whole rows at their longest
+    plan = plan_batches(packing, data.lengths, recipe.train, row_tokens, recipe.seed, rank, world, padding_free)
     stages = ", ".join(f"{stage} {seconds:,.1f} s" for stage, seconds in data.seconds.items())
     say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}"
         + ("" if data.from_cache else f"; prepared in {stages}"))
     say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
         f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
-    return Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention)
+    return Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention, objective)
+
+
+def _check_layout(objective: Any, packing: Any, recipe: Any) -> None:
+    """Rows of several sequences (pairs) need a packing that keeps documents whole and apart."""
+    if objective.sequences_per_row > 1 and packing.packs_rows and not separates_documents(packing):
+        raise UserError(f"data.packing: {recipe.data.packing.name} joins rows across documents, and objective "
+                        f"{recipe.objective.name} scores each sequence of a row on its own: use bfd or none")
 
 
 def _attention(recipe: Any, packing: Any) -> str:
@@ -82,10 +93,11 @@ class Run:
     model: Any
     optimizer: Any
     scheduler: Any
-    loss: Any  # loss(model, batch) -> (summed loss, trainable tokens): the train.loss plugin
+    loss: Any  # loss(model, batch) -> (summed loss, metric sums): the objective's, with the train.loss plugin
     hook: Any  # the lifecycle hooks (loggers, callbacks); silent on all but the main process
     state: TrainerState
     output_dir: Path
+    reference: Any = None  # batch -> the reference's log-probabilities, for objectives that have one
 
 
 def start(loaded: LoadedRecipe) -> Run | None:
@@ -119,14 +131,15 @@ def start(loaded: LoadedRecipe) -> Run | None:
     state = TrainerState(fingerprint=fingerprint(claim.identity, prep.plan), identity=claim.identity)
     rank = accelerator.process_index
     saved = None if resume_from is None else read_checkpoint(resume_from, state, deepspeed, rank)
+    reference = make_reference(loaded, prep, accelerator, model)  # before a checkpoint's state is restored
     hook = _start_loggers(prep, claim, accelerator)
     if recipe.data.mix_dir and accelerator.is_main_process:
         prep.data.write_mix(Path(recipe.data.mix_dir), recipe.data.num_workers)
     if saved:
         state = restore_checkpoint(saved, accelerator, optimizer, scheduler)
         say(f"resuming from {resume_from} at step {state.step:,}")
-    return Run(loaded, prep, accelerator, model, optimizer, scheduler, _loss(recipe, parts, model, accelerator), hook,
-               state, claim.output_dir)
+    return Run(loaded, prep, accelerator, model, optimizer, scheduler, _loss(recipe, prep, model, accelerator), hook,
+               state, claim.output_dir, reference)
 
 
 def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim:
@@ -137,9 +150,14 @@ def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim
     return check_output_dir(loaded, output_dir, identity, keep=prep.data.cache_path.parent)
 
 
-def _loss(recipe: Any, parts: Parts, model: Any, accelerator: Any) -> Any:
-    """The train.loss plugin's loss, its forward's activations offloaded when the recipe asks."""
-    loss = parts.loss()
+def _loss(recipe: Any, prep: Prepared, model: Any, accelerator: Any) -> Any:
+    """The objective's loss (with the train.loss plugin), its forward's activations offloaded when the
+    recipe asks."""
+    token_loss, objective = prep.parts.loss(), prep.objective
+
+    def loss(model: Any, batch: dict) -> Any:
+        return objective.loss(model, batch, token_loss)
+
     if not recipe.model.activation_offloading:
         return loss
     if accelerator.device.type != "cuda":

@@ -6,7 +6,7 @@ import contextlib
 import math
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,29 +55,36 @@ class Batch:
     trainable: int  # tokens the loss trains
     slots: int  # token positions computed, padding included
     attention_pairs: int = 0  # sum of length^2 over the documents: what causal attention computes
+    units: int = 0  # what train.loss_reduction divides by (the objective's: trainable tokens, pairs)
+    rows: list[int] = field(default_factory=list)  # the data rows it holds, in order (for cached references)
 
 
 def collate(prep: Any, micro_batch: Optional[MicroBatch], device: Any) -> Batch:
     """A micro-batch's tensors on the device; an empty one (None) when this rank has run out."""
     pad = prep.tokenizer.pad_token_id
     rows = prep.data.take(micro_batch) if micro_batch is not None else [[Sample([pad], [IGNORE_INDEX])]]
-    tensors = prep.packing.collate(rows, pad, prep.padding_free)
+    tensors = prep.objective.collate(rows, prep.packing, pad, prep.padding_free)
     tokens = int(tensors.pop("num_tokens")) if micro_batch is not None else 0  # the filler is not data
-    pairs = sum(len(sample.input_ids) ** 2 for row in rows for sample in row) if micro_batch is not None else 0
-    counts = (tokens, int(trainable_tokens(tensors["labels"])), tensors["input_ids"].numel(), pairs)
-    return Batch({key: value.to(device, non_blocking=True) for key, value in tensors.items()}, *counts)
+    pairs = sum(n ** 2 for row in rows for sample in row for n in (sample.sequences or [len(sample.input_ids)]))
+    counts = (tokens, int(trainable_tokens(tensors["labels"])), tensors["input_ids"].numel(),
+              pairs if micro_batch is not None else 0, prep.objective.units(rows, tensors))
+    indices = [piece if isinstance(piece, int) else piece[0] for row in micro_batch or [] for piece in row]
+    return Batch({key: value.to(device, non_blocking=True) for key, value in tensors.items()}, *counts, indices)
 
 
-def forward_backward(run: Any, batch: Batch, step_tokens: Any, n_micro: int, last: bool) -> Any:
-    """The micro-batch's loss and gradients, scaled to the recipe's normalisation; its summed loss."""
+def forward_backward(run: Any, batch: Batch, step_units: Any, n_micro: int, last: bool) -> tuple[Any, dict]:
+    """The micro-batch's loss and gradients, scaled to the recipe's normalisation; its summed loss and
+    the objective's metric sums."""
     train = run.loaded.recipe.train
     accelerator = run.accelerator
+    if run.reference is not None:
+        batch.tensors["reference_logps"] = run.reference(batch)
     with _accumulating(accelerator, run.model, last):
-        loss_sum, _ = run.loss(run.model, batch.tensors)
-        loss = scale_loss(loss_sum, batch.trainable, step_tokens, n_micro, train.loss_reduction,
+        loss_sum, metrics = run.loss(run.model, batch.tensors)
+        loss = scale_loss(loss_sum, batch.units, step_units, n_micro, train.loss_reduction,
                           train.gradient_accumulation_steps, accelerator.num_processes)
         accelerator.backward(loss * _deepspeed_accumulation(accelerator, run.model))
-    return loss_sum.detach()
+    return loss_sum.detach(), {key: value.detach() for key, value in metrics.items()}
 
 
 def optimizer_step(run: Any, step_loss: Any, requested: Optional[int]) -> tuple[Any, int]:

@@ -396,7 +396,8 @@ def prepared(samples: list[Sample]) -> PreparedData:
 
     dataset = Dataset.from_dict({"input_ids": [s.input_ids for s in samples],
                                  "labels": [s.labels for s in samples],
-                                 "length": [len(s.input_ids) for s in samples]})
+                                 "length": [len(s.input_ids) for s in samples],
+                                 "sequences": [list(s.sequences) for s in samples]})
     return PreparedData(dataset, list(dataset["length"]), report=None, mixture_stats={}, from_cache=False,
                         cache_path=None, plan=None, reader=lambda: None)
 

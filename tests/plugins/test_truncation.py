@@ -123,7 +123,7 @@ def test_raise_through_the_encoder_names_source_row_and_length(tokenizer, full):
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     names = ["first.jsonl: row 4", "data/second.jsonl: row 17"]
     with pytest.raises(UserError) as info:
-        encode([(short, None), (CHAT, None)], names.__getitem__)
+        encode([(short, None, None), (CHAT, None, None)], names.__getitem__)
     (line,) = info.value.problems
     assert line.startswith(f"data/second.jsonl: row 17: has {len(full.input_ids)} tokens, "
                            "more than max_seq_length 20")
@@ -135,7 +135,7 @@ def test_a_row_truncation_leaves_nothing_to_train_is_dropped_as_cut(tokenizer, f
 
     (start, _), *_ = trained_runs(full.labels)  # the first trained token: cut before it, nothing is left
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    batch, names = [(short, None), (CHAT, None)], ["data/a.jsonl:4", "data/b.jsonl:17"].__getitem__
+    batch, names = [(short, None, None), (CHAT, None, None)], ["data/a.jsonl:4", "data/b.jsonl:17"].__getitem__
     out = make_encoder(tokenizer, strategy, start, "assistant")(batch, names)
     assert out["dropped"] == [0, CODES["cut_by_truncation"]] and out["length"][1] == 0
     assert out["length_before"][1] == len(full.input_ids) and out["trainable_before"][1] == full.num_trainable

@@ -52,15 +52,17 @@ def test_a_micro_batch_counts_attention_by_document_packed_or_padded(tiny_tokeni
     from types import SimpleNamespace
 
     from framework.training.steps import collate
+    from plugins.objectives import SFT
     from plugins.packing import BestFitDecreasing, PadToLongest
     from seqtune_testing import CONVERSATIONS, encode_chat
 
     samples = [encode_chat(tiny_tokenizer, c) for c in CONVERSATIONS[:3]]
     want = sum(len(s.input_ids) ** 2 for s in samples)
-    for packing, rows, padding_free in ((BestFitDecreasing(), [samples], True),
-                                        (PadToLongest(None), [[s] for s in samples], False)):
-        prep = SimpleNamespace(tokenizer=tiny_tokenizer, data=SimpleNamespace(take=lambda rows: rows),
-                               packing=packing, padding_free=padding_free)
+    take = SimpleNamespace(take=lambda rows: [[samples[i] for i in row] for row in rows])
+    for packing, rows, padding_free in ((BestFitDecreasing(), [[0, 1, 2]], True),
+                                        (PadToLongest(None), [[0], [1], [2]], False)):
+        prep = SimpleNamespace(tokenizer=tiny_tokenizer, data=take, packing=packing, padding_free=padding_free,
+                               objective=SFT())
         batch = collate(prep, rows, "cpu")
         assert batch.attention_pairs == want  # not (sum of lengths)^2, nor padded length^2
         assert batch.tokens == sum(len(s.input_ids) for s in samples)

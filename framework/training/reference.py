@@ -1,0 +1,145 @@
+"""The reference an objective compares with (DPO): the starting model's log-probabilities of every
+sequence of a micro-batch, as `batch["reference_logps"]` (rows x sequences, no gradient).
+
+`live` scores each micro-batch as it trains: with LoRA the trained model with its adapter disabled
+(no copy at all), else a frozen copy of the starting model (sharded like the model under ZeRO-3).
+`cached` scores every row once before training, with the same layout the first epoch trains with,
+and keeps the numbers next to the preprocessing cache, keyed by the model, the data and the
+precision, so a second run, a resumed run and every process read them instead. Both use the
+objective's own `sequence_logps`, so they give the same numbers.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from typing import Any, Callable, Optional
+
+from framework.data.batching import shard
+from framework.data.progress import progress_bar
+from framework.data.sources import local_fingerprint
+from framework.training.outputs import say
+from framework.training.steps import Batch, collate
+
+Scorer = Callable[[dict], Any]  # a micro-batch's tensors -> (rows, sequences) log-probabilities
+
+
+def make_reference(loaded: Any, prep: Any, accelerator: Any, model: Any) -> Optional[Callable[[Batch], Any]]:
+    """What gives each micro-batch its reference log-probabilities, or None when the objective has none."""
+    mode = prep.objective.reference
+    if mode == "none":
+        return None
+    if mode == "live":
+        score = _scorer(loaded.recipe, prep, accelerator, model)
+        return lambda batch: score(batch.tensors)
+    table = _cached_table(loaded, prep, accelerator, model).to(accelerator.device)
+    return lambda batch: table[batch.rows]
+
+
+def _scorer(recipe: Any, prep: Any, accelerator: Any, model: Any) -> Scorer:
+    """The starting model's sequence log-probabilities, without gradients."""
+    import torch
+
+    objective = prep.objective
+    if recipe.lora is not None:
+        adapted = accelerator.unwrap_model(model)
+
+        def without_adapter(tensors: dict) -> Any:
+            training = adapted.training
+            adapted.eval()
+            with torch.no_grad(), adapted.disable_adapter(), accelerator.autocast():
+                found = objective.sequence_logps(adapted, tensors)
+            adapted.train(training)
+            return found
+
+        return without_adapter
+    frozen = _frozen_copy(recipe, prep, accelerator, model)
+
+    def frozen_copy(tensors: dict) -> Any:
+        with torch.no_grad(), accelerator.autocast():
+            return objective.sequence_logps(frozen, tensors)
+
+    return frozen_copy
+
+
+def _frozen_copy(recipe: Any, prep: Any, accelerator: Any, model: Any) -> Any:
+    """The starting model, rebuilt as the run built it (the same seed: a randomly initialised model
+    comes out the same), in the trained model's dtype, with no gradients; ZeRO-3 shards it."""
+    from accelerate.utils import set_seed
+
+    from framework.launch.accelerator import is_deepspeed
+    from framework.model.loading import build_model
+
+    set_seed(recipe.seed)
+    frozen = build_model(recipe, prep.tokenizer, attention=prep.attention)
+    frozen.requires_grad_(False)
+    frozen.eval()
+    dtype = next(accelerator.unwrap_model(model).parameters()).dtype
+    if is_deepspeed(accelerator) and recipe.launch.deepspeed.zero_stage == 3:
+        return _sharded(frozen.to(dtype), accelerator)
+    return frozen.to(accelerator.device, dtype)
+
+
+def _sharded(frozen: Any, accelerator: Any) -> Any:
+    """A DeepSpeed ZeRO-3 engine around the frozen model, with the run's own ZeRO settings and no
+    optimizer: its weights are partitioned across ranks and gathered layer by layer, as training's are."""
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    engine, *_ = deepspeed.initialize(model=frozen, config=config)
+    engine.eval()
+    return engine
+
+
+def _cached_table(loaded: Any, prep: Any, accelerator: Any, model: Any) -> Any:
+    """Every row's reference log-probabilities (rows x sequences), read from the cache or computed."""
+    import torch
+
+    path = prep.data.cache_path / f"reference-{_key(loaded.recipe, accelerator)}.pt"
+    if path.exists():
+        say(f"reference log-probabilities: cached ({path.name})")
+        return torch.load(path, weights_only=True)
+    score = _scorer(loaded.recipe, prep, accelerator, model)
+    table = _score_every_row(prep, accelerator, score)
+    if accelerator.is_main_process:
+        scratch = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(table, scratch)
+        scratch.replace(path)  # complete or absent
+    accelerator.wait_for_everyone()
+    return table
+
+
+def _score_every_row(prep: Any, accelerator: Any, score: Scorer) -> Any:
+    """Each rank scores its share of the first epoch's micro-batches (the same layout training uses,
+    so the numbers equal live ones); the sum over ranks is the whole table."""
+    import torch
+
+    recipe = prep.loaded.recipe
+    row_tokens = prep.data.max_seq_length * prep.objective.sequences_per_row
+    plan = prep.packing.plan(prep.data.lengths, recipe.train.per_device_batch_size, row_tokens, recipe.seed)
+    mine = shard(plan, accelerator.process_index, accelerator.num_processes)
+    table = torch.zeros(len(prep.data.lengths), prep.objective.sequences_per_row, dtype=torch.float64)
+    with progress_bar("reference log-probabilities", len(mine), unit="micro-batches") as advance:
+        for micro_batch in mine:  # a rank that ran out scores a filler: ZeRO-3 needs every rank's forward
+            batch = collate(prep, micro_batch, accelerator.device)
+            table[batch.rows] = score(batch.tensors).double().cpu()
+            advance(1)
+    return accelerator.reduce(table.to(accelerator.device), "sum").cpu()
+
+
+def _key(recipe: Any, accelerator: Any) -> str:
+    """What changes the reference's numbers beyond the rows (the cache entry already keys those):
+    the starting model (and its local files), its precision, the objective and the layout."""
+    model = {k: v for k, v in asdict(recipe.model).items() if k not in ("gradient_checkpointing", "activation_offloading")}
+    local = local_fingerprint(recipe.model.name_or_path) if recipe.model.name_or_path else None
+    parts = {"model": model, "files": local, "seed": recipe.seed if recipe.model.config else None,
+             "lora": recipe.lora is not None, "precision": recipe.launch.mixed_precision,
+             "deepspeed": asdict(recipe.launch.deepspeed) if recipe.launch.deepspeed else None,
+             "objective": recipe.objective.name, "batch": recipe.train.per_device_batch_size,
+             "packing": asdict(recipe.data.packing), "processes": accelerator.num_processes}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
