@@ -24,7 +24,8 @@ starting model (the reference), which the engine provides live or from a cache (
   smoothing as `sigmoid`: no reference at all (SimPO).
 
 Rewards are beta * (policy - reference) of a side (beta * policy for simpo), on the loss's
-normalisation; `train.loss_reduction` divides by pairs.
+normalisation; rewards/accuracy counts a pair whose chosen reward is higher as 1 and a tie as 1/2 (at
+the first step every pair ties: 0.5, not 0). `train.loss_reduction` divides by pairs.
 """
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ def preference_loss(kind: str, policy, reference, counts, beta: float, label_smo
 
 class DPO:
     sequences_per_row = 2
+    sequence_names = ("chosen", "rejected")  # how `seqtune check --samples` labels a pair's sequences
     unit = "pair"
 
     def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float, reference: str,
@@ -175,7 +177,7 @@ class DPO:
                                                    self.label_smoothing, self.gamma)
         sides = policy.detach()
         metrics = {"rewards/chosen": chosen.sum(), "rewards/rejected": rejected.sum(),
-                   "rewards/accuracy": (chosen > rejected).sum(), "rewards/margin": (chosen - rejected).sum(),
+                   "rewards/accuracy": ((chosen > rejected).sum() + 0.5 * (chosen == rejected).sum()), "rewards/margin": (chosen - rejected).sum(),
                    "logps/chosen": sides[:, 0].sum(), "logps/rejected": sides[:, 1].sum()}
         return losses.sum() + 0 * policy.sum(), metrics  # 0 * ...: an empty filler still reaches every weight
 

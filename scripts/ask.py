@@ -3,11 +3,15 @@
     python scripts/ask.py output/quickstart
     python scripts/ask.py output/smollm2-sft --before models/SmolLM2-135M-Instruct \
         --eval recipes/smollm2/data/eval.jsonl
+    python scripts/ask.py output/quickstart-dpo --before output/quickstart \
+        --pairs recipes/quickstart/data/preferences_eval.jsonl
 
 Greedy decoding with the saved tokenizer's chat template, so this also proves the output directory
 is a complete Hugging Face checkpoint (a LoRA run's adapter folder loads through peft). With
 `--before`, the base model answers the same questions beside it; with `--eval`, each model's loss on
-the file's conversations is printed: the exact token mean over the assistant tokens seqtune trains.
+the file's conversations is printed: the exact token mean over the assistant tokens seqtune trains;
+with `--pairs`, on a file of {chosen, rejected} preference pairs, how often each model gives the chosen
+answer the higher log-probability and the mean margin between them (nats, summed over the answer).
 """
 from __future__ import annotations
 
@@ -62,11 +66,33 @@ def held_out_loss(tokenizer, model, path: Path) -> float:
     return total / tokens
 
 
+def held_out_pairs(tokenizer, model, path: Path) -> tuple[float, float]:
+    """(share of pairs whose chosen answer is more likely, mean log-probability margin chosen - rejected)."""
+    import torch
+
+    from framework import Sample
+    from plugins.dpo import dpo
+    from plugins.packing import PadToLongest
+    from plugins.truncation import right
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    objective = dpo()
+    encode = objective.encoder(tokenizer, right, 10**6, "last_assistant", "the chat template", "error")
+    out = encode([(row["chosen"], None, row["rejected"]) for row in rows], lambda i: f"{path}:{i + 1}")
+    samples = [[Sample(ids, labels, tuple(n))] for ids, labels, n in zip(out["input_ids"], out["labels"], out["sequences"])]
+    with torch.no_grad():
+        batch = objective.collate(samples, PadToLongest(None), tokenizer.pad_token_id, False)
+        logps = objective.sequence_logps(model, batch)
+    margins = logps[:, 0] - logps[:, 1]
+    return (margins > 0).float().mean().item(), margins.mean().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", nargs="?", default="output/quickstart")
     parser.add_argument("--before", help="the model before training, answering beside it")
     parser.add_argument("--eval", type=Path, help="a JSONL file of {messages} rows held out of training")
+    parser.add_argument("--pairs", type=Path, help="a JSONL file of {chosen, rejected} pairs held out of training")
     args = parser.parse_args()
     columns = {"before": args.before, "after": args.model_dir} if args.before else {"": args.model_dir}
     replies = {}
@@ -76,6 +102,10 @@ def main() -> None:
         if args.eval:
             loss = held_out_loss(tokenizer, model, args.eval)
             print(f"held-out loss{' ' + name if name else ''}: {loss:.4f} (perplexity {math.exp(loss):.2f})")
+        if args.pairs:
+            accuracy, margin = held_out_pairs(tokenizer, model, args.pairs)
+            print(f"held-out pairs{' ' + name if name else ''}: chosen more likely in {accuracy:.1%}, "
+                  f"mean log-probability margin {margin:+.2f}")
     for i, question in enumerate(QUESTIONS):
         print(f"{question!r:30} " + "  ".join(f"{name + ': ' if name else '-> '}{replies[name][i]!r:28}"
                                                for name in columns))

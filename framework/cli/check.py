@@ -67,7 +67,7 @@ def _data_preview(loaded: Any, parts: Any, count: int) -> None:
     for i, row in enumerate(samples_to_show(prep.data, count), start=1):
         console.rule(f"sample {i}: {row.tokens_before:,} tokens, {row.trainable_before:,} trained "
                      "(bold green: trained; dim: masked)")
-        console.print(render_sample(prep.tokenizer, row))
+        console.print(render_sample(prep.tokenizer, row, getattr(prep.objective, "sequence_names", ())))
 
 
 def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
@@ -81,7 +81,8 @@ def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
     recipe = loaded.recipe
     states, note = optimizer_state_tensors(parts.optimizer, recipe.optimizer.name)
     estimate = estimate_for_recipe(loaded, recipe_shape(recipe, parts.registry), optimizer_states=states,
-                                   loss=parts.loss, documents_per_row=separates_documents(parts.packing()))
+                                   loss=parts.loss, documents_per_row=separates_documents(parts.packing()),
+                                   objective=parts.objective())
     console.print(estimate_table(estimate, f"memory per GPU ({recipe.launch.num_processes} x {name}, {gib:g} GiB)"))
     for line in [*estimate.notes, *([note] if note else [])]:
         console.print(f"note: {line}")

@@ -51,7 +51,12 @@ class _Sweep:
         from framework.estimation.for_recipe import estimate_for_recipe
 
         return estimate_for_recipe(self.loaded, self.shape, optimizer_states=self.states,
-                                   loss=loss or self.parts.loss, documents_per_row=self.documents, **changes)
+                                   loss=loss or self.parts.loss, documents_per_row=self.documents,
+                                   objective=self.objective, **changes)
+
+    @functools.cached_property
+    def objective(self) -> Any:
+        return self.parts.objective()
 
     @functools.cached_property
     def documents(self) -> bool:

@@ -76,12 +76,18 @@ class Shown:
         return len(self.kept.input_ids) < self.tokens_before
 
 
-def render_sample(tokenizer: Any, row: Shown) -> Text:
-    """Trained tokens bold green, masked tokens dim, and where truncation cut the row."""
+def render_sample(tokenizer: Any, row: Shown, names: tuple[str, ...] = ()) -> Text:
+    """Trained tokens bold green, masked tokens dim, and where truncation cut the row. A row of several
+    sequences (a pair) shows each under its name (the objective's `sequence_names`)."""
     text = Text()
-    for token, label in zip(row.kept.input_ids, row.kept.labels):
-        piece = tokenizer.decode([token])
-        text.append(piece, style="bold green" if label != IGNORE_INDEX else "dim")
+    parts = row.kept.split()
+    for k, part in enumerate(parts):
+        if len(parts) > 1:
+            name = names[k] if k < len(names) else f"sequence {k + 1}"
+            text.append(f"{chr(10) if k else ''}[{name}: {len(part.input_ids):,} tokens, {part.num_trainable:,} "
+                        "trained]\n", style="bold")
+        for token, label in zip(part.input_ids, part.labels):
+            text.append(tokenizer.decode([token]), style="bold green" if label != IGNORE_INDEX else "dim")
     if row.cut:
         lost = row.trainable_before - row.kept.num_trainable
         text.append(f" ✂ [cut here: {row.tokens_before - len(row.kept.input_ids):,} tokens and {lost:,} "
@@ -93,9 +99,9 @@ def samples_to_show(data: Any, count: int) -> list[Shown]:
     """Up to `count` of the prepared rows, from the first in training order, about half of them rows
     that truncation cut, when it cut any: those are what a user checks. Read from the cache."""
     candidates = data.dataset.select(range(min(20 * count, len(data.dataset)))).to_dict()
-    rows = [Shown(Sample(ids, labels), before, trainable) for ids, labels, before, trainable in
-            zip(candidates["input_ids"], candidates["labels"], candidates["length_before"],
-                candidates["trainable_before"])]
+    rows = [Shown(Sample(ids, labels, tuple(sequences)), before, trainable) for ids, labels, sequences, before, trainable
+            in zip(candidates["input_ids"], candidates["labels"], candidates["sequences"], candidates["length_before"],
+                   candidates["trainable_before"])]
     shown = [row for row in rows if row.cut][:(count + 1) // 2]
     return shown + [row for row in rows if not row.cut][:count - len(shown)]
 

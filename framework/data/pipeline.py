@@ -142,7 +142,8 @@ def _remedy(report: Report) -> str:
 
 def untruncated_sample(recipe: Recipe, loaders: list[Callable], formats: list[Callable], tokenizer: Any,
                        count: int) -> list[Sample]:
-    """Up to `count` rows of the recipe's mixture (a seeded sample), encoded whole: no cut, no cache."""
+    """Up to `count` rows of the recipe's mixture (a seeded sample), encoded whole: no cut, no cache. A
+    preference pair is its longer side, the one max_seq_length bounds."""
     import random
 
     with _quiet_datasets():
@@ -152,8 +153,14 @@ def untruncated_sample(recipe: Recipe, loaders: list[Callable], formats: list[Ca
     sample = Reader(MixturePlan(reader.plan.source[picked], reader.plan.index[picked], []), reader.sources)
     samples = []
     for rows, where, _, _ in sample.batches(0, len(picked)):
-        samples += encode_rows(tokenizer, [m for m, _, _ in rows], [t for _, t, _ in rows], recipe.data.train_on,
-                               where, template_name(recipe))
+        train_on, template = recipe.data.train_on, template_name(recipe)
+        encoded = encode_rows(tokenizer, [m for m, _, _ in rows], [t for _, t, _ in rows], train_on, where, template)
+        pairs = [k for k, (_, _, rejected) in enumerate(rows) if rejected is not None]
+        others = encode_rows(tokenizer, [rows[k][2] for k in pairs], [None] * len(pairs), train_on,
+                             lambda j: where(pairs[j]), template)
+        for k, other in zip(pairs, others):
+            encoded[k] = max(encoded[k], other, key=lambda side: len(side.input_ids))
+        samples += encoded
     return [s for s in samples if s.num_trainable]  # untrainable rows: dropped, as prepare_data drops them
 
 

@@ -22,12 +22,14 @@ from framework.registry.factories import declared
 
 
 def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss: Callable,
-                    documents_per_row: bool = False) -> tuple[MemorySettings, list[str]]:
+                    documents_per_row: bool = False, objective: Any = None) -> tuple[MemorySettings, list[str]]:
     """The recipe's settings (a Recipe) for a model of `shape`, and notes on what could not be read.
 
     `optimizer_states`: what the recipe's optimizer plugin declares; `loss`: its train.loss plugin,
     bound to its options; `documents_per_row`: whether its packing keeps several documents in a row
-    (model.attn_implementation=auto resolves as on a GPU of this machine's software)."""
+    (model.attn_implementation=auto resolves as on a GPU of this machine's software); `objective`: the
+    recipe's, built (its sequences per row multiply the micro-batch; a live reference without LoRA is
+    a frozen copy of the weights)."""
     notes: list[str] = []
     launch, ds = recipe.launch, recipe.launch.deepspeed
     zero_stage, offload_optimizer, offload_params = None, False, False
@@ -38,8 +40,9 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss:
                                                                           offload_optimizer, offload_params, notes)
     if launch.device == "cpu":
         notes.append("launch.device=cpu: the plan describes one process's memory as if it were on a GPU")
+    sequences = getattr(objective, "sequences_per_row", 1)
     settings = MemorySettings(
-        micro_batch=recipe.train.per_device_batch_size, max_seq_length=recipe.data.max_seq_length,
+        micro_batch=recipe.train.per_device_batch_size * sequences, max_seq_length=recipe.data.max_seq_length,
         num_gpus=launch.num_processes, precision=launch.mixed_precision, weights_dtype=recipe.model.dtype,
         zero_stage=zero_stage, offload_optimizer=offload_optimizer, offload_params=offload_params,
         gradient_checkpointing=recipe.model.gradient_checkpointing,
@@ -47,7 +50,11 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss:
         **loss_settings(loss, shape, zero_stage),
         attn_implementation=resolve(recipe.model.attn_implementation, documents_per_row, gpu=True),
         lora=LoraSpec.from_recipe(recipe.lora) if recipe.lora is not None else None,
-        optimizer_states=optimizer_states)
+        optimizer_states=optimizer_states,
+        reference_copy=getattr(objective, "reference", "none") == "live" and recipe.lora is None)
+    if sequences > 1:
+        notes.append(f"objective {recipe.objective.name}: {sequences} sequences per row of max_seq_length, planned as "
+                     f"{sequences} x train.per_device_batch_size rows")
     return settings, notes
 
 
@@ -59,19 +66,22 @@ def loss_settings(loss: Callable, shape: ModelShape, zero_stage: Optional[int]) 
 
 def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, optimizer_states: Optional[int] = None,
                         loss: Optional[Callable] = None, documents_per_row: Optional[bool] = None,
-                        cache_dir: Optional[str | Path] = None, **changes: Any) -> MemoryEstimate:
+                        objective: Any = None, cache_dir: Optional[str | Path] = None, **changes: Any
+                        ) -> MemoryEstimate:
     """The estimate of a recipe on one of its GPUs; `changes` replace settings (max_seq_length=4096,
     num_gpus=8, zero_stage=3, ...), as `seqtune plan` does for its sweep and remedies."""
     recipe = getattr(recipe, "recipe", recipe)
     if shape is None:
         shape = load_shape(recipe.model, cache_dir=cache_dir)
     notes: list[str] = []
-    if None in (optimizer_states, loss, documents_per_row):  # read from the recipe's plugins when not given
-        bound_states, bound_loss, documents = _declaring_plugins(recipe, notes)
+    if None in (optimizer_states, loss, documents_per_row, objective):  # read from the recipe's plugins
+        bound_states, bound_loss, documents, built = _declaring_plugins(recipe, notes)
         optimizer_states = bound_states if optimizer_states is None else optimizer_states
-        loss = loss or bound_loss
+        loss, objective = loss or bound_loss, objective or built
         documents_per_row = documents if documents_per_row is None else documents_per_row
-    settings, more = recipe_settings(recipe, shape, optimizer_states, loss, documents_per_row)
+    settings, more = recipe_settings(recipe, shape, optimizer_states, loss, documents_per_row, objective)
+    if "micro_batch" in changes:  # a change of rows per micro-batch: each row holds the objective's sequences
+        changes = {**changes, "micro_batch": changes["micro_batch"] * getattr(objective, "sequences_per_row", 1)}
     if "zero_stage" in changes:  # the loss may keep its gradients another way under another stage
         changes = {**loss_settings(loss, shape, changes["zero_stage"]), **changes}
     estimate = estimate_memory(shape, dataclasses.replace(settings, **changes))
@@ -81,9 +91,9 @@ def estimate_for_recipe(recipe: Any, shape: Optional[ModelShape] = None, *, opti
     return estimate
 
 
-def _declaring_plugins(recipe: Any, notes: list[str]) -> tuple[int, Callable, bool]:
+def _declaring_plugins(recipe: Any, notes: list[str]) -> tuple[int, Callable, bool, Any]:
     """The state tensors the recipe's optimizer plugin declares, its loss plugin bound to its options,
-    and whether its packing keeps several documents in a row (plugins load without torch)."""
+    whether its packing keeps several documents in a row, and its objective (plugins load without torch)."""
     from framework.config.validate import Problems
     from framework.errors import UserError
     from framework.registry import build_registry
@@ -94,11 +104,12 @@ def _declaring_plugins(recipe: Any, notes: list[str]) -> tuple[int, Callable, bo
     optimizer = registry.bind("optimizers", recipe.optimizer, problems, "optimizer")
     loss = registry.bind("losses", recipe.train.loss, problems, "train.loss")
     packing = registry.bind("packing", recipe.data.packing, problems, "data.packing")
+    objective = registry.bind("objectives", recipe.objective, problems, "objective")
     if problems.lines:
         raise UserError(problems.lines)
     count, note = optimizer_state_tensors(optimizer, recipe.optimizer.name)
     notes.extend([note] if note else [])
-    return count, loss, separates_documents(packing())
+    return count, loss, separates_documents(packing()), objective()
 
 
 def _from_ds_file(path: str, stage: int, offload_optimizer: bool, offload_params: bool,

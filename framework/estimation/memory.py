@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from framework.estimation.activations import activations, logits
-from framework.estimation.model_states import buffers, model_states
+from framework.estimation.model_states import buffers, model_states, reference_weights
 from framework.estimation.settings import GIB, MemorySettings
 from framework.estimation.shapes import ModelShape
 
@@ -74,6 +74,10 @@ def estimate_memory(shape: ModelShape, settings: MemorySettings) -> MemoryEstima
         notes.append(f"lora.target_modules: {', '.join(settings.lora.unknown_modules(shape))} not known to the "
                      "planner; counted as no parameters")
     states, details = model_states(shape, settings, lora_params, notes)
+    if settings.reference_copy:
+        copy, how = reference_weights(shape, settings)
+        states["weights"] += copy
+        details["weights"] += f" + the frozen reference model: {how}"
     parts = {**states, "buffers": buffers(shape, settings, lora_params), "activations": activations(shape, settings),
              "logits": logits(shape, settings)}
     for name in ("buffers", "activations", "logits"):

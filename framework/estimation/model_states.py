@@ -141,3 +141,13 @@ def buffers(shape: ModelShape, s: MemorySettings, lora_params: Optional[int]) ->
         size = p * (max(vocab_matrix, layer) + layer)
         found.append((size, f"ZeRO-3 gathered params {size / GIB:.2f} GiB"))
     return sum(size for size, _ in found), "; ".join(text for _, text in found) or "none"
+
+
+def reference_weights(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
+    """A frozen copy of the model (no gradients, no optimizer states), in the trained weights' dtype,
+    partitioned like them under ZeRO-3: bytes, and how they were computed."""
+    p = 2 if s.zero_stage is not None and s.half else s.weight_bytes
+    total, split = shape.num_parameters * p, ""
+    if s.zero_stage == 3:
+        total, split = -(-total // s.num_gpus), f" / {s.num_gpus} GPUs"
+    return total, f"{shape.num_parameters:,} × {p} B{split}"

@@ -41,6 +41,7 @@ class MemorySettings:
     lora: Optional[LoraSpec] = None
     lora_trainable_params: Optional[int] = None
     optimizer_states: int = 2
+    reference_copy: bool = False  # a frozen copy of the model beside it (DPO's live reference without LoRA)
     overhead_gib: float = DEFAULT_OVERHEAD_GIB
     overhead_fraction: float = DEFAULT_OVERHEAD_FRACTION
 
