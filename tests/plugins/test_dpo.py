@@ -202,3 +202,26 @@ def test_the_loss_backpropagates_and_reports_rewards(tiny_tokenizer):
     assert metrics["rewards/accuracy"].item() == 1 and metrics["rewards/margin"].item() == pytest.approx(1.0)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+def test_the_tulu3_dpo_recipe_is_planned_with_two_sequences_and_its_reference(repo, monkeypatch):
+    from framework.config import load_recipe
+    from framework.estimation.for_recipe import estimate_for_recipe
+
+    monkeypatch.chdir(repo)
+
+    def plan(*overrides):
+        return estimate_for_recipe(load_recipe("recipes/tulu3/llama3.1-8b-dpo.yaml", list(overrides)))
+
+    cached, live = plan(), plan("objective.reference=live")
+    assert cached.settings["micro_batch"] == 2 and any("2 sequences per row" in note for note in cached.notes)
+    psi = cached.settings["num_parameters"]
+    assert live.weights - cached.weights == -(-psi * 2 // 32)  # a bf16 frozen copy, sharded over 32 GPUs by ZeRO-3
+    assert "frozen reference model" in live.details["weights"]
+    with_lora = plan("objective.reference=live", "lora={r: 16}")
+    assert "frozen reference model" not in with_lora.details["weights"]  # the adapter is switched off instead
+    sft = estimate_for_recipe(load_recipe("recipes/tulu3/llama3.1-8b-dpo.yaml", ["objective=sft", "data.mixture="
+                                          "[{source: allenai/llama-3.1-tulu-3-8b-preference-mixture, fraction: 1.0}]"]))
+    assert sft.settings["micro_batch"] == 1 and sft.activations * 2 == cached.activations
