@@ -148,7 +148,10 @@ def seqtune_register_losses() -> Factories:
 
     `model` is the model as training wrapped it (DDP, DeepSpeed, PEFT: call it, or its modules, so
     their hooks run); `batch` holds `input_ids`, `labels` (-100 where nothing is trained), and
-    `attention_mask` or `position_ids`. Return the *sum* over trained tokens of the next-token
+    `attention_mask` or `position_ids`, and `token_capacity`, a Python int: the most tokens a
+    micro-batch of the run holds, the same on every rank. Under ZeRO-3 every rank must call each module
+    equally often (DeepSpeed traces the calls), so a loss that calls the output layer once per chunk
+    should make as many chunks on every rank: `framework.chunk_ranges` does. Return the *sum* over trained tokens of the next-token
     cross-entropy (position t predicts token t+1), as an fp32 scalar in the autograd graph, and the
     number of those tokens. The engine scales it (`train.loss_reduction`) and runs the backward, so
     reductions, packing, accumulation and DeepSpeed work for every loss. A fused kernel gets the

@@ -17,8 +17,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Literal
 
-from framework import (IGNORE_INDEX, MODEL_INPUTS, Bounds, chunk_tokens, decoder_output, hookimpl, trainable_tokens,
-                       upcast)
+from framework import (IGNORE_INDEX, MODEL_INPUTS, Bounds, chunk_ranges, chunk_tokens, decoder_output, hookimpl,
+                       trainable_tokens, upcast)
 
 
 def cross_entropy():
@@ -44,13 +44,12 @@ def chunked_cross_entropy(*, memory_mib: Annotated[float, Bounds(gt=0)] = 512,
         shifted = batch["labels"][:, 1:]  # position t predicts token t + 1
         rows, positions = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
         hidden, targets = out.hidden[rows, positions], shifted[rows, positions]
-        if len(targets) == 0:  # a rank's empty filler: a zero that still reaches every parameter
-            return upcast(out.logits(hidden)).sum(), 0
-        chunk = chunk_tokens(out.vocab_size, memory_mib)
+        # A rank's empty filler has one empty chunk: a zero that still reaches every parameter.
+        chunks = chunk_ranges(out, len(targets), batch, memory_mib)
         params = [p for p in out.head.parameters() if p.requires_grad]
         if backward == "recompute" or (backward == "auto" and any(hasattr(p, "ds_id") for p in params)):
-            return _recomputed(out, hidden, targets, chunk), len(targets)
-        return _head_loss().apply(hidden, targets, out, chunk, *params), len(targets)
+            return _recomputed(out, hidden, targets, chunks), len(targets)
+        return _head_loss().apply(hidden, targets, out, chunks, *params), len(targets)
 
     return loss
 
@@ -71,14 +70,13 @@ def _chunk_loss(out, hidden, targets):
     return F.cross_entropy(upcast(out.logits(hidden)), targets, reduction="sum")
 
 
-def _recomputed(out, hidden, targets, chunk):
+def _recomputed(out, hidden, targets, chunks):
     """Each chunk checkpointed: its logits are computed again in the backward, through the module."""
     from torch.utils.checkpoint import checkpoint
 
     total = 0
-    for start in range(0, len(targets), chunk):
-        total = total + checkpoint(_chunk_loss, out, hidden[start:start + chunk], targets[start:start + chunk],
-                                   use_reentrant=False)
+    for start, stop in chunks:
+        total = total + checkpoint(_chunk_loss, out, hidden[start:stop], targets[start:stop], use_reentrant=False)
     return total
 
 
@@ -91,15 +89,15 @@ def _head_loss():
         """The loss of every chunk with its gradients, taken in the forward; the backward scales them."""
 
         @staticmethod
-        def forward(ctx, hidden, targets, out, chunk, *params):
+        def forward(ctx, hidden, targets, out, chunks, *params):
             total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
             grad_hidden, grads = torch.empty_like(hidden), None
-            for start in range(0, len(targets), chunk):
+            for start, stop in chunks:
                 with torch.enable_grad():
-                    x = hidden[start:start + chunk].detach().requires_grad_()
-                    part = _chunk_loss(out, x, targets[start:start + chunk])
-                    found = torch.autograd.grad(part, [x, *params])
-                grad_hidden[start:start + chunk] = found[0]
+                    x = hidden[start:stop].detach().requires_grad_()
+                    part = _chunk_loss(out, x, targets[start:stop])
+                    found = torch.autograd.grad(part, [x, *params], allow_unused=True, materialize_grads=True)
+                grad_hidden[start:stop] = found[0]
                 grads = list(found[1:]) if grads is None else [g.add_(f) for g, f in zip(grads, found[1:])]
                 total += part.detach()
             ctx.grads = grad_hidden, grads or []

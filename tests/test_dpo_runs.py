@@ -76,3 +76,18 @@ def test_two_processes_equal_one_process_with_doubled_accumulation(dpo_run, tmp_
     want, got = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-5
     assert [m["rewards/accuracy"] for m in one] == pytest.approx([m["rewards/accuracy"] for m in two])
+
+
+def test_under_zero3_the_live_reference_is_sharded_and_equals_the_cached_one(dpo_run, seqtune, tmp_path, repo):
+    """Two processes, ZeRO-3: the frozen copy is its own DeepSpeed engine; both references agree. Both
+    start from saved weights (ZeRO-3 initialises a model built from a config differently)."""
+    base = tmp_path / "base"
+    made = seqtune("train", "recipes/quickstart.yaml", f"output_dir={base}", "train.max_steps=1",
+                   "logging.loggers=[jsonl]", "data.mixture=[{source: recipes/quickstart/data/train.jsonl, count: 16}]")
+    assert made.returncode == 0, made.stderr[-2000:]
+    zero3 = ["launch.num_processes=2", "launch.deepspeed={zero_stage: 3}", f"model.name_or_path={base}",
+             "model.config=null", "train.max_steps=3"]
+    _, live = dpo_run("live", "objective.reference=live", *zero3)
+    _, cached = dpo_run("cached", "objective.reference=cached", *zero3)
+    assert [m["loss"] for m in live] == pytest.approx([m["loss"] for m in cached], abs=1e-6)
+    assert live[0]["loss"] == pytest.approx(0.6931472, abs=1e-6)

@@ -91,10 +91,25 @@ def chunk_tokens(vocab_size: int, memory_mib: float = 512) -> int:
     return max(1, int(memory_mib * 2**20) // (vocab_size * BYTES_PER_LOGIT))
 
 
+def chunk_ranges(out: DecoderOutput, count: int, batch: dict, memory_mib: float = 512) -> list[tuple[int, int]]:
+    """(start, stop) of each chunk of `count` trained tokens, sized to `memory_mib` of logits.
+
+    Under ZeRO-3 (a partitioned output layer) every rank must call each module as often as every other:
+    DeepSpeed traces the order of module calls and a rank that deviates waits in a collective the others
+    never join. There are then always as many chunks as the run's fullest micro-batch needs
+    (`batch["token_capacity"]`, the same on every rank), the ones past `count` empty."""
+    chunk = chunk_tokens(out.vocab_size, memory_mib)
+    n = max(1, -(-count // chunk))
+    if batch.get("token_capacity") and any(hasattr(p, "ds_id") for p in out.head.parameters()):
+        n = max(n, -(-batch["token_capacity"] // chunk))
+    return [(min(k * chunk, count), min((k + 1) * chunk, count)) for k in range(n)]
+
+
 def trained_token_logps(model: Any, batch: dict, memory_mib: float = 512) -> Any:
     """The log-probability of every trained token of a batch (labels after the shift, in row-major
     order), never holding the full-vocabulary logits of more than one chunk of tokens: each chunk is
-    recomputed in the backward. For objectives that score whole sequences (DPO and its variants)."""
+    recomputed in the backward. For objectives that score whole sequences (DPO and its variants). An
+    empty filler gives an empty result, still connected to every parameter."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
@@ -102,11 +117,9 @@ def trained_token_logps(model: Any, batch: dict, memory_mib: float = 512) -> Any
     shifted = batch["labels"][:, 1:]  # position t predicts token t + 1
     rows, positions = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
     hidden, targets = out.hidden[rows, positions], shifted[rows, positions]
-    if len(targets) == 0:  # an empty filler: nothing, still connected to every parameter
-        return _chunk_logps(out, out.hidden[:, :0].reshape(0, out.hidden.size(-1)), targets)
-    chunk, parts = chunk_tokens(out.vocab_size, memory_mib), []
-    for start in range(0, len(targets), chunk):
-        args = (out, hidden[start:start + chunk], targets[start:start + chunk])
+    parts = []
+    for start, stop in chunk_ranges(out, len(targets), batch, memory_mib):
+        args = (out, hidden[start:stop], targets[start:stop])
         parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if torch.is_grad_enabled()
                      else _chunk_logps(*args))
     return torch.cat(parts)

@@ -43,6 +43,12 @@ class Prepared:
     attention: str = "sdpa"  # model.attn_implementation, `auto` resolved
     objective: Any = None  # the recipe's objective, built
 
+    @property
+    def token_capacity(self) -> int:
+        """The most tokens one micro-batch of this run holds: the same on every rank."""
+        recipe = self.loaded.recipe
+        return recipe.train.per_device_batch_size * self.data.max_seq_length * self.objective.sequences_per_row
+
 
 def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: int = 0,
             world: int = 1) -> Prepared:

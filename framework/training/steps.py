@@ -69,7 +69,9 @@ def collate(prep: Any, micro_batch: Optional[MicroBatch], device: Any) -> Batch:
     counts = (tokens, int(trainable_tokens(tensors["labels"])), tensors["input_ids"].numel(),
               pairs if micro_batch is not None else 0, prep.objective.units(rows, tensors))
     indices = [piece if isinstance(piece, int) else piece[0] for row in micro_batch or [] for piece in row]
-    return Batch({key: value.to(device, non_blocking=True) for key, value in tensors.items()}, *counts, indices)
+    on_device = {key: value.to(device, non_blocking=True) for key, value in tensors.items()}
+    on_device["token_capacity"] = prep.token_capacity  # a Python int: what ZeRO-3 sizes chunk counts by
+    return Batch(on_device, *counts, indices)
 
 
 def forward_backward(run: Any, batch: Batch, step_units: Any, n_micro: int, last: bool) -> tuple[Any, dict]:

@@ -54,15 +54,16 @@ def test_bundled_configs_count_the_published_parameter_totals(name, billions, tm
     assert "bundled" in shape.source
 
 
-def test_bundled_configs_are_the_four_models_with_their_real_shapes(tmp_path):
-    assert bundled_models() == ["Qwen/Qwen2.5-7B", "allenai/OLMo-2-1124-7B", "google/gemma-2-2b",
-                                "meta-llama/Llama-3.1-8B"]
+def test_bundled_configs_are_the_five_models_with_their_real_shapes(tmp_path):
+    assert bundled_models() == ["Qwen/Qwen2.5-7B", "allenai/Llama-3.1-Tulu-3-8B-SFT", "allenai/OLMo-2-1124-7B",
+                                "google/gemma-2-2b", "meta-llama/Llama-3.1-8B"]
     fields = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
               "vocab_size", "tie_word_embeddings")
     expected = {"google/gemma-2-2b": (2304, 9216, 26, 8, 4, 256, 256000, True),
                 "meta-llama/Llama-3.1-8B": (4096, 14336, 32, 32, 8, 128, 128256, False),
                 "Qwen/Qwen2.5-7B": (3584, 18944, 28, 28, 4, 128, 152064, False),
-                "allenai/OLMo-2-1124-7B": (4096, 11008, 32, 32, 32, 128, 100352, False)}
+                "allenai/OLMo-2-1124-7B": (4096, 11008, 32, 32, 32, 128, 100352, False),
+                "allenai/Llama-3.1-Tulu-3-8B-SFT": (4096, 14336, 32, 32, 8, 128, 128264, False)}
     for name, values in expected.items():
         shape = bundled(name, tmp_path)
         assert tuple(getattr(shape, f) for f in fields) == values, name

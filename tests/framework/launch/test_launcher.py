@@ -128,3 +128,23 @@ def test_a_deepspeed_run_killed_after_a_checkpoint_resumes_to_identical_weights(
     want = load_file(str(tmp_path / "whole/model.safetensors"))
     got = load_file(str(tmp_path / "resumed/model.safetensors"))
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.slow
+def test_zero3_with_uneven_chunks_and_an_empty_filler_does_not_hang(seqtune, tmp_path, base_model):
+    """21 micro-batches over 2 ranks (the last rank's last one is an empty filler) and a chunk of a few
+    tokens, so each rank's micro-batches need different numbers of chunks: DeepSpeed ZeRO-3 waits
+    forever unless every rank calls the output layer as often (chunk_ranges). The result equals one
+    process accumulating two micro-batches."""
+    rows = "data.mixture=[{source: recipes/quickstart/data/train.jsonl, count: 84}]"
+    common = [*COMMON, rows, "train.max_steps=null", "train.epochs=1", "optimizer={name: sgd, lr: 0.05}",
+              f"model.name_or_path={base_model}", "model.config=null"]
+    ds = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'ds'}", *common, "launch.num_processes=2",
+                 "launch.deepspeed={zero_stage: 3}", "train.loss={name: chunked_cross_entropy, memory_mib: 0.05}",
+                 timeout=400)
+    assert ds.returncode == 0, ds.stderr[-3000:]
+    one = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'one'}", *common,
+                  "train.gradient_accumulation_steps=2", "train.loss=cross_entropy")
+    assert one.returncode == 0, one.stderr[-3000:]
+    want, got = load_file(str(tmp_path / "one/model.safetensors")), load_file(str(tmp_path / "ds/model.safetensors"))
+    assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-5
