@@ -11,7 +11,8 @@ is a complete Hugging Face checkpoint (a LoRA run's adapter folder loads through
 `--before`, the base model answers the same questions beside it; with `--eval`, each model's loss on
 the file's conversations is printed: the exact token mean over the assistant tokens seqtune trains;
 with `--pairs`, on a file of {chosen, rejected} preference pairs, how often each model gives the chosen
-answer the higher log-probability and the mean margin between them (nats, summed over the answer).
+answer the higher log-probability and the mean margin between them (nats, summed over the answer),
+and with `--before` too, DPO's held-out reward accuracy: how often that margin grew.
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def held_out_loss(tokenizer, model, path: Path) -> float:
     return total / tokens
 
 
-def held_out_pairs(tokenizer, model, path: Path) -> tuple[float, float]:
-    """(share of pairs whose chosen answer is more likely, mean log-probability margin chosen - rejected)."""
+def held_out_pairs(tokenizer, model, path: Path):
+    """Each pair's log-probability margin, chosen - rejected (summed over the answers' tokens)."""
     import torch
 
     from framework import Sample
@@ -83,8 +84,7 @@ def held_out_pairs(tokenizer, model, path: Path) -> tuple[float, float]:
     with torch.no_grad():
         batch = objective.collate(samples, PadToLongest(None), tokenizer.pad_token_id, False)
         logps = objective.sequence_logps(model, batch)
-    margins = logps[:, 0] - logps[:, 1]
-    return (margins > 0).float().mean().item(), margins.mean().item()
+    return logps[:, 0] - logps[:, 1]
 
 
 def main() -> None:
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=Path, help="a JSONL file of {chosen, rejected} pairs held out of training")
     args = parser.parse_args()
     columns = {"before": args.before, "after": args.model_dir} if args.before else {"": args.model_dir}
-    replies = {}
+    replies, margins = {}, {}
     for name, folder in columns.items():
         tokenizer, model = load(folder)
         replies[name] = answers(tokenizer, model)
@@ -103,9 +103,13 @@ def main() -> None:
             loss = held_out_loss(tokenizer, model, args.eval)
             print(f"held-out loss{' ' + name if name else ''}: {loss:.4f} (perplexity {math.exp(loss):.2f})")
         if args.pairs:
-            accuracy, margin = held_out_pairs(tokenizer, model, args.pairs)
-            print(f"held-out pairs{' ' + name if name else ''}: chosen more likely in {accuracy:.1%}, "
-                  f"mean log-probability margin {margin:+.2f}")
+            margins[name] = held_out_pairs(tokenizer, model, args.pairs)
+            print(f"held-out pairs{' ' + name if name else ''}: chosen more likely in "
+                  f"{(margins[name] > 0).float().mean().item():.1%}, mean log-probability margin "
+                  f"{margins[name].mean().item():+.2f}")
+    if args.pairs and args.before:  # DPO's implicit reward: the margin gained over the starting model
+        gained = margins["after"] - margins["before"]
+        print(f"held-out reward accuracy (the margin grew): {(gained > 0).float().mean().item():.1%}")
     for i, question in enumerate(QUESTIONS):
         print(f"{question!r:30} " + "  ".join(f"{name + ': ' if name else '-> '}{replies[name][i]!r:28}"
                                                for name in columns))

@@ -1,0 +1,28 @@
+"""The DPO demonstration end to end: the quickstart SFT model preference-tuned by
+recipes/quickstart-dpo.yaml learns to prefer the right answers, on the training pairs and held out."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_dpo_on_the_quickstart_model_learns_to_prefer_right_answers(seqtune, tmp_path, repo):
+    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
+    trained = seqtune("train", "recipes/quickstart.yaml", f"output_dir={sft}", "logging.loggers=[jsonl]")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    tuned = seqtune("train", "recipes/quickstart-dpo.yaml", f"output_dir={dpo}", f"model.name_or_path={sft}",
+                    f"tokenizer.name_or_path={sft}", "logging.loggers=[jsonl]")
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    logs = [r for r in map(json.loads, (dpo / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert logs[0]["rewards/accuracy"] < 0.7 and logs[-1]["rewards/accuracy"] >= 0.9  # from about 0.5
+    assert logs[-1]["loss"] < logs[0]["loss"] / 2
+
+    from seqtune_testing import load_script
+
+    ask = load_script("scripts/ask")
+    pairs = repo / "recipes/quickstart/data/preferences_eval.jsonl"
+    before, after = (ask.held_out_pairs(*ask.load(str(folder)), pairs) for folder in (sft, dpo))
+    assert after.mean() > before.mean() + 3  # the held-out margin for right answers grows
+    assert ((after - before) > 0).float().mean() > 0.7  # DPO's held-out reward accuracy
