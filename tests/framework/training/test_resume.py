@@ -146,3 +146,19 @@ def test_same_recipe_and_seed_give_an_identical_loss_trace(run, tmp_path):
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         traces.append([json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)])
     assert len(traces[0]) == STEPS and traces[0] == traces[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reference", ["cached", "live"])
+def test_a_dpo_run_killed_after_a_checkpoint_resumes_to_identical_weights(run, tmp_path, reference):
+    """The reference survives the crash: read again from its cache, or rebuilt as the starting model."""
+    dpo = ["data.mixture=[{source: recipes/quickstart/data/preferences.jsonl, count: 160, format: preference}]",
+           "data.packing=bfd", f"objective={{name: dpo, reference: {reference}}}", f"data.cache_dir={tmp_path / 'cache'}"]
+    whole = run("whole", *dpo)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert run("resumed", *dpo, fault_at=13).returncode == -signal.SIGKILL
+    resumed = run("resumed", *dpo)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr and "step 10" in resumed.stderr
+    want, got = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
+    assert all(torch.equal(want[k], got[k]) for k in want)
