@@ -70,6 +70,8 @@ losses             factory.chunk_tokens -> int                tokens whose full-
                    (vocab_size, options)                      exist at once (all of the micro-batch's)
                    factory.holds_head_gradient -> bool        the output layer's gradient is held
                    (zero_stage, options)                      from forward to backward (False)
+objectives         Objective.sequences_per_row, .reference    on the object the factory returns: see
+                                                              `framework.types.Objective`
 =================  =========================================  ========================================
 """
 from __future__ import annotations

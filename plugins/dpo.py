@@ -102,6 +102,7 @@ def preference_loss(kind: str, policy, reference, counts, beta: float, label_smo
 class DPO:
     sequences_per_row = 2
     sequence_names = ("chosen", "rejected")  # how `seqtune check --samples` labels a pair's sequences
+    uses_token_loss = False  # it scores sequences with trained_token_logps (memory_mib), not train.loss
     unit = "pair"
 
     def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float, reference: str,

@@ -57,6 +57,9 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     objective, packing = parts.objective(), parts.packing()
     _check_layout(objective, packing, recipe)
+    if not getattr(objective, "uses_token_loss", True) and any(key.startswith("train.loss") for key in loaded.provenance):
+        warn(f"train.loss: objective {recipe.objective.name} scores sequences itself and does not use it "
+             "(its own options size the chunks); the memory plan still reads its chunking")
     data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first, objective)
     attention = _attention(recipe, packing)
     padding_free = padding_free_layout(packing, attention.startswith("flash_attention"))

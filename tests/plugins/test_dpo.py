@@ -225,3 +225,27 @@ def test_the_tulu3_dpo_recipe_is_planned_with_two_sequences_and_its_reference(re
     sft = estimate_for_recipe(load_recipe("recipes/tulu3/llama3.1-8b-dpo.yaml", ["objective=sft", "data.mixture="
                                           "[{source: allenai/llama-3.1-tulu-3-8b-preference-mixture, fraction: 1.0}]"]))
     assert sft.settings["micro_batch"] == 1 and sft.activations * 2 == cached.activations
+
+
+# -- recipes ------------------------------------------------------------------------------------
+
+def prepared(repo, tmp_path, *overrides):
+    from framework.config import load_recipe
+    from framework.registry import bind_parts
+    from framework.training.setup import prepare
+
+    loaded = load_recipe(repo / "recipes/quickstart.yaml", [
+        "data.mixture=[{source: recipes/quickstart/data/preferences.jsonl, count: 16, format: preference}]",
+        "objective=dpo", f"data.cache_dir={tmp_path}", *overrides])
+    return prepare(loaded, bind_parts(loaded))
+
+
+def test_recipe_mistakes_around_pairs_are_named(repo, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(repo)
+    prep = prepared(repo, tmp_path, "train.loss=cross_entropy")
+    assert "train.loss: objective dpo scores sequences itself" in capsys.readouterr().err
+    assert prep.data.report.rows_kept == 16 and all(len(s) == 2 for s in prep.data.dataset["sequences"])
+    with pytest.raises(UserError, match="data.packing: wrapped joins rows across documents"):
+        prepared(repo, tmp_path, "data.packing=wrapped")
+    with pytest.raises(UserError, match=r"preferences.jsonl:\d+: is a preference pair .* set objective: \{name: dpo\}"):
+        prepared(repo, tmp_path, "objective=sft")
