@@ -249,3 +249,33 @@ def test_recipe_mistakes_around_pairs_are_named(repo, tmp_path, monkeypatch, cap
         prepared(repo, tmp_path, "data.packing=wrapped")
     with pytest.raises(UserError, match=r"preferences.jsonl:\d+: is a preference pair .* set objective: \{name: dpo\}"):
         prepared(repo, tmp_path, "objective=sft")
+
+
+def test_preference_columns_can_be_remapped_and_a_bad_pair_is_named_by_file_and_line(repo, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(repo)
+    rows = [{"prompt": "Reverse: c a t", "good": "t a c", "bad": "c a t"},
+            {"prompt": "Uppercase: dog", "good": "DOG", "bad": "Dog"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    mixture = (f"data.mixture=[{{source: {tmp_path / 'pairs.jsonl'}, fraction: 1.0, format: preference_text, "
+               "columns: {chosen: good, rejected: bad}}]")
+    prep = prepared(repo, tmp_path, mixture)
+    assert prep.data.report.rows_kept == 2
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"chosen": [USER, GOOD]}) + "\n\n"
+                                        + json.dumps({"chosen": [USER, GOOD], "rejected": [USER, GOOD, USER]}) + "\n")
+    with pytest.raises(UserError, match="bad.jsonl:1: needs a 'rejected' list"):
+        prepared(repo, tmp_path, f"data.mixture=[{{source: {tmp_path / 'bad.jsonl'}, fraction: 1.0, format: preference}}]")
+
+
+def test_check_samples_shows_each_side_of_a_pair_under_its_name(repo, tmp_path, monkeypatch, tiny_tokenizer):
+    from framework.cli.show import render_sample, samples_to_show
+
+    monkeypatch.chdir(repo)
+    prep = prepared(repo, tmp_path)
+    [row] = samples_to_show(prep.data, 1)
+    text = render_sample(tiny_tokenizer, row, prep.objective.sequence_names).plain
+    chosen, rejected = row.kept.split()
+    assert f"[chosen: {len(chosen.input_ids)} tokens, {chosen.num_trainable} trained]" in text
+    assert f"[rejected: {len(rejected.input_ids)} tokens, {rejected.num_trainable} trained]" in text
+    assert text.index("[chosen") < text.index("[rejected")
