@@ -70,8 +70,8 @@ class RichLogger:
         self.console.print(table)
 
 
-def rich(output_dir: str, *, show: list[str] = ("loss", "rewards/accuracy", "rewards/margin", "lr", "tokens_per_s")
-         ) -> RichLogger:
+def rich(output_dir: str, *, show: list[str] = ("loss", "eval_loss", "rewards/accuracy", "eval_rewards/accuracy",
+                                                "rewards/margin", "lr", "tokens_per_s")) -> RichLogger:
     return RichLogger(tuple(show))
 
 

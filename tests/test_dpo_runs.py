@@ -33,7 +33,7 @@ def dpo_run(seqtune, tmp_path):
     def run(name: str, *extra: str):
         done = seqtune("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / name}",
                        f"data.mixture=[{{source: {tmp_path / 'pairs.jsonl'}, fraction: 1.0, format: preference}}]",
-                       "data.packing=bfd", "objective={name: dpo, beta: 0.5}", "train.per_device_batch_size=4",
+                       "data.packing=bfd", "objective={name: dpo, beta: 0.5}", "eval=null", "train.per_device_batch_size=4",
                        "train.max_steps=4", "train.loss_reduction=token_mean", "optimizer={name: sgd, lr: 0.5}",
                        "scheduler=constant", "logging.every_steps=1", "logging.loggers=[jsonl]",
                        f"data.cache_dir={tmp_path / 'cache'}", *extra, timeout=300)
@@ -91,3 +91,17 @@ def test_under_zero3_the_live_reference_is_sharded_and_equals_the_cached_one(dpo
     _, cached = dpo_run("cached", "objective.reference=cached", *zero3)
     assert [m["loss"] for m in live] == pytest.approx([m["loss"] for m in cached], abs=1e-6)
     assert live[0]["loss"] == pytest.approx(0.6931472, abs=1e-6)
+
+
+def test_held_out_pairs_are_scored_with_the_same_objective_and_either_reference(dpo_run, tmp_path):
+    held_out = ["eval={split: 8}", "data.packing=none"]
+    _, cached = dpo_run("cached", "objective.reference=cached", *held_out)
+    _, live = dpo_run("live", "objective.reference=live", *held_out)
+    records = [json.loads(line) for line in (tmp_path / "cached/metrics.jsonl").read_text().splitlines()]
+    [evaluation] = [r for r in records if "eval_loss" in r]
+    assert {"eval_rewards/accuracy", "eval_rewards/margin", "eval_logps/chosen"} <= set(evaluation)
+    assert "eval_perplexity" not in evaluation  # a loss per pair has no perplexity
+    assert len(json.loads((tmp_path / "cached/eval_split.json").read_text())) == 8
+    live_records = [json.loads(line) for line in (tmp_path / "live/metrics.jsonl").read_text().splitlines()]
+    [live_evaluation] = [r for r in live_records if "eval_loss" in r]
+    assert evaluation["eval_loss"] == pytest.approx(live_evaluation["eval_loss"], abs=1e-6)

@@ -18,6 +18,8 @@ def check_combinations(recipe: Recipe, problems: Problems) -> None:
     checks = ((("model", "tokenizer.name_or_path"), _model), (("launch",), _launch))
     found = [found for reads, check in checks if not problems.touches(*reads) for found in check(recipe)]
     found += _mixture(recipe, problems)
+    if recipe.eval is not None and not problems.touches("eval"):
+        found += _eval(recipe)
     for key, message in found:
         problems.add(key, message)
 
@@ -44,6 +46,17 @@ def _mixture(recipe: Recipe, problems: Problems) -> Iterator[Problem]:
         if (entry.fraction is None) == (entry.count is None):
             yield (f"data.mixture[{i}]", "set exactly one of fraction (share of rows, 1.0 = all) "
                    "or count (number of rows)")
+
+
+def _eval(recipe: Recipe) -> list[Problem]:
+    held = recipe.eval
+    if bool(held.mixture) == (held.split is not None):
+        return [("eval", "set exactly one of eval.mixture (held-out sources) or eval.split (rows held out of "
+                 "data.mixture)")]
+    if held.split is not None and (held.split == 0 or (held.split > 1 and held.split != int(held.split))):
+        return [("eval.split", "a share of rows below 1 (0.05) or a whole number of rows (500)")]
+    return [(f"eval.mixture[{i}]", "set exactly one of fraction (share of rows, 1.0 = all) or count (number of rows)")
+            for i, entry in enumerate(held.mixture) if (entry.fraction is None) == (entry.count is None)]
 
 
 def _launch(recipe: Recipe) -> Iterator[Problem]:

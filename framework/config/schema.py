@@ -121,6 +121,19 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    mixture: list[MixtureEntry] = opt(None, "Held-out sources, each with a fraction or a count, as data.mixture.",
+                                      factory=list)
+    split: Optional[float] = opt(
+        None, "Instead of mixture: hold out this share (below 1) or this many (1 or more) of the training "
+        "mixture's distinct rows, seeded; they are never trained on (listed in output_dir/eval_split.json).",
+        minimum=0.0)
+    every_steps: Optional[int] = opt(None, "Evaluate every N optimizer steps; always after the last one.",
+                                     minimum=1)
+    per_device_batch_size: Optional[int] = opt(None, "Rows per evaluation micro-batch (null: train's).", minimum=1)
+
+
+@dataclass
 class CheckpointConfig:
     every: Union[Literal["epoch"], int, None] = opt(
         None, "Save a checkpoint every epoch, every N optimizer steps, or never (null).", minimum=1)
@@ -192,6 +205,8 @@ class Recipe:
                                factory=lambda: Component("linear"))
     objective: Component = opt(None, "Training objective plugin and its options: sft (next-token loss on the "
                                "trained tokens) or dpo (preference pairs).", factory=lambda: Component("sft"))
+    eval: Optional[EvalConfig] = opt(None, "A held-out evaluation set, scored with the training objective "
+                                     "and loss (eval_loss); null: none.")
     checkpoint: CheckpointConfig = opt(None, "When checkpoints are written.", factory=CheckpointConfig)
     logging: LoggingConfig = opt(None, "Which loggers, how often.", factory=LoggingConfig)
     launch: LaunchConfig = opt(None, "Processes, machines, precision and DeepSpeed.",

@@ -34,6 +34,8 @@ class Parts:
     loss: Callable
     loggers: list[Callable]
     objective: Callable
+    eval_loaders: list[Callable]  # eval.mixture's, as loaders/formats are data.mixture's
+    eval_formats: list[Callable]
 
 
 def bind_parts(loaded: LoadedRecipe) -> Parts:
@@ -65,7 +67,10 @@ def _bind(loaded: LoadedRecipe, problems: Problems) -> Optional[Parts]:
     except UserError as exc:  # a plugin module of the recipe: what it registers is unknown
         problems.lines.extend(line + UNBOUND for line in exc.problems)
         return None
-    loaders, formats = _sources(recipe, registry, problems)
+    loaders, formats = _sources(recipe.data.mixture if recipe.data is not None else [], "data.mixture", registry,
+                                problems)
+    eval_loaders, eval_formats = _sources(recipe.eval.mixture if recipe.eval is not None else [], "eval.mixture",
+                                          registry, problems)
     template = recipe.tokenizer.chat_template
     if template and not is_template_source(template) and not problems.touches("tokenizer.chat_template"):
         registry.get("chat_templates", template, problems, "tokenizer.chat_template")
@@ -80,15 +85,15 @@ def _bind(loaded: LoadedRecipe, problems: Problems) -> Optional[Parts]:
                  scheduler=bind("schedulers", recipe.scheduler, "scheduler"),
                  loss=bind("losses", recipe.train and recipe.train.loss, "train.loss"),
                  loggers=[bind("loggers", c, f"logging.loggers[{i}]") for i, c in enumerate(recipe.logging.loggers)],
-                 objective=bind("objectives", recipe.objective, "objective"))
+                 objective=bind("objectives", recipe.objective, "objective"),
+                 eval_loaders=eval_loaders, eval_formats=eval_formats)
 
 
-def _sources(recipe, registry: Registry, problems: Problems) -> tuple[list, list]:
+def _sources(entries, key: str, registry: Registry, problems: Problems) -> tuple[list, list]:
     """Each mixture entry's loader and format; a local source that does not exist is a problem."""
     loaders, formats = [], []
-    entries = recipe.data.mixture if recipe.data is not None and recipe.data.mixture else []
-    for i, entry in enumerate(entries):
-        at = f"data.mixture[{i}]"
+    for i, entry in enumerate(entries or []):
+        at = f"{key}[{i}]"
         if problems.touches(f"{at}.source", f"{at}.loader", f"{at}.format"):
             loaders.append(None)
             formats.append(None)

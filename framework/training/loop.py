@@ -6,6 +6,7 @@ step's micro-batches and the update), `loss.py`, `checkpoints.py`, `metrics.py` 
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from framework.errors import RunStopped
 from framework.estimation.hardware import FlopsShape
 from framework.model.lora import save_lora
 from framework.training.checkpoints import save as save_checkpoint
+from framework.training.evaluation import evaluate
 from framework.training.metrics import Window, peak_memory_gib, peak_tflops
 from framework.training.outputs import save_final
 from framework.training.ownership import mark_finished
@@ -68,6 +70,9 @@ def _after_step(run: Run, step: StepPlan, window: Window, grad_norm: Any, stop: 
     if state.step % recipe.logging.every_steps == 0 or last:
         metrics = window.flush(run.accelerator, run.scheduler.get_last_lr()[0], grad_norm, step.progress)
         run.hook.seqtune_log(step=state.step, metrics=metrics)
+    if run.evaluation is not None and (last or state.step % (recipe.eval.every_steps or math.inf) == 0):
+        run.last_eval = evaluate(run)
+        run.hook.seqtune_log(step=state.step, metrics=run.last_eval)
     if run.accelerator.num_processes == 1:  # alone, a signal that came during this step stops now
         stop = stop or signals.requested or 0
     every = recipe.checkpoint.every
@@ -96,6 +101,6 @@ def _save_outputs(run: Run) -> None:
 
 def _summary(run: Run, window: Window, started: float) -> dict[str, float]:
     return {"steps": run.state.step, "train_seconds": round(time.perf_counter() - started, 2),
-            "final_loss": window.last_loss, **window.totals,
+            "final_loss": window.last_loss, **run.last_eval, **window.totals,
             "packing_efficiency": round(run.prep.plan.efficiency, 4),
             "peak_memory_gib": round(peak_memory_gib(run.accelerator.device), 3)}

@@ -53,7 +53,8 @@ def run_identity(loaded: LoadedRecipe, data_key: str, world: int) -> dict[str, s
         # (the loss plugin is left out for the same reason: train.loss is not part of "batch").
         "model": {k: v for k, v in asdict(recipe.model).items() if k not in MEMORY_SAVERS},
         "tokenizer": asdict(recipe.tokenizer),
-        "data": {"rows": data_key, "packing": asdict(recipe.data.packing)},
+        "data": {"rows": data_key, "packing": asdict(recipe.data.packing),
+                 "held_out": recipe.eval.split if recipe.eval is not None else None},
         "optimizer": asdict(recipe.optimizer),
         "scheduler": asdict(recipe.scheduler),
         "batch": {"per_device_batch_size": train.per_device_batch_size, "processes": world,

@@ -11,6 +11,8 @@ objective's own `sequence_logps`, so they give the same numbers.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -24,18 +26,27 @@ from framework.training.outputs import say
 from framework.training.steps import Batch, collate
 
 Scorer = Callable[[dict], Any]  # a micro-batch's tensors -> (rows, sequences) log-probabilities
+Reference = Callable[[Batch], Any]  # a micro-batch -> its rows' reference log-probabilities
 
 
-def make_reference(loaded: Any, prep: Any, accelerator: Any, model: Any) -> Optional[Callable[[Batch], Any]]:
-    """What gives each micro-batch its reference log-probabilities, or None when the objective has none."""
+def make_references(loaded: Any, prep: Any, accelerator: Any, model: Any) -> tuple[Optional[Reference], ...]:
+    """What gives each training micro-batch, and each evaluation one, its reference log-probabilities;
+    (None, None) when the objective has no reference. One frozen copy serves both (built only when a
+    number must be computed: a cached run whose tables exist builds none)."""
     mode = prep.objective.reference
     if mode == "none":
-        return None
+        return None, None
+    score = functools.cache(lambda: _scorer(loaded.recipe, prep, accelerator, model))
     if mode == "live":
-        score = _scorer(loaded.recipe, prep, accelerator, model)
-        return lambda batch: score(batch.tensors)
-    table = _cached_table(loaded, prep, accelerator, model).to(accelerator.device)
-    return lambda batch: table[batch.rows]
+        live = lambda batch: score()(batch.tensors)  # noqa: E731
+        return live, live if prep.evaluation is not None else None
+    tables = [_cached_table(loaded, prep, accelerator, score, "train")]
+    if prep.evaluation is not None:
+        held = dataclasses.replace(prep, data=prep.evaluation.data)
+        tables.append(_cached_table(loaded, held, accelerator, score, "eval"))
+    on_device = [table.to(accelerator.device) for table in tables]
+    lookups = [lambda batch, table=table: table[batch.rows] for table in on_device]
+    return lookups[0], (lookups[1] if len(lookups) > 1 else None)
 
 
 def _scorer(recipe: Any, prep: Any, accelerator: Any, model: Any) -> Scorer:
@@ -95,16 +106,16 @@ def _sharded(frozen: Any, accelerator: Any) -> Any:
     return engine
 
 
-def _cached_table(loaded: Any, prep: Any, accelerator: Any, model: Any) -> Any:
-    """Every row's reference log-probabilities (rows x sequences), read from the cache or computed."""
+def _cached_table(loaded: Any, prep: Any, accelerator: Any, score: Callable[[], Scorer], role: str) -> Any:
+    """Every row's reference log-probabilities (rows x sequences), read from the cache or computed.
+    `role` (train, eval) keeps a split's two row sets apart in the same cache entry."""
     import torch
 
-    path = prep.data.cache_path / f"reference-{_key(loaded.recipe, accelerator)}.pt"
+    path = prep.data.cache_path / f"reference-{role}-{_key(loaded.recipe, accelerator, len(prep.data.lengths))}.pt"
     if path.exists():
-        say(f"reference log-probabilities: cached ({path.name})")
+        say(f"reference log-probabilities ({role}): cached ({path.name})")
         return torch.load(path, weights_only=True)
-    score = _scorer(loaded.recipe, prep, accelerator, model)
-    table = _score_every_row(prep, accelerator, score)
+    table = _score_every_row(prep, accelerator, score(), role)
     if accelerator.is_main_process:
         scratch = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(table, scratch)
@@ -113,17 +124,19 @@ def _cached_table(loaded: Any, prep: Any, accelerator: Any, model: Any) -> Any:
     return table
 
 
-def _score_every_row(prep: Any, accelerator: Any, score: Scorer) -> Any:
-    """Each rank scores its share of the first epoch's micro-batches (the same layout training uses,
-    so the numbers equal live ones); the sum over ranks is the whole table."""
+def _score_every_row(prep: Any, accelerator: Any, score: Scorer, role: str) -> Any:
+    """Each rank scores its share of the first epoch's micro-batches (the same layout training, or
+    evaluation, uses, so the numbers equal live ones); the sum over ranks is the whole table."""
     import torch
 
     recipe = prep.loaded.recipe
     row_tokens = prep.data.max_seq_length * prep.objective.sequences_per_row
-    plan = prep.packing.plan(prep.data.lengths, recipe.train.per_device_batch_size, row_tokens, recipe.seed)
+    rows = recipe.train.per_device_batch_size if role == "train" else \
+        recipe.eval.per_device_batch_size or recipe.train.per_device_batch_size
+    plan = prep.packing.plan(prep.data.lengths, rows, row_tokens, recipe.seed)
     mine = shard(plan, accelerator.process_index, accelerator.num_processes)
     table = torch.zeros(len(prep.data.lengths), prep.objective.sequences_per_row, dtype=torch.float64)
-    with progress_bar("reference log-probabilities", len(mine), unit="micro-batches") as advance:
+    with progress_bar(f"reference log-probabilities ({role})", len(mine), unit="micro-batches") as advance:
         for micro_batch in mine:  # a rank that ran out scores a filler: ZeRO-3 needs every rank's forward
             batch = collate(prep, micro_batch, accelerator.device)
             table[batch.rows] = score(batch.tensors).double().cpu()
@@ -131,7 +144,7 @@ def _score_every_row(prep: Any, accelerator: Any, score: Scorer) -> Any:
     return accelerator.reduce(table.to(accelerator.device), "sum").cpu()
 
 
-def _key(recipe: Any, accelerator: Any) -> str:
+def _key(recipe: Any, accelerator: Any, rows: int) -> str:
     """What changes the reference's numbers beyond the rows (the cache entry already keys those):
     the starting model (and its local files), its precision, the objective and the layout."""
     model = {k: v for k, v in asdict(recipe.model).items() if k not in ("gradient_checkpointing", "activation_offloading")}
@@ -140,6 +153,6 @@ def _key(recipe: Any, accelerator: Any) -> str:
              "lora": recipe.lora is not None, "precision": recipe.launch.mixed_precision,
              "deepspeed": asdict(recipe.launch.deepspeed) if recipe.launch.deepspeed else None,
              "objective": recipe.objective.name, "batch": recipe.train.per_device_batch_size,
-             "packing": asdict(recipe.data.packing), "processes": accelerator.num_processes}
+             "packing": asdict(recipe.data.packing), "processes": accelerator.num_processes, "rows": rows}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -2,10 +2,11 @@
 loggers, and the checkpoint to resume from. Every input error surfaces before output_dir is written."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from framework.config import LoadedRecipe, display_path
 from framework.data.batching import BatchPlan, padding_free_layout, plan_batches
@@ -23,9 +24,10 @@ from framework.registry import Parts, bind_parts
 from framework.training.checkpoints import TrainerState, find_resume
 from framework.training.checkpoints import read as read_checkpoint
 from framework.training.checkpoints import restore as restore_checkpoint
+from framework.training.evaluation import EvalSet, eval_data, eval_set, record_split
 from framework.training.outputs import say, warn
-from framework.training.reference import make_reference
 from framework.training.ownership import Claim, check_output_dir, run_identity, take_output_dir
+from framework.training.reference import make_references
 from framework.types import RunInfo
 
 
@@ -42,17 +44,20 @@ class Prepared:
     plan: BatchPlan
     attention: str = "sdpa"  # model.attn_implementation, `auto` resolved
     objective: Any = None  # the recipe's objective, built
+    evaluation: Optional[EvalSet] = None  # the held-out rows, when the recipe has eval
 
     @property
     def token_capacity(self) -> int:
-        """The most tokens one micro-batch of this run holds: the same on every rank."""
+        """The most tokens one micro-batch of this run (training or evaluation) holds: the same on every rank."""
         recipe = self.loaded.recipe
-        return recipe.train.per_device_batch_size * self.data.max_seq_length * self.objective.sequences_per_row
+        rows = max(recipe.train.per_device_batch_size, recipe.eval and recipe.eval.per_device_batch_size or 0)
+        return rows * self.data.max_seq_length * self.objective.sequences_per_row
 
 
 def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: int = 0,
             world: int = 1) -> Prepared:
-    """Load the tokenizer and the data and plan the run: every data error is raised here."""
+    """Load the tokenizer and the data and plan the run: every data error is raised here.
+    `main_first()` gives a context in which the main process prepares (and caches) data first."""
     recipe = loaded.recipe
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     objective, packing = parts.objective(), parts.packing()
@@ -60,7 +65,9 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     if not getattr(objective, "uses_token_loss", True) and any(key.startswith("train.loss") for key in loaded.provenance):
         warn(f"train.loss: objective {recipe.objective.name} scores sequences itself and does not use it "
              "(its own options size the chunks); the memory plan still reads its chunking")
-    data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, main_first, objective)
+    first = main_first or contextlib.nullcontext  # a fresh context for each preparation
+    data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, first(), objective)
+    data, held, held_rows = eval_data(loaded, parts, tokenizer, objective, data, first())
     attention = _attention(recipe, packing)
     padding_free = padding_free_layout(packing, attention.startswith("flash_attention"))
     row_tokens = data.max_seq_length * objective.sequences_per_row  # a packed row holds whole rows at their longest
@@ -70,7 +77,9 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
         + ("" if data.from_cache else f"; prepared in {stages}"))
     say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
         f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
-    return Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention, objective)
+    prep = Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention, objective)
+    prep.evaluation = eval_set(prep, held, rank, world, held_rows)
+    return prep
 
 
 def _check_layout(objective: Any, packing: Any, recipe: Any) -> None:
@@ -107,6 +116,12 @@ class Run:
     state: TrainerState
     output_dir: Path
     reference: Any = None  # batch -> the reference's log-probabilities, for objectives that have one
+    eval_reference: Any = None  # the same for the evaluation rows
+    last_eval: dict = field(default_factory=dict)  # the latest evaluation's metrics, for the summary
+
+    @property
+    def evaluation(self) -> Optional[EvalSet]:
+        return self.prep.evaluation
 
 
 def start(loaded: LoadedRecipe) -> Run | None:
@@ -120,7 +135,7 @@ def start(loaded: LoadedRecipe) -> Run | None:
         warn(warning)
     preflight(recipe)
     accelerator = make_accelerator(recipe)
-    prep = prepare(loaded, parts, accelerator.local_main_process_first(), accelerator.process_index,
+    prep = prepare(loaded, parts, accelerator.local_main_process_first, accelerator.process_index,
                    accelerator.num_processes)
     claim = _check_output_dir(loaded, prep, accelerator.num_processes)
     if claim.finished is not None and recipe.checkpoint.resume == "auto":
@@ -140,15 +155,17 @@ def start(loaded: LoadedRecipe) -> Run | None:
     state = TrainerState(fingerprint=fingerprint(claim.identity, prep.plan), identity=claim.identity)
     rank = accelerator.process_index
     saved = None if resume_from is None else read_checkpoint(resume_from, state, deepspeed, rank)
-    reference = make_reference(loaded, prep, accelerator, model)  # before a checkpoint's state is restored
+    references = make_references(loaded, prep, accelerator, model)  # before a checkpoint's state is restored
     hook = _start_loggers(prep, claim, accelerator)
+    if accelerator.is_main_process:
+        record_split(claim.output_dir, prep.evaluation)
     if recipe.data.mix_dir and accelerator.is_main_process:
         prep.data.write_mix(Path(recipe.data.mix_dir), recipe.data.num_workers)
     if saved:
         state = restore_checkpoint(saved, accelerator, optimizer, scheduler)
         say(f"resuming from {resume_from} at step {state.step:,}")
     return Run(loaded, prep, accelerator, model, optimizer, scheduler, _loss(recipe, prep, model, accelerator), hook,
-               state, claim.output_dir, reference)
+               state, claim.output_dir, *references)
 
 
 def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim:

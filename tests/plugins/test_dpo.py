@@ -236,7 +236,7 @@ def prepared(repo, tmp_path, *overrides):
 
     loaded = load_recipe(repo / "recipes/quickstart.yaml", [
         "data.mixture=[{source: recipes/quickstart/data/preferences.jsonl, count: 16, format: preference}]",
-        "objective=dpo", f"data.cache_dir={tmp_path}", *overrides])
+        "objective=dpo", "eval=null", f"data.cache_dir={tmp_path}", *overrides])
     return prepare(loaded, bind_parts(loaded))
 
 
