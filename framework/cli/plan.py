@@ -15,7 +15,10 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
          overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
          gpu: str = typer.Option(..., "--gpu", help="3090, 4090, a100-40, a100-80, h100, h200, or GiB."),
          samples: int = typer.Option(2000, "--samples", help="Rows of the recipe's data to measure."),
-         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a length histogram PNG here.")) -> None:
+         plot: Optional[Path] = typer.Option(
+             None, "--plot", help="Write PNG charts: memory per GPU against max_seq_length (with and without "
+                                  "each memory saver) to PATH, and the data's token-length histogram to "
+                                  "PATH-lengths.png. Needs matplotlib.")) -> None:
     """A table over candidate max_seq_length values (memory per GPU, fit, rows cut, trainable tokens
     lost, packing efficiency) and a recommendation. Exit 1 when the recipe's own length does not fit."""
     from framework.estimation.hardware import resolve_gpu
@@ -24,6 +27,10 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     from framework.registry.factories import optimizer_state_tensors
 
     name, gib = resolve_gpu(gpu)
+    if plot:
+        from framework.report.plots import check_png
+
+        check_png(plot)  # before minutes of measuring, not after
     loaded, parts = load_and_bind(recipe, overrides or [])
     show_warnings(parts.registry.warnings)
     states, note = optimizer_state_tensors(parts.optimizer, loaded.recipe.optimizer.name)
@@ -31,9 +38,11 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     sweep = _Sweep(loaded, parts, recipe_shape(loaded.recipe, parts.registry), states)
     measured = _samples(loaded, parts, samples)
     rows = sweep.rows(gib, measured)
-    _print(loaded, rows, name, gib, measured, plot)
+    _print(loaded, rows, name, gib, measured)
     _recommend(rows, sweep, gib)
     _savers(sweep, name, gib)
+    if plot:
+        _plot(plot, sweep, name, gib, measured)
     own = sweep.estimate()
     if not own.fits(gib):
         _remedies(own.settings["max_seq_length"], sweep, gib)
@@ -113,10 +122,10 @@ def _samples(loaded: Any, parts: Any, count: int):
         return None
 
 
-def _print(loaded: Any, rows: list, name: str, gib: float, samples: Any, plot: Optional[Path]) -> None:
+def _print(loaded: Any, rows: list, name: str, gib: float, samples: Any) -> None:
     from rich.table import Table
 
-    from framework.cli.histogram import terminal, write_png
+    from framework.cli.histogram import terminal
     from framework.estimation.sweep import CANDIDATES
 
     recipe = loaded.recipe
@@ -135,9 +144,26 @@ def _print(loaded: Any, rows: list, name: str, gib: float, samples: Any, plot: O
         console.print(f"token lengths of {len(samples):,} rows:")
         for line in terminal(lengths, list(CANDIDATES)):
             console.print(line, highlight=False)
-        if plot:
-            write_png(plot, lengths, list(CANDIDATES))
-            console.print(f"histogram written to {plot}")
+
+
+def _plot(plot: Path, sweep: _Sweep, name: str, gib: float, samples: Any) -> None:
+    """The memory chart at PATH and, when the data could be read, the length histogram beside it."""
+    from framework.estimation.sweep import CANDIDATES
+    from framework.report.plots import length_histogram, memory_chart
+
+    recipe = sweep.loaded.recipe
+    curves = {override: [(n, sweep.estimate(loss, max_seq_length=n, **changes).total_gib) for n in CANDIDATES]
+              for override, loss, changes in [("as the recipe is", None, {}), *sweep.savers]}
+    per_gpu = f"{recipe.launch.num_processes} x {name}" if recipe.launch.num_processes > 1 else name
+    memory_chart(curves, name, gib, plot, f"{sweep.loaded.path}: memory per GPU on {per_gpu}")
+    console.print(f"memory chart written to {plot}", highlight=False, soft_wrap=True)
+    if not samples:
+        console.print("length histogram skipped: the data could not be read here", soft_wrap=True)
+        return
+    lengths = plot.with_name(f"{plot.stem}-lengths{plot.suffix}")
+    length_histogram([len(s.input_ids) for s in samples], list(CANDIDATES), lengths,
+                     f"{sweep.loaded.path}: token lengths of {len(samples):,} rows")
+    console.print(f"length histogram written to {lengths}", highlight=False, soft_wrap=True)
 
 
 def _recommend(rows: list, sweep: _Sweep, gib: float) -> None:

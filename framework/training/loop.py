@@ -19,7 +19,7 @@ from framework.model.lora import save_lora
 from framework.training.checkpoints import save as save_checkpoint
 from framework.training.evaluation import evaluate
 from framework.training.metrics import Window, peak_memory_gib, peak_tflops
-from framework.training.outputs import save_final
+from framework.training.outputs import save_final, write_artefacts
 from framework.training.ownership import mark_finished
 from framework.training.setup import Run, run_info, start
 from framework.training.signals import StopSignals
@@ -55,8 +55,9 @@ def train(loaded: LoadedRecipe) -> Path:
             grad_norm, stop = optimizer_step(run, step_loss, signals.requested)
             run.state.advance(step.epoch, step.done, step.epoch_length)
             _after_step(run, step, window, grad_norm, stop, signals)
-    _save_outputs(run)
-    run.hook.seqtune_train_end(summary=_summary(run, window, started))
+    summary = _summary(run, window, started)
+    _save_outputs(run, summary)
+    run.hook.seqtune_train_end(summary=summary)
     return run.output_dir
 
 
@@ -70,9 +71,11 @@ def _after_step(run: Run, step: StepPlan, window: Window, grad_norm: Any, stop: 
     if state.step % recipe.logging.every_steps == 0 or last:
         metrics = window.flush(run.accelerator, run.scheduler.get_last_lr()[0], grad_norm, step.progress)
         run.hook.seqtune_log(step=state.step, metrics=metrics)
+        run.history.append({"step": state.step, **metrics})
     if run.evaluation is not None and (last or state.step % (recipe.eval.every_steps or math.inf) == 0):
         run.last_eval = evaluate(run)
         run.hook.seqtune_log(step=state.step, metrics=run.last_eval)
+        run.history.append({"step": state.step, **run.last_eval})
     if run.accelerator.num_processes == 1:  # alone, a signal that came during this step stops now
         stop = stop or signals.requested or 0
     every = recipe.checkpoint.every
@@ -87,15 +90,19 @@ def _after_step(run: Run, step: StepPlan, window: Window, grad_norm: Any, stop: 
                          "run the same command again to resume", exit_code=128 + stop)
 
 
-def _save_outputs(run: Run) -> None:
-    """The final model (and the merged LoRA model when asked for), the recipe and the data report."""
+def _save_outputs(run: Run, summary: dict) -> None:
+    """The final model (and the merged LoRA model when asked for), the recipe, the data report, the
+    loss curve and a model card in each model folder."""
     accelerator, recipe = run.accelerator, run.loaded.recipe
     weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the shards here
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(run.model)
         save_final(model, run.prep.tokenizer, run.loaded, run.prep.data.report, run.output_dir, weights)
+        folders = [run.output_dir]
         if recipe.lora is not None and recipe.lora.merge:
             save_lora(model, run.prep.tokenizer, run.output_dir, merge=True)
+            folders.append(run.output_dir / "merged")
+        write_artefacts(run, summary, folders)
         mark_finished(run.output_dir, run.state.step)  # last: the same command again has nothing to do
 
 

@@ -1,6 +1,7 @@
 """What the engine writes besides checkpoints: the final model and the run's record, and messages."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -36,3 +37,60 @@ def save_final(model: Any, tokenizer: Any, loaded: LoadedRecipe, report: Any, ou
     tokenizer.save_pretrained(output_dir)
     (output_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(loaded.data))
     (output_dir / "truncation_report.json").write_text(json.dumps(vars(report), indent=2))
+
+
+def write_artefacts(run: Any, summary: dict, folders: list[Path]) -> None:
+    """The loss curve (when matplotlib is installed) and a model card in each saved model folder."""
+    from framework.errors import UserError
+    from framework.report.card import CardFacts, base_license, write_card
+    from framework.report.plots import loss_curve
+    from framework.report.run import METRICS, history, read_run
+
+    output_dir, recipe = run.output_dir, run.loaded.recipe
+    # metrics.jsonl holds a resumed run's whole record; without the jsonl logger, this process's
+    records = history(read_run(output_dir)) if (output_dir / METRICS).is_file() else run.history
+    curve = None
+    try:
+        curve = loss_curve(records, output_dir / "loss_curve.png", f"{recipe.run_name}: loss").name
+    except UserError as exc:
+        warn(f"no loss curve: {exc.problems[0]}")
+    base = recipe.model.name_or_path
+    facts = CardFacts(run_name=recipe.run_name, base_model=base, base_license=base_license(base),
+                      datasets=[entry.source for entry in recipe.data.mixture], objective=recipe.objective.name,
+                      lora=recipe.lora is not None, recipe_yaml=OmegaConf.to_yaml(run.loaded.data),
+                      data=vars(run.prep.data.report), hyperparameters=_hyperparameters(run),
+                      results=summary, hardware=_hardware(run.accelerator), loss_curve=curve,
+                      seqtune_version=_version())
+    for folder in folders:
+        if folder != output_dir and curve:
+            (folder / curve).write_bytes((output_dir / curve).read_bytes())
+        write_card(folder, dataclasses.replace(facts, merged=folder != output_dir))
+
+
+def _hyperparameters(run: Any) -> dict[str, object]:
+    recipe = run.loaded.recipe
+    train, launch = recipe.train, recipe.launch
+    batch = train.per_device_batch_size * train.gradient_accumulation_steps * run.accelerator.num_processes
+    found = {"objective": recipe.objective.name, **recipe.objective.options,
+             "learning_rate": recipe.optimizer.options.get("lr"), "optimizer": recipe.optimizer.name, "scheduler": recipe.scheduler.name, "effective_batch": batch,
+             "steps": run.state.step, "max_seq_length": recipe.data.max_seq_length, "packing": recipe.data.packing.name,
+             "loss_reduction": train.loss_reduction, "precision": launch.mixed_precision,
+             "deepspeed_stage": launch.deepspeed.zero_stage if launch.deepspeed else None,
+             "lora_rank": recipe.lora.r if recipe.lora else None, "seed": recipe.seed}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def _hardware(accelerator: Any) -> str:
+    import torch
+
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    unit = "process" if device.type != "cuda" else "x"
+    return f"{accelerator.num_processes} {unit} {name}" if device.type == "cuda" else \
+        f"{accelerator.num_processes} CPU {unit}{'es' if accelerator.num_processes > 1 else ''}"
+
+
+def _version() -> str:
+    from framework import __version__
+
+    return __version__

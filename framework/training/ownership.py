@@ -118,6 +118,11 @@ def take_output_dir(claim: Claim) -> None:
     _write(claim.output_dir, {"identity": claim.identity, "finished": None})
 
 
+def note_total_steps(output_dir: Path, steps: int) -> None:
+    """The planned number of optimizer steps, so that `seqtune report` can tell how far a running run is."""
+    _write(output_dir, {**(_read(output_dir) or {}), "total_steps": steps})
+
+
 def mark_finished(output_dir: Path, steps: int) -> None:
     """After the final outputs are written (main process): the same command again has nothing to do."""
     record = _read(output_dir) or {}

@@ -26,7 +26,7 @@ from framework.training.checkpoints import read as read_checkpoint
 from framework.training.checkpoints import restore as restore_checkpoint
 from framework.training.evaluation import EvalSet, eval_data, eval_set, record_split
 from framework.training.outputs import say, warn
-from framework.training.ownership import Claim, check_output_dir, run_identity, take_output_dir
+from framework.training.ownership import Claim, check_output_dir, note_total_steps, run_identity, take_output_dir
 from framework.training.reference import make_references
 from framework.types import RunInfo
 
@@ -118,6 +118,7 @@ class Run:
     reference: Any = None  # batch -> the reference's log-probabilities, for objectives that have one
     eval_reference: Any = None  # the same for the evaluation rows
     last_eval: dict = field(default_factory=dict)  # the latest evaluation's metrics, for the summary
+    history: list = field(default_factory=list)  # every logged window and evaluation of this process's run
 
     @property
     def evaluation(self) -> Optional[EvalSet]:
@@ -159,6 +160,7 @@ def start(loaded: LoadedRecipe) -> Run | None:
     hook = _start_loggers(prep, claim, accelerator)
     if accelerator.is_main_process:
         record_split(claim.output_dir, prep.evaluation)
+        note_total_steps(claim.output_dir, prep.plan.total_steps)
     if recipe.data.mix_dir and accelerator.is_main_process:
         prep.data.write_mix(Path(recipe.data.mix_dir), recipe.data.num_workers)
     if saved:

@@ -98,7 +98,7 @@ def test_bad_data_row_is_named_and_nothing_is_written(seqtune, repo, tmp_path):
     good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
     data.write_text(good + "\n" + good[:-2] + "\n")
     out = tmp_path / "out"
-    result = seqtune("train", repo / QUICKSTART, f"output_dir={out}", f"tokenizer.name_or_path="
+    result = seqtune("train", repo / QUICKSTART, f"output_dir={out}", "eval=null", f"tokenizer.name_or_path="
                      f"{repo / 'recipes/quickstart/tokenizer'}",
                      f"data.mixture=[{{source: {data}, fraction: 1.0}}]", cwd=tmp_path)
     assert result.returncode == 2

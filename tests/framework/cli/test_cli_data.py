@@ -33,7 +33,7 @@ def train(seqtune, repo, tmp_path):
 
     def _train(source: Path, *overrides: str, fraction: float = 1.0):
         return seqtune("train", repo / QUICKSTART, f"output_dir={tmp_path / 'out'}",
-                       f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}",
+                       f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}", "eval=null",
                        f"data.mixture=[{{source: {source}, fraction: {fraction}}}]",
                        f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=1", *overrides, cwd=tmp_path)
 
@@ -108,7 +108,7 @@ def test_malformed_jsonl_line_is_one_line_naming_file_and_line(train, tmp_path):
 def test_column_mapping_to_a_missing_column_names_source_and_columns(train, tmp_path, seqtune, repo):
     source = write_lines(tmp_path / "rows.jsonl", [GOOD, GOOD])
     result = seqtune("train", repo / QUICKSTART, f"output_dir={tmp_path / 'out'}",
-                     f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}",
+                     f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}", "eval=null",
                      f"data.mixture=[{{source: {source}, fraction: 1.0, columns: {{messages: conversations}}}}]",
                      f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=1", cwd=tmp_path)
     line = the_error_line(result)
@@ -183,7 +183,7 @@ def test_good_run_writes_the_mixture_and_the_truncation_report(train, tmp_path, 
 
     loaded = load_recipe(repo / QUICKSTART, [
         f"output_dir={tmp_path / 'out'}", f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}",
-        f"data.mixture=[{{source: {source}, fraction: 1.5}}]", f"data.cache_dir={tmp_path / 'cache'}",
+        "eval=null", f"data.mixture=[{{source: {source}, fraction: 1.5}}]", f"data.cache_dir={tmp_path / 'cache'}",
         *overrides])
     parts = bind_parts(loaded)
     tokenizer = load_tokenizer(loaded.recipe, parts.registry.entries["chat_templates"])
@@ -213,7 +213,7 @@ def check(seqtune, repo, tmp_path):
 
     def _check(source: Path, *overrides: str):
         return seqtune("check", repo / QUICKSTART, "--samples", "1", f"output_dir={tmp_path / 'out'}",
-                       f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}",
+                       f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}", "eval=null",
                        f"data.mixture=[{{source: {source}, fraction: 1.0}}]",
                        f"data.cache_dir={tmp_path / 'cache'}", *overrides, cwd=tmp_path)
 

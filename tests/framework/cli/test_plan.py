@@ -17,6 +17,19 @@ def long_rows(path, tokenizer_words: int = 150, rows: int = 40) -> None:
                                                {"role": "assistant", "content": "ok " * 20}]}) + "\n")
 
 
+def readable_png(path) -> bool:
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(path).shape[:2]
+    return width > 600 and height > 300
+
+
+def test_plot_to_a_path_that_is_not_png_fails_before_any_work(seqtune, tmp_path):
+    result = seqtune("plan", "recipes/quickstart.yaml", "--gpu", "24", "--plot", tmp_path / "plan.pdf")
+    assert result.returncode == 2 and "give a path ending in .png" in result.stderr + result.stdout
+    assert "GiB per GPU" not in result.stdout
+
+
 def test_data_at_counts_what_each_strategy_cuts_and_loses(tiny_tokenizer):
     samples = [encode_chat(tiny_tokenizer, [{"role": "user", "content": "a b " * n},
                                             {"role": "assistant", "content": "ok " * 20}]) for n in (10, 150)]
@@ -38,20 +51,28 @@ def test_recommend_the_largest_fit_and_the_smallest_that_keeps_99_percent():
 def test_plan_on_the_recipes_own_data(seqtune, tmp_path):
     data = tmp_path / "rows.jsonl"
     long_rows(data)
-    plot = tmp_path / "lengths.png"
+    plot = tmp_path / "plan.png"
     result = seqtune("plan", "recipes/quickstart.yaml", "--gpu", "24", "--plot", str(plot),
                      f"data.mixture=[{{source: {data}, fraction: 1.0}}]", "data.truncation=drop")
     assert result.returncode == 0, result.stderr
     lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 6}
     assert "20" in lines["256"].split("│")[5] and "0.00%" in lines["1,024"]  # 20 long rows dropped at 256
     assert "smallest keeping 99% of trainable tokens: 512" in result.stdout
-    assert plot.read_bytes()[:4] == b"\x89PNG"
+    # --plot: the memory chart at the path, the length histogram beside it, both said
+    lengths = tmp_path / "plan-lengths.png"
+    assert f"memory chart written to {plot}" in result.stdout
+    assert f"length histogram written to {lengths}" in result.stdout
+    assert readable_png(plot) and readable_png(lengths)
 
 
-def test_plan_offline_without_the_data_still_plans_memory_and_remedies(seqtune):
-    result = seqtune("plan", "recipes/tulu3/gemma2-2b-sft.yaml", "--gpu", "3090")
+def test_plan_offline_without_the_data_still_plans_memory_and_remedies(seqtune, tmp_path):
+    plot = tmp_path / "plan.png"
+    result = seqtune("plan", "recipes/tulu3/gemma2-2b-sft.yaml", "--gpu", "3090", "--plot", plot)
     assert result.returncode == 1
     assert "data columns skipped" in result.stdout and "largest max_seq_length that fits: 1,024" in result.stdout
+    # the memory chart even so (most useful when nothing fits); no lengths, so no histogram
+    assert readable_png(plot) and "length histogram skipped" in result.stdout
+    assert not (tmp_path / "plan-lengths.png").exists()
     assert "model.gradient_checkpointing=true: 17.8 GiB (fits)" in result.stdout
     assert "model.activation_offloading=true: 17.5 GiB (fits)" in result.stdout
 

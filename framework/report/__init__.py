@@ -1,0 +1,1 @@
+"""What a run leaves behind for people: plots, the model card, the run report."""
