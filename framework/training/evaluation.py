@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from framework.data.batching import shard
 from framework.data.pipeline import PreparedData, prepare_data
+from framework.data.progress import progress_bar
 from framework.training.outputs import say
 
 SPLIT_FILE = "eval_split.json"  # the held-out rows of eval.split, by source and row: "recorded in the run"
@@ -108,9 +109,12 @@ def evaluate(run: Any) -> dict[str, float]:
     prep = dataclasses.replace(run.prep, data=evaluation.data)
     totals: dict[str, Any] = {"loss": 0.0, "units": 0}
     run.model.eval()
-    with torch.no_grad():
+    tokens = sum(evaluation.data.lengths[piece if isinstance(piece, int) else piece[0]]
+                 for micro_batch in evaluation.micro_batches if micro_batch for row in micro_batch for piece in row)
+    with torch.no_grad(), progress_bar("evaluating", tokens, unit="tokens") as advance:
         for micro_batch in evaluation.micro_batches:
             batch = collate(prep, micro_batch, accelerator.device)
+            advance(batch.tokens)
             if run.eval_reference is not None:
                 batch.tensors["reference_logps"] = run.eval_reference(batch)
             loss_sum, metrics = run.loss(run.model, batch.tensors)

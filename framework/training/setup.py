@@ -67,14 +67,14 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
              "(its own options size the chunks); the memory plan still reads its chunking")
     first = main_first or contextlib.nullcontext  # a fresh context for each preparation
     data = prepare_data(recipe, parts.loaders, parts.formats, parts.truncation, tokenizer, first(), objective)
+    stages = ", ".join(f"{stage} {seconds:,.1f} s" for stage, seconds in data.seconds.items())
+    say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}"
+        + ("" if data.from_cache else f"; prepared in {stages}"))
     data, held, held_rows = eval_data(loaded, parts, tokenizer, objective, data, first())
     attention = _attention(recipe, packing)
     padding_free = padding_free_layout(packing, attention.startswith("flash_attention"))
     row_tokens = data.max_seq_length * objective.sequences_per_row  # a packed row holds whole rows at their longest
     plan = plan_batches(packing, data.lengths, recipe.train, row_tokens, recipe.seed, rank, world, padding_free)
-    stages = ", ".join(f"{stage} {seconds:,.1f} s" for stage, seconds in data.seconds.items())
-    say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}"
-        + ("" if data.from_cache else f"; prepared in {stages}"))
     say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
         f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
     prep = Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention, objective)
@@ -132,6 +132,7 @@ def start(loaded: LoadedRecipe) -> Run | None:
 
     recipe = loaded.recipe
     parts = bind_parts(loaded)
+    _quiet_libraries()
     for warning in parts.registry.warnings if not is_worker() else ():  # a launcher has said them once
         warn(warning)
     preflight(recipe)
@@ -168,6 +169,16 @@ def start(loaded: LoadedRecipe) -> Run | None:
         say(f"resuming from {resume_from} at step {state.step:,}")
     return Run(loaded, prep, accelerator, model, optimizer, scheduler, _loss(recipe, prep, model, accelerator), hook,
                state, claim.output_dir, *references)
+
+
+def _quiet_libraries() -> None:
+    """transformers' and the hub's own tqdm bars (loading weights, writing shards) would interleave
+    with seqtune's rich progress: one style, seqtune's."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim:
