@@ -31,6 +31,7 @@ class RichLogger:
         self.console = Console(stderr=True)
         self.show = show
         self.progress = None
+        self.latest: dict[str, float] = {}
 
     @hookimpl
     def seqtune_train_start(self, run: RunInfo) -> None:
@@ -50,9 +51,11 @@ class RichLogger:
 
     @hookimpl
     def seqtune_log(self, step: int, metrics: dict[str, float]) -> None:
-        shown = format_metrics({k: v for k, v in metrics.items() if k in self.show})
-        self.progress.update(self.task, metrics=shown)
+        self.latest.update(metrics)  # the bar keeps the last training figures beside the last evaluation
+        self.progress.update(self.task, metrics=format_metrics({k: self.latest[k] for k in self.show
+                                                                if k in self.latest}))
         if not self.console.is_terminal:
+            shown = format_metrics({k: v for k, v in metrics.items() if k in self.show})
             self.console.print(f"step {step}: {shown}", highlight=False)
 
     @hookimpl

@@ -66,10 +66,10 @@ def _json(path: Path) -> dict:
 def report_rows(run: RunRecord) -> list[tuple[str, str]]:
     """(name, value) rows: status, steps, losses, throughput, MFU, memory, the last checkpoint."""
     logged, evaluations, summary = run.logged, run.evaluations, run.summary
-    last = logged[-1] if logged else {}
-    step = run.finished or (last.get("step") if last else 0)
+    finished = run.finished or summary.get("steps")  # the summary line is written at the end, too
+    step = logged[-1]["step"] if logged else 0
     of = f" of {run.total_steps:,}" if run.total_steps else ""
-    status = (f"finished after {run.finished:,} steps" if run.finished
+    status = (f"finished after {finished:,} steps" if finished
               else f"not finished: last logged step {step:,}{of} (running, or stopped: the same command resumes it)")
     rows = [("status", status), ("train loss", _trend([r["loss"] for r in logged]))]
     if evaluations:
