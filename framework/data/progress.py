@@ -32,7 +32,10 @@ def progress_bar(description: str, total: Optional[float], unit: str = "rows",
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    columns = [TextColumn(f"[bold blue]{description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+    # a fractional unit (MB) as 0.3/1.2 MB, not the 0/1 of whole units
+    done = MofNCompleteColumn() if total is None or unit != "MB" else \
+        TextColumn("{task.completed:,.1f}/{task.total:,.1f} MB")
+    columns = [TextColumn(f"[bold blue]{description}"), BarColumn(bar_width=24), done,
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False, disable=False) as bar:
         task = bar.add_task(description, total=total, rate="")
