@@ -10,13 +10,13 @@ from typing import Optional
 
 import typer
 
-from framework.cli import check, plan, plugins, report, train
+from framework.cli import check, importer, plan, plugins, report, train
 from framework.cli.common import console
 
 app = typer.Typer(name="seqtune", no_args_is_help=True, add_completion=True,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fine-tune causal language models from declarative YAML recipes.")
-for module in (train, check, plan, report, plugins):
+for module in (train, check, plan, report, importer, plugins):
     module.register(app)
 
 

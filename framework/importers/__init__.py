@@ -1,0 +1,1 @@
+"""Recipes from other tools' commands: `seqtune import open-instruct`."""

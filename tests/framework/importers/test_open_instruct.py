@@ -1,0 +1,110 @@
+"""`seqtune import open-instruct`: commands (argument lists and shell scripts) to recipes, flag by flag."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from framework.config import load_recipe
+from framework.errors import UserError
+from framework.importers.commands import parse_command, words_of_script
+from framework.importers.open_instruct import SCRIPTS, read, render
+from seqtune_testing import REPO
+
+SEED = REPO / "recipes/tulu3/gemma2-2b-sft.yaml"
+
+
+def seed_command() -> str:
+    """The command in the seed recipe's header, as a shell script."""
+    header = [line[4:] for line in SEED.read_text().splitlines() if line.startswith("#   ")]
+    return "\n".join(line for line in header if "seqtune check" not in line)
+
+
+def imported(text: str, tmp_path: Path, name: str = "recipe.yaml") -> tuple[Path, list[str]]:
+    command = parse_command(words_of_script(text, "command.sh"), SCRIPTS)
+    draft = read(command)
+    path = tmp_path / name
+    path.write_text(render(draft, command, str(path)))
+    return path, draft.warnings
+
+
+def test_the_seed_command_imports_to_the_shipped_seed_recipe(tmp_path):
+    path, warnings = imported(seed_command(), tmp_path)
+    assert asdict(load_recipe(path).recipe) == asdict(load_recipe(SEED).recipe)
+    assert warnings == ["--use_slow_tokenizer: ignored by open-instruct itself (its TokenizerConfig says so: the "
+                        "fast tokenizer is always loaded)"]
+    text = path.read_text()
+    assert "  max_seq_length: 2048                     # --max_seq_length" in text
+    assert "# Not carried over (check these before you train):" in text and "--use_slow_tokenizer" in text
+
+
+def test_a_script_with_continuations_and_variables_expands_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUM_GPUS", "8")
+    script = """#!/bin/bash
+MODEL=meta-llama/Llama-3.1-8B
+LR=5e-6
+accelerate launch --num_processes $NUM_GPUS \\
+    open_instruct/finetune.py --model_name_or_path ${MODEL} --learning_rate $LR \\
+    --dataset_mixer_list allenai/tulu-3-sft-mixture 1000 data/extra.jsonl 0.5 --max_seq_length 4096
+"""
+    path, _ = imported(script, tmp_path)
+    recipe = load_recipe(path).recipe
+    assert recipe.launch.num_processes == 8 and recipe.model.name_or_path == "meta-llama/Llama-3.1-8B"
+    assert recipe.optimizer.options["lr"] == 5e-6 and recipe.tokenizer.name_or_path == "meta-llama/Llama-3.1-8B"
+    # open-instruct's 1000 is a count of rows, its 0.5 a share: both kept apart
+    assert [(e.count, e.fraction) for e in recipe.data.mixture] == [(1000, None), (None, 0.5)]
+    assert recipe.train.epochs == 2 and recipe.train.per_device_batch_size == 8  # open-instruct's defaults
+
+
+def test_unknown_flags_are_one_error_each_with_a_suggestion():
+    command = parse_command(["accelerate", "launch", "--num_proceses", "2", "open_instruct/finetune.py",
+                             "--learning_rat", "1e-5", "--lora_rnk", "8"], SCRIPTS)
+    with pytest.raises(UserError) as error:
+        read(command)
+    assert len(error.value.problems) == 3
+    assert "--num_proceses: not a flag of accelerate launch" in error.value.problems[0]
+    assert "did you mean 'learning_rate'" in error.value.problems[1]
+
+
+def test_an_unset_variable_names_the_script_and_line():
+    with pytest.raises(UserError, match=r"run\.sh:2: \$OUT is not set"):
+        words_of_script("MODEL=x\naccelerate launch open_instruct/finetune.py --output_dir $OUT\n", "run.sh")
+
+
+@pytest.mark.parametrize("flags, key, value", [
+    (["--use_lora", "--lora_rank", "8"], "lora", {"r": 8, "alpha": 16.0, "dropout": 0.1}),
+    (["--clip_grad_norm", "-1"], "train.clip_grad_norm", None),
+    (["--checkpointing_steps", "500"], "checkpoint.every", 500),
+    (["--lr_scheduler_type", "cosine"], "scheduler.name", "cosine"),
+    (["--gradient_checkpointing", "true"], "model.gradient_checkpointing", True),
+])
+def test_flags_map_to_recipe_keys(flags, key, value):
+    draft = read(parse_command(["open_instruct/finetune.py", "--model_name_or_path", "m", *flags], SCRIPTS))
+    assert draft.values[key] == value
+
+
+def test_a_dpo_command_is_a_preference_recipe_with_a_cached_reference(tmp_path):
+    script = ("accelerate launch --num_processes 8 --use_deepspeed --deepspeed_config_file "
+              "configs/ds_configs/stage3_offloading_accelerate.conf open_instruct/dpo_tune_cache.py "
+              "--model_name_or_path allenai/Llama-3.1-Tulu-3-8B-SFT --dataset_mixer_list "
+              "allenai/llama-3.1-tulu-3-8b-preference-mixture 1.0 --dpo_loss_type dpo_norm --dpo_beta 5 "
+              "--reduce_loss sum --max_seq_length 2048")
+    path, warnings = imported(script, tmp_path)
+    recipe = load_recipe(path).recipe
+    assert recipe.objective.name == "dpo" and recipe.objective.options == {"loss": "dpo_norm", "beta": 5.0,
+                                                                           "reference": "cached"}
+    assert recipe.data.mixture[0].format == "preference" and recipe.train.loss_reduction == "mean"
+    assert (recipe.launch.deepspeed.zero_stage, recipe.launch.deepspeed.offload_params) == (3, True)
+    assert any("--reduce_loss: ignored by open-instruct's DPO scripts" in w for w in warnings)
+
+
+def test_the_cli_writes_the_recipe_and_says_what_was_not_carried_over(seqtune, tmp_path):
+    out = tmp_path / "imported.yaml"
+    done = seqtune("import", "open-instruct", "-o", str(out), "--", "python", "open_instruct/finetune.py",
+                   "--model_name_or_path", "m", "--push_to_hub", "--max_seq_length", "512")
+    assert done.returncode == 0, done.stderr
+    assert "--push_to_hub: not carried over: seqtune never uploads" in done.stderr
+    assert "#   - --push_to_hub: not carried over" in out.read_text()
+    bad = seqtune("import", "open-instruct", "--", "open_instruct/finetune.py", "--nope", "1")
+    assert bad.returncode == 2 and "--nope: not a flag of finetune.py" in bad.stderr and "Traceback" not in bad.stderr
