@@ -38,7 +38,7 @@ resolved recipe).
 
 A `plugin` key takes a plugin name (`adamw`) or `{name: adamw, <that plugin's options>}`;
 `seqtune plugins` lists the names. `[]` in a key means every list element. Editors can validate
-recipes against `docs/recipe.schema.json`.
+recipes against `docs/recipe.schema.json` as you type ([how](editors.md)).
 """
 
 
