@@ -3,6 +3,8 @@ continuations, `VAR=value` lines and `$VAR` / `${VAR}` references; split into th
 flags, the training script, and the script's flags."""
 from __future__ import annotations
 
+import ast
+import operator
 import os
 import re
 import shlex
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from framework.errors import UserError
 
 _ASSIGNMENT = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_ARITHMETIC = re.compile(r"\$\(\((.*?)\)\)")
 _REFERENCE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
@@ -26,21 +29,37 @@ class Command:
 
 def words_of_script(text: str, where: str) -> list[str]:
     """The words of the first command in a shell script that runs `accelerate launch` (or python):
-    continuations joined, comments dropped, variables set in the script or the environment expanded."""
+    continuations joined, comments dropped, `VAR=value` lines and the environment's variables expanded,
+    integer `$((...))` arithmetic evaluated."""
     variables = dict(os.environ)
-    lines = text.replace("\\\n", " ").splitlines()
+    # a script may end in a continuation; bash drops that backslash
+    lines = text.rstrip().removesuffix("\\").replace("\\\n", " ").splitlines()
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         assigned = _ASSIGNMENT.match(line)
-        if assigned and " " not in assigned.group(2).strip().strip("'\""):
-            variables[assigned.group(1)] = _expand(shlex.split(assigned.group(2))[0] if assigned.group(2) else "",
-                                                   variables, where, number)
+        if assigned and _assign(assigned.group(1), assigned.group(2), variables, where, number):
             continue
         if "accelerate" in line or ".py" in line:
-            return shlex.split(_expand(line, variables, where, number), comments=True)
+            try:
+                return shlex.split(_expand(line, variables, where, number), comments=True)
+            except ValueError as exc:  # an unclosed quote
+                raise UserError(f"{where}:{number}: cannot split the command into words ({exc})") from None
     raise UserError(f"{where}: no `accelerate launch` or python command found")
+
+
+def _assign(name: str, raw: str, variables: dict[str, str], where: str, number: int) -> bool:
+    """Record `name=raw`; False when the line is a command with a variable in front (`X=1 cmd`)."""
+    raw = raw.strip()
+    if raw.startswith("$((") and raw.endswith("))"):
+        variables[name] = _expand(raw, variables, where, number)
+        return True
+    words = shlex.split(raw) if raw else [""]
+    if len(words) != 1:
+        return False
+    variables[name] = _expand(words[0], variables, where, number)
+    return True
 
 
 def _expand(text: str, variables: dict[str, str], where: str, number: int) -> str:
@@ -51,7 +70,15 @@ def _expand(text: str, variables: dict[str, str], where: str, number: int) -> st
                             f"export {name}=... first")
         return variables[name]
 
-    return _REFERENCE.sub(value, text)
+    def arithmetic(match: re.Match) -> str:
+        expression = re.sub(r"\b[A-Za-z_]\w*\b", lambda m: variables.get(m.group(0), m.group(0)),
+                            _REFERENCE.sub(value, match.group(1)))
+        try:
+            return str(_integer(ast.parse(expression.replace("/", "//"), mode="eval").body))
+        except (SyntaxError, ValueError, ZeroDivisionError):
+            raise UserError(f"{where}:{number}: $(({match.group(1)})) is not integer arithmetic seqtune can read") from None
+
+    return _REFERENCE.sub(value, _ARITHMETIC.sub(arithmetic, text))
 
 
 def parse_command(words: list[str], scripts: tuple[str, ...]) -> Command:
@@ -78,3 +105,18 @@ def _flags(words: list[str]) -> list[tuple[str, list[str]]]:
         else:
             raise UserError(f"'{word}' comes before any flag; a flag starts with --")
     return found
+
+
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+              ast.Mod: operator.mod}
+
+
+def _integer(node: ast.AST) -> int:
+    """The value of shell integer arithmetic (+ - * / %, parentheses), parsed, never executed."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_integer(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_integer(node.left), _integer(node.right))
+    raise ValueError("not integer arithmetic")

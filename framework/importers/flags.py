@@ -87,13 +87,23 @@ def keep(draft: Draft, values: list[str], flag: str) -> None:
 
 def _mixture(draft: Draft, values: list[str], flag: str) -> None:
     """Pairs `name amount`: open-instruct reads `1.0` as every row (a fraction) and `1000` as that many."""
-    if not values or len(values) % 2:
-        raise UserError(f"{flag}: needs pairs of dataset and amount, got {len(values)} value(s)")
+    if not values:
+        raise UserError(f"{flag}: needs pairs of dataset and amount")
+    if len(values) % 2:
+        draft.warnings.append(f"{flag}: {values[-1]} has no amount after it; written as 1.0 (every row)")
+        values = [*values, "1.0"]
     entries = []
     for source, amount in zip(values[::2], values[1::2]):
         value = as_number(amount, flag)
         entries.append({"source": source, "fraction" if isinstance(value, float) else "count": value})
     draft.set("data.mixture", entries, f"{flag} {' '.join(values)}")
+
+
+def _train_file(draft: Draft, values: list[str], flag: str) -> None:
+    """Older scripts' one local file: every row of it."""
+    if "data.mixture" in draft.values:
+        raise UserError(f"{flag}: give either --train_file or --dataset_mixer_list, as open-instruct requires")
+    draft.set("data.mixture", [{"source": _one(values, flag), "fraction": 1.0}], f"{flag} (every row)")
 
 
 def _checkpointing(draft: Draft, values: list[str], flag: str) -> None:
@@ -139,6 +149,17 @@ def _deepspeed_file(draft: Draft, values: list[str], flag: str) -> None:
     draft.set("launch.deepspeed", config, f"--use_deepspeed {flag} {path}")
 
 
+def _accelerate_config(draft: Draft, values: list[str], flag: str) -> None:
+    """An accelerate config file is not read, but open-instruct's are named for their ZeRO stage."""
+    path = _one(values, flag)
+    stage = re.search(r"(?:zero|stage)_?([0-3])", Path(path).name)
+    if stage is None:
+        draft.warnings.append(f"{flag} {path}: not carried over: accelerate config files are not read; set the "
+                              "launch keys it holds")
+        return
+    draft.set("launch.deepspeed", {"zero_stage": int(stage.group(1))}, f"--use_deepspeed {flag} {path}")
+
+
 NO_HUB = "seqtune never uploads; push the output_dir with huggingface-cli upload"
 BEAKER = "Ai2's Beaker cluster only"
 COMMON: dict[str, Handler] = {
@@ -174,7 +195,7 @@ COMMON: dict[str, Handler] = {
     "config_name": unsupported("the model's own config is used (or model.config for a new model)"),
     "dataset_name": unsupported("use --dataset_mixer_list (data.mixture)"),
     "dataset_mixer": unsupported("use --dataset_mixer_list (data.mixture)"),
-    "train_file": unsupported("use --dataset_mixer_list (data.mixture) with the file as a source"),
+    "train_file": _train_file,
     "dataset_config_name": unsupported("a dataset configuration name has no data.mixture key"),
     "max_train_samples": unsupported("give the mixture entries a count"),
     "dataset_transform_fn": unsupported("seqtune's chat encoder and data.truncation replace the transforms"),
@@ -203,6 +224,6 @@ ACCELERATE: dict[str, Handler] = {
     "use_deepspeed": keep, "deepspeed_config_file": _deepspeed_file,
     "deepspeed_multinode_launcher": unsupported("seqtune starts each machine's processes with accelerate's "
                                                 "launcher (see `seqtune train --print-launch`)"),
-    "config_file": unsupported("accelerate config files are not read; the launch keys say the same"),
+    "config_file": _accelerate_config,
 }
 

@@ -108,3 +108,37 @@ def test_the_cli_writes_the_recipe_and_says_what_was_not_carried_over(seqtune, t
     assert "#   - --push_to_hub: not carried over" in out.read_text()
     bad = seqtune("import", "open-instruct", "--", "open_instruct/finetune.py", "--nope", "1")
     assert bad.returncode == 2 and "--nope: not a flag of finetune.py" in bad.stderr and "Traceback" not in bad.stderr
+
+
+FIXTURES = REPO / "tests/fixtures/open_instruct"
+
+
+def imported_fixture(name: str, tmp_path: Path):
+    path, warnings = imported((FIXTURES / f"{name}.sh").read_text(), tmp_path, f"{name}.yaml")
+    return load_recipe(path).recipe, warnings, path
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in FIXTURES.glob("*.sh")))
+def test_every_real_command_imports_to_a_recipe_that_checks(name, tmp_path, seqtune):
+    """Valid as seqtune sees it: the only problems left are files of the author's machine."""
+    recipe, _, path = imported_fixture(name, tmp_path)
+    assert recipe.data.mixture and recipe.output_dir
+    checked = seqtune("check", str(path))
+    problems = [line for line in checked.stderr.splitlines() if line.strip().startswith("•")]
+    assert checked.returncode == 0 or all("no such" in line for line in problems), checked.stderr[-2000:]
+
+
+def test_what_each_real_command_covers_is_carried_over(tmp_path):
+    lora, _, _ = imported_fixture("llama2-7b-lora-stage3", tmp_path)
+    assert (lora.lora.r, lora.lora.alpha, lora.launch.deepspeed.zero_stage) == (64, 16.0, 3)
+    assert [c.name for c in lora.logging.loggers] == ["rich", "jsonl", "tensorboard"]
+    assert lora.data.mixture[0].source == "oasst1_data.jsonl"  # --train_file: every row of one file
+    _, warnings, _ = imported_fixture("llama2-70b-qlora", tmp_path)
+    assert any(w.startswith("--use_qlora: not carried over") for w in warnings)
+    dpo, _, _ = imported_fixture("tulu3-llama31-70b-dpo-offload", tmp_path)
+    assert dpo.objective.name == "dpo" and dpo.launch.deepspeed.offload_optimizer
+    machines, _, _ = imported_fixture("tulu3-llama31-70b-sft", tmp_path)
+    assert machines.launch.num_machines > 1 and machines.launch.main_process_port == 29400
+    zero2, _, _ = imported_fixture("olmoe-1b-sft-zero2-mason", tmp_path)
+    assert zero2.launch.deepspeed.zero_stage == 2 and zero2.train.gradient_accumulation_steps == 1
+    assert "bsz_128" in zero2.run_name  # $((8 * 8 * 2 * $grad_accu_steps)) evaluated
