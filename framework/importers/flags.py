@@ -60,11 +60,13 @@ def number(key: str) -> Handler:
     return to(key, as_number)
 
 
-def switch(key: str, on: Any = True) -> Handler:
-    """A boolean flag: `on` at `key` when it is true; false keeps the default."""
+def switch(key: str, on: Any = True, off: Any = None) -> Handler:
+    """A boolean flag: `on` at `key` when it is true; when false, `off` (None: the default stays)."""
     def handle(draft: Draft, values: list[str], flag: str) -> None:
         if as_bool(values, flag):
             draft.set(key, on, flag)
+        elif off is not None:
+            draft.set(key, off, f"{flag} false")
     return handle
 
 
@@ -86,7 +88,8 @@ def keep(draft: Draft, values: list[str], flag: str) -> None:
 
 
 def _mixture(draft: Draft, values: list[str], flag: str) -> None:
-    """Pairs `name amount`: open-instruct reads `1.0` as every row (a fraction) and `1000` as that many."""
+    """Pairs `name amount`: open-instruct reads an amount above 1 as that many rows (`1000`, `2.0`) and one
+    up to 1 as a share of the rows (`0.5`; `1` and `1.0` are every row)."""
     if not values:
         raise UserError(f"{flag}: needs pairs of dataset and amount")
     if len(values) % 2:
@@ -95,7 +98,8 @@ def _mixture(draft: Draft, values: list[str], flag: str) -> None:
     entries = []
     for source, amount in zip(values[::2], values[1::2]):
         value = as_number(amount, flag)
-        entries.append({"source": source, "fraction" if isinstance(value, float) else "count": value})
+        entries.append({"source": source, "count": int(value)} if value > 1 else
+                       {"source": source, "fraction": float(value)})
     draft.set("data.mixture", entries, f"{flag} {' '.join(values)}")
 
 
@@ -163,12 +167,14 @@ def _accelerate_config(draft: Draft, values: list[str], flag: str) -> None:
 NO_HUB = "seqtune never uploads; push the output_dir with huggingface-cli upload"
 BEAKER = "Ai2's Beaker cluster only"
 COMMON: dict[str, Handler] = {
-    "exp_name": to("run_name"), "run_name": to("run_name"), "output_dir": to("output_dir"),
+    "exp_name": to("run_name"), "run_name": ignored("runs are named by --exp_name"), "output_dir": to("output_dir"),
     "seed": number("seed"), "model_name_or_path": to("model.name_or_path"), "model_revision": to("model.revision"),
-    "use_flash_attn": switch("model.attn_implementation", "flash_attention_2"),
+    "use_flash_attn": switch("model.attn_implementation", "flash_attention_2", "sdpa"),
     "gradient_checkpointing": switch("model.gradient_checkpointing"),
     "trust_remote_code": switch("model.trust_remote_code"),
-    "tokenizer_name": to("tokenizer.name_or_path"), "tokenizer_name_or_path": to("tokenizer.name_or_path"),
+    "tokenizer_name": ignored("at the Tulu 3 release the tokenizer comes from --tokenizer_name_or_path, else "
+                              "the model"),
+    "tokenizer_name_or_path": to("tokenizer.name_or_path"),
     "tokenizer_revision": to("tokenizer.revision"), "chat_template_name": to("tokenizer.chat_template"),
     "add_bos": switch("tokenizer.add_bos"), "use_fast": keep,
     "use_slow_tokenizer": ignored("its TokenizerConfig says so: the fast tokenizer is always loaded"),
@@ -197,7 +203,7 @@ COMMON: dict[str, Handler] = {
     "dataset_mixer": unsupported("use --dataset_mixer_list (data.mixture)"),
     "train_file": _train_file,
     "dataset_config_name": unsupported("a dataset configuration name has no data.mixture key"),
-    "max_train_samples": unsupported("give the mixture entries a count"),
+    "max_train_samples": ignored("finetune.py never reads it; give the mixture entries a count"),
     "dataset_transform_fn": unsupported("seqtune's chat encoder and data.truncation replace the transforms"),
     "dataset_target_columns": unsupported("the format's columns are mapped per source (columns:)"),
     "dataset_cache_mode": unsupported("seqtune's data cache (data.cache_dir) is always on and keyed by content"),
@@ -217,6 +223,9 @@ DPO: dict[str, Handler] = {
     "dpo_use_paged_optimizer": unsupported("bitsandbytes optimizers are not built in"),
     "concatenated_forward": keep,
 }
+# booleans whose default is true, which HfArgumentParser also takes as --no_<name>
+NEGATABLE = ("use_flash_attn", "fused_optimizer", "push_to_hub", "try_launch_beaker_eval_jobs", "try_auto_save_to_beaker",
+             "use_fast", "concatenated_forward")
 ACCELERATE: dict[str, Handler] = {
     "mixed_precision": to("launch.mixed_precision"), "num_machines": number("launch.num_machines"),
     "num_processes": number("launch.num_processes"), "machine_rank": number("launch.machine_rank"),

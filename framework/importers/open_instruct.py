@@ -14,7 +14,7 @@ from typing import Any
 
 from framework.errors import UserError, did_you_mean
 from framework.importers.commands import Command
-from framework.importers.flags import ACCELERATE, COMMON, DPO, Draft, as_bool, as_number
+from framework.importers.flags import ACCELERATE, COMMON, DPO, NEGATABLE, Draft, as_bool, as_number
 from framework.importers.render import render
 
 __all__ = ["SCRIPTS", "read", "render"]
@@ -24,7 +24,8 @@ SCRIPTS = ("finetune.py", "dpo_tune_cache.py", "dpo_tune.py")
 
 # open-instruct's own defaults where they differ from seqtune's: a flag left out means these
 DEFAULTS = {"seed": 42, "train.epochs": 2, "train.per_device_batch_size": 8, "optimizer.lr": 2.0e-5,
-            "optimizer.weight_decay": 0.0, "scheduler.name": "linear", "scheduler.warmup_ratio": 0.03}
+            "optimizer.weight_decay": 0.0, "optimizer.fused": True, "scheduler.name": "linear",
+            "scheduler.warmup_ratio": 0.03, "model.attn_implementation": "flash_attention_2"}
 DPO_LOSSES = {"dpo": "sigmoid", "dpo_norm": "dpo_norm", "simpo": "simpo"}
 
 
@@ -35,6 +36,7 @@ def read(command: Command) -> Draft:
     draft, unknown = Draft(), []
     for table, flags in tables:
         for name, values in flags:
+            name, values = _spelled(name, values, table, draft)
             handler = table.get(name)
             if handler is None:
                 tool = "accelerate launch" if table is ACCELERATE else Path(command.script).name
@@ -45,6 +47,20 @@ def read(command: Command) -> Draft:
         raise UserError(unknown)
     assemble(draft, command, dpo)
     return draft
+
+
+def _spelled(name: str, values: list[str], table: dict, draft: Draft) -> tuple[str, list[str]]:
+    """The flag as open-instruct's parser reads it: `--no_<flag>` is false for a flag that defaults to
+    true, and a unique prefix is the flag it starts (`--model_name` is `--model_name_or_path`)."""
+    if table is ACCELERATE or name in table:
+        return name, values
+    if name.startswith("no_") and name[3:] in NEGATABLE:
+        return name[3:], ["false"]
+    matches = [flag for flag in table if flag.startswith(name)]
+    if len(matches) == 1:
+        draft.warnings.append(f"--{name}: read as --{matches[0]}, as open-instruct's parser reads a unique prefix")
+        return matches[0], values
+    return name, values
 
 
 def assemble(draft: Draft, command: Command, dpo: bool) -> None:

@@ -54,12 +54,13 @@ accelerate launch --num_processes $NUM_GPUS \\
     assert recipe.optimizer.options["lr"] == 5e-6 and recipe.tokenizer.name_or_path == "meta-llama/Llama-3.1-8B"
     # open-instruct's 1000 is a count of rows, its 0.5 a share: both kept apart
     assert [(e.count, e.fraction) for e in recipe.data.mixture] == [(1000, None), (None, 0.5)]
+    assert recipe.model.attn_implementation == "flash_attention_2" and recipe.optimizer.options["fused"]
     assert recipe.train.epochs == 2 and recipe.train.per_device_batch_size == 8  # open-instruct's defaults
 
 
 def test_unknown_flags_are_one_error_each_with_a_suggestion():
     command = parse_command(["accelerate", "launch", "--num_proceses", "2", "open_instruct/finetune.py",
-                             "--learning_rat", "1e-5", "--lora_rnk", "8"], SCRIPTS)
+                             "--learnin_rate", "1e-5", "--lora_rnk", "8"], SCRIPTS)
     with pytest.raises(UserError) as error:
         read(command)
     assert len(error.value.problems) == 3
@@ -142,3 +143,13 @@ def test_what_each_real_command_covers_is_carried_over(tmp_path):
     zero2, _, _ = imported_fixture("olmoe-1b-sft-zero2-mason", tmp_path)
     assert zero2.launch.deepspeed.zero_stage == 2 and zero2.train.gradient_accumulation_steps == 1
     assert "bsz_128" in zero2.run_name  # $((8 * 8 * 2 * $grad_accu_steps)) evaluated
+
+
+def test_amounts_and_spellings_read_as_open_instructs_parser_reads_them():
+    draft = read(parse_command(["open_instruct/finetune.py", "--model_name", "m", "--no_use_flash_attn",
+                                "--dataset_mixer_list", "a/b", "1", "c/d", "2.0", "e/f", "0.25"], SCRIPTS))
+    # above 1: that many rows ("2.0" is two); up to 1: a share ("1" is every row)
+    assert draft.values["data.mixture"] == [{"source": "a/b", "fraction": 1.0}, {"source": "c/d", "count": 2},
+                                            {"source": "e/f", "fraction": 0.25}]
+    assert draft.values["model.name_or_path"] == "m" and draft.values["model.attn_implementation"] == "sdpa"
+    assert "--model_name: read as --model_name_or_path" in draft.warnings[0]
