@@ -76,7 +76,8 @@ def _expand(text: str, variables: dict[str, str], where: str, number: int) -> st
         try:
             return str(_integer(ast.parse(expression.replace("/", "//"), mode="eval").body))
         except (SyntaxError, ValueError, ZeroDivisionError):
-            raise UserError(f"{where}:{number}: $(({match.group(1)})) is not integer arithmetic seqtune can read") from None
+            raise UserError(f"{where}:{number}: $(({match.group(1)})) is not integer arithmetic seqtune can "
+                            "read") from None
 
     return _REFERENCE.sub(value, _ARITHMETIC.sub(arithmetic, text))
 

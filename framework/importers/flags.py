@@ -224,8 +224,8 @@ DPO: dict[str, Handler] = {
     "concatenated_forward": keep,
 }
 # booleans whose default is true, which HfArgumentParser also takes as --no_<name>
-NEGATABLE = ("use_flash_attn", "fused_optimizer", "push_to_hub", "try_launch_beaker_eval_jobs", "try_auto_save_to_beaker",
-             "use_fast", "concatenated_forward")
+NEGATABLE = ("use_flash_attn", "fused_optimizer", "push_to_hub", "try_launch_beaker_eval_jobs",
+             "try_auto_save_to_beaker", "use_fast", "concatenated_forward")
 ACCELERATE: dict[str, Handler] = {
     "mixed_precision": to("launch.mixed_precision"), "num_machines": number("launch.num_machines"),
     "num_processes": number("launch.num_processes"), "machine_rank": number("launch.machine_rank"),
