@@ -6,7 +6,6 @@ rewrites the page and `--check` fails when the committed one is stale.
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import re
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from framework import hookspecs
+from framework.config.reference import generate
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root, where docs/ lives
 PAGE = "docs/plugin-hooks.md"
@@ -65,24 +65,8 @@ def outputs() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m framework.config.hook_reference",
-                                     description="Regenerate the plugin hook reference.")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the committed page differs from the generated one")
-    args = parser.parse_args(argv)
-    generated = outputs()
-    if args.check:
-        stale = [p for p, text in generated.items()
-                 if not (ROOT / p).is_file() or (ROOT / p).read_text(encoding="utf-8") != text]
-        if stale:
-            print(f"out of date with framework/hookspecs.py: {', '.join(stale)}; "
-                  "run `python -m framework.config.hook_reference`", file=sys.stderr)
-        return 1 if stale else 0
-    for path, text in generated.items():
-        (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
-        (ROOT / path).write_text(text, encoding="utf-8", newline="\n")
-        print(f"wrote {path}")
-    return 0
+    return generate(outputs(), argv, "framework.config.hook_reference", "the plugin hook reference",
+                    "framework/hookspecs.py", ROOT)
 
 
 # --- page parts ------------------------------------------------------------------------------

@@ -75,22 +75,26 @@ def outputs() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m framework.config.reference",
-                                     description="Regenerate the recipe reference and JSON Schema.")
+    return generate(outputs(), argv, "framework.config.reference", "the recipe reference and JSON Schema",
+                    "framework/config/schema.py", ROOT)
+
+
+def generate(generated: dict[str, str], argv: list[str] | None, module: str, what: str, source: str,
+             root: Path) -> int:
+    """Write generated docs files under `root`, or with --check exit 1 when a committed one differs."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=f"Regenerate {what}.")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if a committed file differs from the generated one")
     args = parser.parse_args(argv)
-    generated = outputs()
     if args.check:
         stale = [p for p, text in generated.items()
-                 if not (ROOT / p).is_file() or (ROOT / p).read_text(encoding="utf-8") != text]
+                 if not (root / p).is_file() or (root / p).read_text(encoding="utf-8") != text]
         if stale:
-            print(f"out of date with framework/config/schema.py: {', '.join(stale)}; "
-                  "run `python -m framework.config.reference`", file=sys.stderr)
+            print(f"out of date with {source}: {', '.join(stale)}; run `python -m {module}`", file=sys.stderr)
         return 1 if stale else 0
     for path, text in generated.items():
-        (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
-        (ROOT / path).write_text(text, encoding="utf-8", newline="\n")
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text, encoding="utf-8", newline="\n")
         print(f"wrote {path}")
     return 0
 
