@@ -45,4 +45,4 @@ def test_trackers_selected_by_the_recipe_write_offline_records(seqtune, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert list((out / "wandb").glob("offline-run-*"))
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # 3 steps + summary
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 5  # 3 steps, the evaluation, the summary

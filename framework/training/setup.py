@@ -62,7 +62,7 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     objective, packing = parts.objective(), parts.packing()
     _check_layout(objective, packing, recipe)
-    if not getattr(objective, "uses_token_loss", True) and any(key.startswith("train.loss") for key in loaded.provenance):
+    if not getattr(objective, "uses_token_loss", True) and any(key == "train.loss" or key.startswith("train.loss.") for key in loaded.provenance):
         warn(f"train.loss: objective {recipe.objective.name} scores sequences itself and does not use it "
              "(its own options size the chunks); the memory plan still reads its chunking")
     first = main_first or contextlib.nullcontext  # a fresh context for each preparation

@@ -59,7 +59,8 @@ class Run:
         result = seqtune(world, "train", RECIPE, *self.overrides)
         assert result.returncode == 0, result.stderr[-3000:]
         lines = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines()]
-        self.logs, self.summary = lines[:-1], lines[-1]["summary"]
+        # the training windows; the quickstart recipe's evaluations are logged too, on their own lines
+        self.logs, self.summary = [line for line in lines[:-1] if "loss" in line], lines[-1]["summary"]
 
     @property
     def lengths(self) -> list[int]:

@@ -22,7 +22,8 @@ def run_train(repo: Path, out: Path | str, *extra: str, cwd: Path | None = None)
     """The real `seqtune train` on a small quickstart run (recipe paths absolute, so any cwd works)."""
     exe = Path(sys.executable).with_name("seqtune")
     paths = [f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}",
-             f"data.mixture=[{{source: {repo / 'recipes/quickstart/data/train.jsonl'}, count: 48}}]"]
+             f"data.mixture=[{{source: {repo / 'recipes/quickstart/data/train.jsonl'}, count: 48}}]",
+             f"eval.mixture=[{{source: {repo / 'recipes/quickstart/data/eval.jsonl'}, fraction: 1.0}}]"]
     command = [str(exe), "train", str(repo / "recipes/quickstart.yaml"), f"output_dir={out}", *COMMON, *paths,
                *extra]
     return subprocess.run(command, cwd=cwd or repo, capture_output=True, text=True, timeout=600,
@@ -104,7 +105,8 @@ def test_overwrite_replaces_the_old_run_and_trains_afresh(used, repo, tmp_path):
     assert not (out / "notes.txt").exists() and not (out / "checkpoints").exists()
     record = json.loads((out / "run.json").read_text())
     assert record["finished"] == STEPS and record["identity"]["optimizer"] != old_identity["optimizer"]
-    steps = [json.loads(line).get("step") for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [record.get("step") for record in records if "eval_loss" not in record]
     assert steps == [*range(1, STEPS + 1), None]  # a fresh record, not the old one continued
 
 
