@@ -24,7 +24,9 @@ def test_tulu_stage2_matches_open_instructs_stage2_with_the_recipe_filled_in(rec
     assert config["train_micro_batch_size_per_gpu"] == 1 and config["gradient_accumulation_steps"] == 2
     assert config["train_batch_size"] == 1 * 2 * 4
     assert config["bf16"]["enabled"] is True and config["fp16"]["enabled"] is False
-    assert config["gradient_clipping"] == 0.0  # no train.clip_grad_norm: no clipping
+    assert config["gradient_clipping"] == 1.0  # open-instruct's "auto", which accelerate fills with 1.0
+    unclipped = deepspeed_config(recipe("train.clip_grad_norm=null"), world_size=4)
+    assert unclipped["gradient_clipping"] == 0.0  # no train.clip_grad_norm: no clipping
     assert config["zero_optimization"]["reduce_bucket_size"] == "auto"  # accelerate sizes it from the model
 
 
