@@ -2,7 +2,10 @@
 sequence of a micro-batch, as `batch["reference_logps"]` (rows x sequences, no gradient).
 
 `live` scores each micro-batch as it trains: with LoRA the trained model with its adapter disabled
-(no copy at all), else a frozen copy of the starting model (sharded like the model under ZeRO-3).
+(no copy at all), else a frozen copy of the starting model on every device. Under ZeRO-3 a frozen copy
+is refused (`check_reference`): a second ZeRO-3 engine beside the trained one lets the two engines'
+asynchronous gathers interleave in an order that differs between ranks (measured on gloo: an abort in
+about one run of three); the cached reference, computed before training, has no such overlap.
 `cached` scores every row once before training, with the same layout the first epoch trains with,
 and keeps the numbers next to the preprocessing cache, keyed by the model, the data and the
 precision, so a second run, a resumed run and every process read them instead. Both use the
@@ -77,7 +80,8 @@ def _scorer(recipe: Any, prep: Any, accelerator: Any, model: Any) -> Scorer:
 
 def _frozen_copy(recipe: Any, prep: Any, accelerator: Any, model: Any) -> Any:
     """The starting model, rebuilt as the run built it (the same seed: a randomly initialised model
-    comes out the same), in the trained model's dtype, with no gradients; ZeRO-3 shards it."""
+    comes out the same), in the trained model's dtype, with no gradients; ZeRO-3 (which builds it
+    partitioned) runs it as an engine of its own, for the cached reference's pass before training."""
     from accelerate.utils import set_seed
 
     from framework.launch.accelerator import is_deepspeed
@@ -104,6 +108,18 @@ def _sharded(frozen: Any, accelerator: Any) -> Any:
     engine, *_ = deepspeed.initialize(model=frozen, config=config)
     engine.eval()
     return engine
+
+
+def check_reference(recipe: Any, objective: Any) -> None:
+    """Refuse, before anything is written, a reference this launch cannot run safely."""
+    from framework.errors import UserError
+
+    ds = recipe.launch.deepspeed
+    if objective.reference == "live" and recipe.lora is None and ds is not None and ds.zero_stage == 3:
+        raise UserError("objective.reference=live with launch.deepspeed.zero_stage=3: a frozen copy would be a "
+                        "second ZeRO-3 engine beside the trained one, whose gathers can interleave differently on "
+                        "each rank; use objective.reference=cached (the default, as open-instruct's "
+                        "dpo_tune_cache.py), or LoRA")
 
 
 def _cached_table(loaded: Any, prep: Any, accelerator: Any, score: Callable[[], Scorer], role: str) -> Any:
@@ -147,7 +163,8 @@ def _score_every_row(prep: Any, accelerator: Any, score: Scorer, role: str) -> A
 def _key(recipe: Any, accelerator: Any, rows: int) -> str:
     """What changes the reference's numbers beyond the rows (the cache entry already keys those):
     the starting model (and its local files), its precision, the objective and the layout."""
-    model = {k: v for k, v in asdict(recipe.model).items() if k not in ("gradient_checkpointing", "activation_offloading")}
+    savers = ("gradient_checkpointing", "activation_offloading")  # the same numbers either way
+    model = {k: v for k, v in asdict(recipe.model).items() if k not in savers}
     local = local_fingerprint(recipe.model.name_or_path) if recipe.model.name_or_path else None
     parts = {"model": model, "files": local, "seed": recipe.seed if recipe.model.config else None,
              "lora": recipe.lora is not None, "precision": recipe.launch.mixed_precision,
