@@ -44,11 +44,9 @@ def train(recipe: str = typer.Argument(..., help=RECIPE_HELP),
 def _check_before_launch(loaded, parts) -> None:
     """Plugin warnings and machine errors show once, here, not once per worker."""
     from framework.launch.preflight import preflight
-    from framework.training.reference import check_reference
 
     show_warnings(parts.registry.warnings)
     preflight(loaded.recipe)
-    check_reference(loaded.recipe, parts.objective())
 
 
 def register(app: typer.Typer) -> None:

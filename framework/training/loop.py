@@ -58,6 +58,9 @@ def train(loaded: LoadedRecipe) -> Path:
     summary = _summary(run, window, started)
     _save_outputs(run, summary)
     run.hook.seqtune_train_end(summary=summary)
+    # No rank leaves while another still writes: a rank that exits tears down its ZeRO-3 engines and its
+    # end of the process group under the others (with a frozen reference engine: an abort in 1 run of 4).
+    accelerator.wait_for_everyone()
     return run.output_dir
 
 

@@ -2,10 +2,7 @@
 sequence of a micro-batch, as `batch["reference_logps"]` (rows x sequences, no gradient).
 
 `live` scores each micro-batch as it trains: with LoRA the trained model with its adapter disabled
-(no copy at all), else a frozen copy of the starting model on every device. Under ZeRO-3 a frozen copy
-is refused (`check_reference`): a second ZeRO-3 engine beside the trained one lets the two engines'
-asynchronous gathers interleave in an order that differs between ranks (measured on gloo: an abort in
-about one run of three); the cached reference, computed before training, has no such overlap.
+(no copy at all), else a frozen copy of the starting model (sharded like the model under ZeRO-3).
 `cached` scores every row once before training, with the same layout the first epoch trains with,
 and keeps the numbers next to the preprocessing cache, keyed by the model, the data and the
 precision, so a second run, a resumed run and every process read them instead. Both use the
@@ -81,7 +78,7 @@ def _scorer(recipe: Any, prep: Any, accelerator: Any, model: Any) -> Scorer:
 def _frozen_copy(recipe: Any, prep: Any, accelerator: Any, model: Any) -> Any:
     """The starting model, rebuilt as the run built it (the same seed: a randomly initialised model
     comes out the same), in the trained model's dtype, with no gradients; ZeRO-3 (which builds it
-    partitioned) runs it as an engine of its own, for the cached reference's pass before training."""
+    partitioned) runs it as an engine of its own."""
     from accelerate.utils import set_seed
 
     from framework.launch.accelerator import is_deepspeed
@@ -108,18 +105,6 @@ def _sharded(frozen: Any, accelerator: Any) -> Any:
     engine, *_ = deepspeed.initialize(model=frozen, config=config)
     engine.eval()
     return engine
-
-
-def check_reference(recipe: Any, objective: Any) -> None:
-    """Refuse, before anything is written, a reference this launch cannot run safely."""
-    from framework.errors import UserError
-
-    ds = recipe.launch.deepspeed
-    if objective.reference == "live" and recipe.lora is None and ds is not None and ds.zero_stage == 3:
-        raise UserError("objective.reference=live with launch.deepspeed.zero_stage=3: a frozen copy would be a "
-                        "second ZeRO-3 engine beside the trained one, whose gathers can interleave differently on "
-                        "each rank; use objective.reference=cached (the default, as open-instruct's "
-                        "dpo_tune_cache.py), or LoRA")
 
 
 def _cached_table(loaded: Any, prep: Any, accelerator: Any, score: Callable[[], Scorer], role: str) -> Any:

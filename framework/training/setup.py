@@ -27,7 +27,7 @@ from framework.training.checkpoints import restore as restore_checkpoint
 from framework.training.evaluation import EvalSet, eval_data, eval_set, record_split
 from framework.training.outputs import say, warn
 from framework.training.ownership import Claim, check_output_dir, note_total_steps, run_identity, take_output_dir
-from framework.training.reference import check_reference, make_references
+from framework.training.reference import make_references
 from framework.types import RunInfo
 
 
@@ -62,7 +62,6 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     objective, packing = parts.objective(), parts.packing()
     _check_layout(objective, packing, recipe)
-    check_reference(recipe, objective)
     if not getattr(objective, "uses_token_loss", True) and any(key == "train.loss" or key.startswith("train.loss.") for key in loaded.provenance):
         warn(f"train.loss: objective {recipe.objective.name} scores sequences itself and does not use it "
              "(its own options size the chunks); the memory plan still reads its chunking")

@@ -215,12 +215,12 @@ def test_the_tulu3_dpo_recipe_is_planned_with_two_sequences_and_its_reference(re
     def plan(*overrides):
         return estimate_for_recipe(load_recipe("recipes/tulu3/llama3.1-8b-dpo.yaml", list(overrides)))
 
-    cached = plan()
+    cached, live = plan(), plan("objective.reference=live")
     assert cached.settings["micro_batch"] == 2 and any("2 sequences per row" in note for note in cached.notes)
     psi = cached.settings["num_parameters"]
-    zero2 = "launch.deepspeed={zero_stage: 2}"  # a live frozen copy is refused under ZeRO-3
-    live, cached2 = plan("objective.reference=live", zero2), plan(zero2)
-    assert live.weights - cached2.weights == psi * 2  # a bf16 frozen copy on every GPU
+    assert live.weights - cached.weights == -(-psi * 2 // 32)  # a bf16 frozen copy, sharded over 32 GPUs by ZeRO-3
+    zero2 = "launch.deepspeed={zero_stage: 2}"
+    assert plan("objective.reference=live", zero2).weights - plan(zero2).weights == psi * 2  # a copy on every GPU
     assert "frozen reference model" in live.details["weights"]
     with_lora = plan("objective.reference=live", "lora={r: 16}")
     assert "frozen reference model" not in with_lora.details["weights"]  # the adapter is switched off instead
