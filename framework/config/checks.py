@@ -55,8 +55,12 @@ def _eval(recipe: Recipe) -> list[Problem]:
                  "data.mixture)")]
     if held.split is not None and (held.split == 0 or (held.split > 1 and held.split != int(held.split))):
         return [("eval.split", "a share of rows below 1 (0.05) or a whole number of rows (500)")]
-    return [(f"eval.mixture[{i}]", "set exactly one of fraction (share of rows, 1.0 = all) or count (number of rows)")
-            for i, entry in enumerate(held.mixture) if (entry.fraction is None) == (entry.count is None)]
+    found = [(f"eval.mixture[{i}]", "set exactly one of fraction (share of rows, 1.0 = all) or count (number of rows)")
+             for i, entry in enumerate(held.mixture) if (entry.fraction is None) == (entry.count is None)]
+    if held.every_steps is None:  # one evaluation, after the last step: nothing to compare it with
+        found += [(f"eval.{key}", "needs eval.every_steps (evaluations during training to compare)")
+                  for key in ("keep_best", "early_stopping_patience") if getattr(held, key) not in (False, None)]
+    return found
 
 
 def _launch(recipe: Recipe) -> Iterator[Problem]:

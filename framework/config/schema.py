@@ -131,6 +131,13 @@ class EvalConfig:
     every_steps: Optional[int] = opt(None, "Evaluate every N optimizer steps; always after the last one.",
                                      minimum=1)
     per_device_batch_size: Optional[int] = opt(None, "Rows per evaluation micro-batch (null: train's).", minimum=1)
+    keep_best: bool = opt(False, "Also save the model of the evaluation with the lowest eval_loss so far to "
+                          "output_dir/best (weights, tokenizer, model card; its best.json says which step).")
+    early_stopping_patience: Optional[int] = opt(
+        None, "Stop after this many evaluations in a row in which eval_loss did not fall below the best by more "
+        "than eval.min_delta; the final model is the last trained (keep_best keeps the best).", minimum=1)
+    min_delta: float = opt(0.0, "How far below the best eval_loss an evaluation must come to reset the "
+                           "early-stopping count (any fall still makes a new best).", minimum=0.0)
 
 
 @dataclass

@@ -42,6 +42,7 @@ class CardFacts:
     loss_curve: Optional[str] = None  # an image file name next to the README
     seqtune_version: str = ""
     merged: bool = False  # a LoRA run's merged folder: full weights, no adapter
+    best: Optional[dict] = None  # output_dir/best: the step and evaluation it was kept for
 
 
 def _is_hub_id(name: str, need_org: bool) -> bool:
@@ -157,7 +158,9 @@ def _summary(facts: CardFacts) -> str:
     sources = ", ".join(_link(s, "datasets") for s in facts.datasets) or "the recipe's data"
     adapter = (" The folder holds the adapter; peft loads it over the base model." if facts.lora and not facts.merged
                else "")
-    return f"{start} with seqtune ({facts.objective}, {method}){rows} from {sources}.{adapter}"
+    kept = (f" This folder holds the model after step {facts.best['step']:,}, the lowest eval_loss of the run "
+            f"({facts.best['eval_loss']:.4g}); the run's final model is the folder above." if facts.best else "")
+    return f"{start} with seqtune ({facts.objective}, {method}){rows} from {sources}.{adapter}{kept}"
 
 
 def _share(lost: object, total: object) -> str:

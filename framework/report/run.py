@@ -65,17 +65,22 @@ def _json(path: Path) -> dict:
 
 def report_rows(run: RunRecord) -> list[tuple[str, str]]:
     """(name, value) rows: status, steps, losses, throughput, MFU, memory, the last checkpoint."""
+    from framework.training.best import kept
+
     logged, evaluations, summary = run.logged, run.evaluations, run.summary
     finished = run.finished or summary.get("steps")  # the summary line is written at the end, too
     step = logged[-1]["step"] if logged else 0
     of = f" of {run.total_steps:,}" if run.total_steps else ""
     status = (f"finished after {finished:,} steps" if finished
               else f"not finished: last logged step {step:,}{of} (running, or stopped: the same command resumes it)")
+    if finished and run.total_steps and finished < run.total_steps:
+        status += f"{of} (stopped early: eval.early_stopping_patience)"
     rows = [("status", status), ("train loss", _trend([r["loss"] for r in logged]))]
     if evaluations:
         best = min(evaluations, key=lambda r: r["eval_loss"])
         rows += [("eval loss", _trend([r["eval_loss"] for r in evaluations])),
-                 ("best eval loss", f"{best['eval_loss']:.4g} at step {best['step']:,}")]
+                 ("best eval loss", f"{best['eval_loss']:.4g} at step {best['step']:,}"
+                                    + (" (its model: best/)" if kept(run.output_dir) else ""))]
     rows += [(name, value) for name, value in _throughput(logged)]
     if summary.get("train_seconds"):
         rows.append(("train time", f"{summary['train_seconds']:,.1f} s"))

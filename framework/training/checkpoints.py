@@ -38,6 +38,7 @@ class TrainerState:
     totals: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""  # the run's identity and its batch plan: what must match to continue
     identity: dict[str, str] = field(default_factory=dict)  # per component, to say what differs
+    best: dict[str, float] = field(default_factory=dict)  # the best evaluation so far (framework.training.best)
 
     def advance(self, epoch: int, next_micro_batch: int, epoch_length: int) -> None:
         """After an optimizer step: where a resume would continue."""
@@ -128,18 +129,18 @@ def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer
     if accelerator.is_main_process:
         (partial / STATE).write_text(json.dumps(asdict(state), indent=2))  # last: marks it complete
         if final.exists():  # a run started over (resume=never) saves this step again
-            _delete(final)
+            delete_folder(final)
         partial.rename(final)
         if keep_last:
             for old in sorted(root.glob("step-*"))[:-keep_last]:
-                _delete(old)
+                delete_folder(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def _delete(path: Path) -> None:
-    """Hide a checkpoint with one atomic rename before removing it, so that a kill mid-way never
-    leaves a `step-N` with its marker but without its weights; the next save clears the rest."""
+def delete_folder(path: Path) -> None:
+    """Hide a checkpoint (or output_dir/best) with one atomic rename before removing it, so that a kill
+    mid-way never leaves a `step-N` with its marker but without its weights; the next save clears the rest."""
     hidden = path.with_name(f".deleting-{path.name}")
     shutil.rmtree(hidden, ignore_errors=True)
     path.rename(hidden)

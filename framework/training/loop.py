@@ -1,5 +1,5 @@
 """The training loop, top to bottom in `train`: set up, then for every optimizer step its micro-batches'
-forward and backward, the update, and the after-step work (logging, checkpoints, stop checks).
+forward and backward, the update, and the after-step work (logging, evaluation, checkpoints, stop checks).
 
 The helpers it names live beside it: `setup.py` (everything before the first step), `steps.py` (one
 step's micro-batches and the update), `loss.py`, `checkpoints.py`, `metrics.py` and `outputs.py`.
@@ -16,6 +16,8 @@ from framework.config import LoadedRecipe
 from framework.errors import RunStopped
 from framework.estimation.hardware import FlopsShape
 from framework.model.lora import save_lora
+from framework.training.best import BEST
+from framework.training.best import track as track_best
 from framework.training.checkpoints import save as save_checkpoint
 from framework.training.evaluation import evaluate
 from framework.training.metrics import Window, peak_memory_gib, peak_tflops
@@ -54,7 +56,8 @@ def train(loaded: LoadedRecipe) -> Path:
                 step_loss = step_loss + loss_sum
             grad_norm, stop = optimizer_step(run, step_loss, signals.requested)
             run.state.advance(step.epoch, step.done, step.epoch_length)
-            _after_step(run, step, window, grad_norm, stop, signals)
+            if _after_step(run, step, window, grad_norm, stop, signals):
+                break  # eval_loss stopped improving (eval.early_stopping_patience): this model is the final one
     summary = _summary(run, window, started)
     _save_outputs(run, summary)
     run.hook.seqtune_train_end(summary=summary)
@@ -65,20 +68,22 @@ def train(loaded: LoadedRecipe) -> Path:
 
 
 def _after_step(run: Run, step: StepPlan, window: Window, grad_norm: Any, stop: int, signals: StopSignals
-                ) -> None:
-    """Tell the loggers, write a checkpoint when one is due, and stop when a signal asked for it.
-    `stop` is the signal any rank had received by the step's check."""
+                ) -> bool:
+    """Tell the loggers, evaluate, write a checkpoint when one is due, and stop when a signal asked for
+    it. `stop` is the signal any rank had received by the step's check. True: stop early."""
     recipe, state = run.loaded.recipe, run.state
     run.hook.seqtune_step_end(step=state.step)
     last = state.step == run.prep.plan.total_steps
-    if state.step % recipe.logging.every_steps == 0 or last:
-        metrics = window.flush(run.accelerator, run.scheduler.get_last_lr()[0], grad_norm, step.progress)
-        run.hook.seqtune_log(step=state.step, metrics=metrics)
-        run.history.append({"step": state.step, **metrics})
+    logged = state.step % recipe.logging.every_steps == 0 or last
+    if logged:
+        _log(run, window.flush(run.accelerator, run.scheduler.get_last_lr()[0], grad_norm, step.progress))
+    early = False
     if run.evaluation is not None and (last or state.step % (recipe.eval.every_steps or math.inf) == 0):
         run.last_eval = evaluate(run)
-        run.hook.seqtune_log(step=state.step, metrics=run.last_eval)
-        run.history.append({"step": state.step, **run.last_eval})
+        _log(run, run.last_eval)
+        early = track_best(run) and not last
+        if early and not logged:  # the steps since the last log line end the run's record
+            _log(run, window.flush(run.accelerator, run.scheduler.get_last_lr()[0], grad_norm, step.progress))
     if run.accelerator.num_processes == 1:  # alone, a signal that came during this step stops now
         stop = stop or signals.requested or 0
     every = recipe.checkpoint.every
@@ -91,6 +96,12 @@ def _after_step(run: Run, step: StepPlan, window: Window, grad_norm: Any, stop: 
     if stop:
         raise RunStopped(f"stopped by {signal.Signals(stop).name} after step {state.step:,}; "
                          "run the same command again to resume", exit_code=128 + stop)
+    return early
+
+
+def _log(run: Run, metrics: dict) -> None:
+    run.hook.seqtune_log(step=run.state.step, metrics=metrics)
+    run.history.append({"step": run.state.step, **metrics})
 
 
 def _save_outputs(run: Run, summary: dict) -> None:
@@ -105,12 +116,18 @@ def _save_outputs(run: Run, summary: dict) -> None:
         if recipe.lora is not None and recipe.lora.merge:
             save_lora(model, run.prep.tokenizer, run.output_dir, merge=True)
             folders.append(run.output_dir / "merged")
+        if (run.output_dir / BEST).is_dir():  # eval.keep_best
+            folders.append(run.output_dir / BEST)
         write_artefacts(run, summary, folders)
         mark_finished(run.output_dir, run.state.step)  # last: the same command again has nothing to do
 
 
 def _summary(run: Run, window: Window, started: float) -> dict[str, float]:
     return {"steps": run.state.step, "train_seconds": round(time.perf_counter() - started, 2),
-            "final_loss": window.last_loss, **run.last_eval, **window.totals,
+            "final_loss": window.last_loss, **run.last_eval, **_best(run.state.best), **window.totals,
             "packing_efficiency": round(run.prep.plan.efficiency, 4),
             "peak_memory_gib": round(peak_memory_gib(run.accelerator.device), 3)}
+
+
+def _best(best: dict) -> dict[str, float]:
+    return {"best_eval_loss": best["eval_loss"], "best_step": best["step"]} if best else {}

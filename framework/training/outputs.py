@@ -43,6 +43,7 @@ def write_artefacts(run: Any, summary: dict, folders: list[Path]) -> None:
     """The loss curve (when matplotlib is installed) and a model card in each saved model folder."""
     from framework.errors import UserError
     from framework.report.card import CardFacts, base_license, write_card
+    from framework.training.best import BEST, kept
     from framework.report.plots import loss_curve
     from framework.report.run import METRICS, history, read_run
 
@@ -64,7 +65,8 @@ def write_artefacts(run: Any, summary: dict, folders: list[Path]) -> None:
     for folder in folders:
         if folder != output_dir and curve:
             (folder / curve).write_bytes((output_dir / curve).read_bytes())
-        write_card(folder, dataclasses.replace(facts, merged=folder != output_dir))
+        write_card(folder, dataclasses.replace(facts, merged=folder.name == "merged",
+                                               best=kept(output_dir) if folder.name == BEST else None))
 
 
 def _hyperparameters(run: Any) -> dict[str, object]:

@@ -162,3 +162,40 @@ def test_a_dpo_run_killed_after_a_checkpoint_resumes_to_identical_weights(run, t
     assert "resuming from" in resumed.stderr and "step 10" in resumed.stderr
     want, got = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def early_stop(evaluations: list[tuple[int, float]], patience: int) -> tuple[int, int]:
+    """(the best step, the step patience runs out) from the logged evaluations, worked out here."""
+    best_step, best, stale = 0, float("inf"), 0
+    for step, loss in evaluations:
+        best_step, best, stale = (step, loss, 0) if loss < best else (best_step, best, stale + 1)
+        if stale == patience:
+            return best_step, step
+    raise AssertionError(f"eval_loss kept improving: {evaluations}")
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_the_best_model_and_a_resumed_run_stops_at_the_same_step(run, tmp_path):
+    """A high constant learning rate makes eval_loss rise again; the run stops where its logged evaluations
+    say, best/ holds the checkpointed weights of the best step, and a run killed between the best and the
+    stop carries the count over its resume."""
+    early = ["eval.every_steps=2", "eval.keep_best=true", "eval.early_stopping_patience=3", "checkpoint.every=2",
+             "optimizer={name: adamw, lr: 2.0e-2}", "scheduler=constant"]
+    whole = run("whole", *early)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+    best_step, stop = early_stop([(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r], patience=3)
+    assert stop < STEPS and f"early stop after step {stop}:" in whole.stderr
+    assert records[-1]["summary"]["steps"] == stop and records[-1]["summary"]["best_step"] == best_step
+    assert json.loads((tmp_path / "whole/best/best.json").read_text())["step"] == best_step
+    checkpoints = tmp_path / "whole/checkpoints"
+    best, kept = weights(tmp_path / "whole/best"), weights(checkpoints / f"step-{best_step:08d}")
+    assert all(torch.equal(best[k], kept[k]) for k in kept)
+    assert "the lowest eval_loss of the run" in (tmp_path / "whole/best/README.md").read_text()
+
+    assert run("resumed", *early, fault_at=stop - 1).returncode == -signal.SIGKILL  # after the checkpoint at stop - 2
+    resumed = run("resumed", *early)
+    assert resumed.returncode == 0 and f"early stop after step {stop}:" in resumed.stderr, resumed.stderr[-2000:]
+    for folder in ("", "best"):
+        want, got = weights(tmp_path / "whole" / folder), weights(tmp_path / "resumed" / folder)
+        assert all(torch.equal(want[k], got[k]) for k in want)
