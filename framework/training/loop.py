@@ -74,16 +74,15 @@ def _after_step(run: Run, step: StepPlan, window: Window, grad_norm: Any, stop: 
     recipe, state = run.loaded.recipe, run.state
     run.hook.seqtune_step_end(step=state.step)
     last = state.step == run.prep.plan.total_steps
-    logged = state.step % recipe.logging.every_steps == 0 or last
-    if logged:
+    evaluating = run.evaluation is not None and (last or state.step % (recipe.eval.every_steps or math.inf) == 0)
+    # An evaluation that may stop the run logs the training window first: the record then ends with it.
+    if state.step % recipe.logging.every_steps == 0 or last or (evaluating and recipe.eval.early_stopping_patience):
         _log(run, window.flush(run.accelerator, run.scheduler.get_last_lr()[0], grad_norm, step.progress))
     early = False
-    if run.evaluation is not None and (last or state.step % (recipe.eval.every_steps or math.inf) == 0):
+    if evaluating:
         run.last_eval = evaluate(run)
         _log(run, run.last_eval)
         early = track_best(run) and not last
-        if early and not logged:  # the steps since the last log line end the run's record
-            _log(run, window.flush(run.accelerator, run.scheduler.get_last_lr()[0], grad_norm, step.progress))
     if run.accelerator.num_processes == 1:  # alone, a signal that came during this step stops now
         stop = stop or signals.requested or 0
     every = recipe.checkpoint.every
