@@ -43,9 +43,9 @@ def write_artefacts(run: Any, summary: dict, folders: list[Path]) -> None:
     """The loss curve (when matplotlib is installed) and a model card in each saved model folder."""
     from framework.errors import UserError
     from framework.report.card import CardFacts, base_license, write_card
-    from framework.training.best import BEST, kept
     from framework.report.plots import loss_curve
     from framework.report.run import METRICS, history, read_run
+    from framework.training.best import BEST, kept
 
     output_dir, recipe = run.output_dir, run.loaded.recipe
     # metrics.jsonl holds a resumed run's whole record; without the jsonl logger, this process's
