@@ -1,11 +1,12 @@
 """`seqtune train`: run a recipe to a Hugging Face checkpoint."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import typer
 
-from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
+from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, err_console, show_warnings, user_errors
 
 
 @user_errors
@@ -14,30 +15,41 @@ def train(recipe: str = typer.Argument(..., help=RECIPE_HELP),
           overwrite: bool = typer.Option(False, "--overwrite",
                                          help="Replace what output_dir holds (another run, other files) "
                                               "instead of refusing; the same as overwrite_output_dir=true."),
-          print_launch: bool = typer.Option(False, "--print-launch",
-                                            help="Print the command each machine must run, and exit.")) -> None:
+          print_commands: bool = typer.Option(False, "--print-commands",
+                                              help="Print the command each machine runs (and the launcher "
+                                                   "command that starts), and exit."),
+          print_launch: bool = typer.Option(False, "--print-launch", hidden=True,
+                                            help="The old name of --print-commands.")) -> None:
     """Train a model from a recipe and save it to the recipe's output_dir."""
-    from framework.launch.launcher import is_worker, launch, needs_launch, print_commands
+    from framework.launch import launcher
     from framework.registry import load_and_bind
 
     # An override, not a flag passed on: launched workers re-run this command line with the overrides.
     overrides = [*(overrides or []), *(["overwrite_output_dir=true"] if overwrite else [])]
+    if not launcher.is_worker():  # workers get what SLURM gave as overrides, from their launcher
+        taken, line = launcher.from_slurm(recipe, overrides, os.environ)
+        overrides += taken
+        if line:
+            err_console.print(line, markup=False)
     loaded, parts = load_and_bind(recipe, overrides)  # every recipe problem, in one pass
-    if print_launch:
-        for line in print_commands(loaded.recipe, recipe, overrides):
+    if print_commands or print_launch:
+        for line in launcher.print_commands(loaded.recipe, recipe, overrides):
             console.print(line, highlight=False, soft_wrap=True, markup=False)
         return
-    if needs_launch(loaded.recipe):
+    if launcher.needs_launch(loaded.recipe):
         _check_before_launch(loaded, parts)
-        code = launch(loaded.recipe, recipe, overrides)
+        code = launcher.launch(loaded.recipe, recipe, overrides)
         if code:
             raise typer.Exit(code)
-        console.print(f"[green]done[/]: model saved to {loaded.recipe.output_dir}")
+        launch = loaded.recipe.launch  # only the run's main process, on machine 0, writes output_dir
+        by = f" by machine 0 ({launch.main_process_ip})" if launch.machine_rank else ""
+        console.print(f"[green]done[/]: model saved to {loaded.recipe.output_dir}{by}")
         return
     from framework.training.loop import train as run  # torch and transformers load only now
 
     output_dir = run(loaded)
-    if not is_worker():  # a launched run says it once, from the launcher
+    _leave_process_group()
+    if not launcher.is_worker():  # a launched run says it once, from the launcher
         console.print(f"[green]done[/]: model saved to {output_dir}")
 
 
@@ -47,6 +59,15 @@ def _check_before_launch(loaded, parts) -> None:
 
     show_warnings(parts.registry.warnings)
     preflight(loaded.recipe)
+
+
+def _leave_process_group() -> None:
+    """A process group left to the interpreter's exit makes NCCL warn, and can hang there; every rank
+    has finished with it once training returns (the loop's last barrier)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def register(app: typer.Typer) -> None:

@@ -232,7 +232,7 @@ ACCELERATE: dict[str, Handler] = {
     "main_process_ip": to("launch.main_process_ip"), "main_process_port": number("launch.main_process_port"),
     "use_deepspeed": keep, "deepspeed_config_file": _deepspeed_file,
     "deepspeed_multinode_launcher": unsupported("seqtune starts each machine's processes with accelerate's "
-                                                "launcher (see `seqtune train --print-launch`)"),
+                                                "launcher (see `seqtune train --print-commands`)"),
     "config_file": _accelerate_config,
 }
 
