@@ -7,10 +7,12 @@ and applies the output layer, soft-capping, the fp32 upcast and the cross-entrop
 at a time, sized so that one chunk's logits and their gradient fit `memory_mib`.
 
 Its backward is either computed chunk by chunk during the forward (`in_forward`: the same three
-matmuls as the unchunked loss, but the output layer's gradient is held from forward to backward),
-or recomputed chunk by chunk in the backward (`recompute`: nothing held, one more matmul per chunk).
-`auto` uses in_forward unless the output layer is partitioned by ZeRO-3, which only gathers it
-inside its own forward and backward.
+matmuls as the unchunked loss, but the output layer's gradient is held from forward to backward,
+summed over the chunks in fp32 as one matmul sums inside: in bf16, 64 chunks' roundings leave it 4x
+further from the exact gradient), or recomputed chunk by chunk in the backward (`recompute`: nothing
+held, one more matmul per chunk; autograd adds the chunks' gradients in the weights' dtype). `auto`
+uses in_forward unless the output layer is partitioned by ZeRO-3, which only gathers it inside its
+own forward and backward. Without gradients (evaluation) each chunk is the loss alone.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from functools import cache
 from typing import Annotated, Literal
 
 from framework import (IGNORE_INDEX, MODEL_INPUTS, Bounds, chunk_ranges, chunk_tokens, decoder_output, hookimpl,
-                       trainable_tokens, upcast)
+                       trainable_tokens, trained_states, upcast)
 
 
 def cross_entropy():
@@ -40,12 +42,14 @@ def chunked_cross_entropy(*, memory_mib: Annotated[float, Bounds(gt=0)] = 512,
     """The cross-entropy of the trained positions, a chunk of tokens at a time (see the module)."""
 
     def loss(model, batch):
+        import torch
+
         out = decoder_output(model, batch)
-        shifted = batch["labels"][:, 1:]  # position t predicts token t + 1
-        rows, positions = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
-        hidden, targets = out.hidden[rows, positions], shifted[rows, positions]
+        hidden, targets = trained_states(out, batch)
         # A rank's empty filler has one empty chunk: a zero that still reaches every parameter.
         chunks = chunk_ranges(out, len(targets), batch, memory_mib)
+        if not torch.is_grad_enabled():  # evaluation: the loss alone, one matmul a chunk
+            return sum(_chunk_loss(out, hidden[a:b], targets[a:b]) for a, b in chunks), len(targets)
         params = [p for p in out.head.parameters() if p.requires_grad]
         if backward == "recompute" or (backward == "auto" and any(hasattr(p, "ds_id") for p in params)):
             return _recomputed(out, hidden, targets, chunks), len(targets)
@@ -80,6 +84,28 @@ def _recomputed(out, hidden, targets, chunks):
     return total
 
 
+def _chunk_gradients(out, hidden, targets, chunks, params):
+    """The summed loss of every chunk, the hidden states' gradient and the parameters' gradients. The
+    parameters' are summed in fp32: in bf16, tens of chunks' roundings add up to a visible error."""
+    import torch
+
+    total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+    grad_hidden, grads = torch.empty_like(hidden), None
+    for start, stop in chunks:
+        with torch.enable_grad():
+            x = hidden[start:stop].detach().requires_grad_()
+            part = _chunk_loss(out, x, targets[start:stop])
+            found = torch.autograd.grad(part, [x, *params], allow_unused=True, materialize_grads=True)
+        grad_hidden[start:stop] = found[0]
+        if grads is None:
+            grads = [g.to(torch.promote_types(g.dtype, torch.float32)) for g in found[1:]]
+        else:
+            for g, f in zip(grads, found[1:]):
+                g.add_(f)
+        total += part.detach()
+    return total, grad_hidden, grads or []
+
+
 @cache
 def _head_loss():
     """The autograd Function, built on first use: loading plugins imports no torch."""
@@ -90,24 +116,16 @@ def _head_loss():
 
         @staticmethod
         def forward(ctx, hidden, targets, out, chunks, *params):
-            total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
-            grad_hidden, grads = torch.empty_like(hidden), None
-            for start, stop in chunks:
-                with torch.enable_grad():
-                    x = hidden[start:stop].detach().requires_grad_()
-                    part = _chunk_loss(out, x, targets[start:stop])
-                    found = torch.autograd.grad(part, [x, *params], allow_unused=True, materialize_grads=True)
-                grad_hidden[start:stop] = found[0]
-                grads = list(found[1:]) if grads is None else [g.add_(f) for g, f in zip(grads, found[1:])]
-                total += part.detach()
-            ctx.grads = grad_hidden, grads or []
+            total, *ctx.grads = _chunk_gradients(out, hidden, targets, chunks, params)
+            ctx.dtypes = [p.dtype for p in params]
             return total
 
         @staticmethod
         def backward(ctx, grad_total):
             grad_hidden, grads = ctx.grads
             del ctx.grads
-            return (grad_hidden * grad_total, None, None, None, *(g * grad_total for g in grads))
+            scaled = [g.mul_(grad_total).to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
+            return (grad_hidden * grad_total, None, None, None, *scaled)
 
     return HeadLoss
 

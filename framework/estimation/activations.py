@@ -119,7 +119,8 @@ def logits(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
     the fp32 gradient of those (4 bytes). With a 256k vocabulary this is the largest activation of a
     small model. A chunked loss (`loss_chunk_tokens`) holds that for one chunk at a time, plus the
     trained positions' hidden states and their gradient (2·e·h per token) and, when it takes the
-    gradients in the forward, the output layer's gradient until the backward (vocab × h).
+    gradients in the forward, the output layer's gradient until the backward (vocab × h), summed in fp32,
+    beside the chunk's own gradient of the layer before it is added.
     """
     e, h, vocab = s.act_bytes, shape.hidden_size, shape.vocab_size
     per_entry = e + (e if shape.logit_softcapping else 0) + 4 + 4
@@ -133,6 +134,7 @@ def logits(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
     how = f"one chunk of {chunk:,} tokens × {entry} + {tokens:,} tokens × 2 × {e * h:,} B hidden states and gradient"
     if s.loss_holds_head_gradient and s.lora is None and s.lora_trainable_params is None:
         grad_bytes = 2 if (s.zero_stage is not None and s.half) else s.weight_bytes
-        total += vocab * h * grad_bytes
-        how += f" + the output layer's gradient {vocab:,} × {h:,} × {grad_bytes} B, taken in the forward"
+        total += vocab * h * (4 + grad_bytes)
+        how += (f" + the output layer's gradient {vocab:,} × {h:,} × (4 B summed in fp32 + {grad_bytes} B of the "
+                "chunk being added), taken in the forward")
     return total, how

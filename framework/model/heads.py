@@ -105,6 +105,27 @@ def chunk_ranges(out: DecoderOutput, count: int, batch: dict, memory_mib: float 
     return [(min(k * chunk, count), min((k + 1) * chunk, count)) for k in range(n)]
 
 
+def trained_positions(labels: Any) -> Any:
+    """Where the trained tokens are predicted: flat indices into the (rows x length) batch of every
+    position t whose next label (t + 1) is trained, in row-major order. The engine takes them on the CPU,
+    before the batch reaches the device (`batch["trained_positions"]`): on a GPU, `nonzero` makes the
+    host wait for the device."""
+    width = labels.size(1)
+    rows, positions = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    return rows * width + positions
+
+
+def trained_states(out: DecoderOutput, batch: dict) -> tuple[Any, Any]:
+    """(the final hidden states at the trained positions, the tokens they predict), gathered with
+    `batch["trained_positions"]` (computed here when a caller's batch lacks it). How many there are is
+    their shape: nothing is read back from the device."""
+    index = batch.get("trained_positions")
+    if index is None:
+        index = trained_positions(batch["labels"])
+    hidden = out.hidden.reshape(-1, out.hidden.size(-1)).index_select(0, index)
+    return hidden, batch["labels"].reshape(-1).index_select(0, index + 1)
+
+
 def trained_token_logps(model: Any, batch: dict, memory_mib: float = 512) -> Any:
     """The log-probability of every trained token of a batch (labels after the shift, in row-major
     order), never holding the full-vocabulary logits of more than one chunk of tokens: each chunk is
@@ -114,9 +135,7 @@ def trained_token_logps(model: Any, batch: dict, memory_mib: float = 512) -> Any
     from torch.utils.checkpoint import checkpoint
 
     out = decoder_output(model, batch)
-    shifted = batch["labels"][:, 1:]  # position t predicts token t + 1
-    rows, positions = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
-    hidden, targets = out.hidden[rows, positions], shifted[rows, positions]
+    hidden, targets = trained_states(out, batch)
     parts = []
     for start, stop in chunk_ranges(out, len(targets), batch, memory_mib):
         args = (out, hidden[start:stop], targets[start:stop])
