@@ -103,20 +103,20 @@ def evaluate(run: Any) -> dict[str, float]:
     """The loss (and the objective's metrics) over the whole evaluation set, on every rank."""
     import torch
 
-    from framework.training.steps import collate
+    from framework.training.steps import collate, prefetched
 
-    evaluation, accelerator = run.evaluation, run.accelerator
+    evaluation, accelerator, reference = run.evaluation, run.accelerator, run.eval_reference
     prep = dataclasses.replace(run.prep, data=evaluation.data)
     totals: dict[str, Any] = {"loss": 0.0, "units": 0}
     run.model.eval()
     tokens = sum(evaluation.data.lengths[piece if isinstance(piece, int) else piece[0]]
                  for micro_batch in evaluation.micro_batches if micro_batch for row in micro_batch for piece in row)
+    batches = prefetched(iter(evaluation.micro_batches), lambda pieces: collate(prep, pieces, accelerator.device, reference))
     with torch.no_grad(), progress_bar("evaluating", tokens, unit="tokens") as advance:
-        for micro_batch in evaluation.micro_batches:
-            batch = collate(prep, micro_batch, accelerator.device)
+        for batch in batches:
             advance(batch.tokens)
-            if run.eval_reference is not None:
-                batch.tensors["reference_logps"] = run.eval_reference(batch)
+            if reference is not None and reference.live is not None:
+                batch.tensors["reference_logps"] = reference.live(batch.tensors)
             loss_sum, metrics = run.loss(run.model, batch.tensors)
             totals["loss"] += loss_sum.detach().double()
             totals["units"] += batch.units

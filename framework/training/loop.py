@@ -16,8 +16,9 @@ from framework.config import LoadedRecipe
 from framework.errors import RunStopped
 from framework.estimation.hardware import FlopsShape
 from framework.model.lora import save_lora
-from framework.training.best import BEST
+from framework.report.run import BEST
 from framework.training.best import track as track_best
+from framework.training.checkpoints import model_weights
 from framework.training.checkpoints import save as save_checkpoint
 from framework.training.evaluation import evaluate
 from framework.training.metrics import Window, peak_memory_gib, peak_tflops
@@ -25,13 +26,11 @@ from framework.training.outputs import save_final, write_artefacts
 from framework.training.ownership import mark_finished
 from framework.training.setup import Run, run_info, start
 from framework.training.signals import StopSignals
-from framework.training.steps import StepPlan, collate, forward_backward, optimizer_step, remaining_steps
+from framework.training.steps import StepPlan, forward_backward, optimizer_step, prepared_steps, remaining_steps
 
 
 def train(loaded: LoadedRecipe) -> Path:
     """Run the recipe to completion (or from its last checkpoint) and return the output directory."""
-    import torch
-
     run = start(loaded)
     if run is None:  # output_dir already holds this run, finished
         return Path(loaded.recipe.output_dir)
@@ -41,13 +40,14 @@ def train(loaded: LoadedRecipe) -> Path:
     window = Window(run.state.totals, FlopsShape.of(run.model), peak_tflops(recipe.logging.peak_tflops))
     started = time.perf_counter()
     with StopSignals() as signals:
-        for step in remaining_steps(plan, run.state, recipe.train.gradient_accumulation_steps):
+        # A step's micro-batches all come first (the next step's are collated while this one trains),
+        # so token_mean knows the step's token (or pair) count. Nothing is read back from the device
+        # until the optimizer step's one check.
+        for prepared in prepared_steps(run, remaining_steps(plan, run.state, recipe.train.gradient_accumulation_steps)):
             if run.state.step == plan.total_steps:  # first: a resumed last checkpoint has no step left
                 break
-            # All micro-batches of the step first, so token_mean knows the step's token (or pair) count.
-            batches = [collate(run.prep, pieces, accelerator.device) for pieces in step.micro_batches]
-            local_units = torch.tensor(sum(batch.units for batch in batches), device=accelerator.device)
-            step_units = accelerator.reduce(local_units, "sum")
+            step, batches = prepared.plan, prepared.batches
+            step_units = accelerator.reduce(prepared.units, "sum")
             step_loss = 0.0
             for k, batch in enumerate(batches):
                 run.hook.seqtune_micro_batch(step=run.state.step + 1, pieces=step.micro_batches[k])
@@ -107,13 +107,13 @@ def _save_outputs(run: Run, summary: dict) -> None:
     """The final model (and the merged LoRA model when asked for), the recipe, the data report, the
     loss curve and a model card in each model folder."""
     accelerator, recipe = run.accelerator, run.loaded.recipe
-    weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the shards here
+    weights = model_weights(accelerator, run.model)
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(run.model)
         save_final(model, run.prep.tokenizer, run.loaded, run.prep.data.report, run.output_dir, weights)
         folders = [run.output_dir]
         if recipe.lora is not None and recipe.lora.merge:
-            save_lora(model, run.prep.tokenizer, run.output_dir, merge=True)
+            save_lora(model, run.prep.tokenizer, run.output_dir, merge=True, state_dict=weights)
             folders.append(run.output_dir / "merged")
         if (run.output_dir / BEST).is_dir():  # eval.keep_best
             folders.append(run.output_dir / BEST)

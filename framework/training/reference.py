@@ -16,37 +16,43 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 from framework.data.batching import shard
 from framework.data.progress import progress_bar
 from framework.data.sources import local_fingerprint
 from framework.training.outputs import say
-from framework.training.steps import Batch, collate
 
 Scorer = Callable[[dict], Any]  # a micro-batch's tensors -> (rows, sequences) log-probabilities
-Reference = Callable[[Batch], Any]  # a micro-batch -> its rows' reference log-probabilities
+
+
+@dataclass
+class Reference:
+    """Where a micro-batch's reference log-probabilities come from: a table of every row's, looked up on
+    the host while the micro-batch is collated (cached), or the reference model scoring it on the device
+    (live)."""
+
+    table: Any = None  # rows x sequences, float64, on the CPU
+    live: Optional[Scorer] = None
 
 
 def make_references(loaded: Any, prep: Any, accelerator: Any, model: Any) -> tuple[Optional[Reference], ...]:
-    """What gives each training micro-batch, and each evaluation one, its reference log-probabilities;
-    (None, None) when the objective has no reference. One frozen copy serves both (built only when a
-    number must be computed: a cached run whose tables exist builds none)."""
+    """The reference of the training micro-batches, and of the evaluation ones; (None, None) when the
+    objective has none. One frozen copy serves both (built only when a number must be computed: a cached
+    run whose tables exist builds none)."""
     mode = prep.objective.reference
     if mode == "none":
         return None, None
     score = functools.cache(lambda: _scorer(loaded.recipe, prep, accelerator, model))
     if mode == "live":
-        live = lambda batch: score()(batch.tensors)  # noqa: E731
+        live = Reference(live=lambda tensors: score()(tensors))
         return live, live if prep.evaluation is not None else None
-    tables = [_cached_table(loaded, prep, accelerator, score, "train")]
-    if prep.evaluation is not None:
-        held = dataclasses.replace(prep, data=prep.evaluation.data)
-        tables.append(_cached_table(loaded, held, accelerator, score, "eval"))
-    on_device = [table.to(accelerator.device) for table in tables]
-    lookups = [lambda batch, table=table: table[batch.rows] for table in on_device]
-    return lookups[0], (lookups[1] if len(lookups) > 1 else None)
+    train = Reference(_cached_table(loaded, prep, accelerator, score, "train"))
+    if prep.evaluation is None:
+        return train, None
+    held = dataclasses.replace(prep, data=prep.evaluation.data)
+    return train, Reference(_cached_table(loaded, held, accelerator, score, "eval"))
 
 
 def _scorer(recipe: Any, prep: Any, accelerator: Any, model: Any) -> Scorer:
@@ -109,15 +115,22 @@ def _sharded(frozen: Any, accelerator: Any) -> Any:
 
 def _cached_table(loaded: Any, prep: Any, accelerator: Any, score: Callable[[], Scorer], role: str) -> Any:
     """Every row's reference log-probabilities (rows x sequences), read from the cache or computed.
-    `role` (train, eval) keeps a split's two row sets apart in the same cache entry."""
+    `role` (train, eval) keeps a split's two row sets apart in the same cache entry.
+
+    Caches are local to each machine: the table is read only when every process finds it, else every
+    process scores (a machine that skipped would leave the others waiting in the scoring's collectives),
+    and each machine's first process writes it where it was missing."""
     import torch
 
-    path = prep.data.cache_path / f"reference-{role}-{_key(loaded.recipe, accelerator, len(prep.data.lengths))}.pt"
-    if path.exists():
+    key = _key(loaded.recipe, prep, accelerator, len(prep.data.lengths))
+    path = prep.data.cache_path / f"reference-{role}-{key}.pt"
+    found = path.exists()
+    everywhere = accelerator.reduce(torch.tensor(float(found), device=accelerator.device), "sum")
+    if int(everywhere) == accelerator.num_processes:
         say(f"reference log-probabilities ({role}): cached ({path.name})")
         return torch.load(path, weights_only=True)
     table = _score_every_row(prep, accelerator, score(), role)
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process and not found:
         scratch = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(table, scratch)
         scratch.replace(path)  # complete or absent
@@ -130,30 +143,35 @@ def _score_every_row(prep: Any, accelerator: Any, score: Scorer, role: str) -> A
     evaluation, uses, so the numbers equal live ones); the sum over ranks is the whole table."""
     import torch
 
-    recipe = prep.loaded.recipe
+    from framework.training.steps import collate, to_device
+
+    recipe, device = prep.loaded.recipe, accelerator.device
     row_tokens = prep.data.max_seq_length * prep.objective.sequences_per_row
     rows = recipe.train.per_device_batch_size if role == "train" else \
         recipe.eval.per_device_batch_size or recipe.train.per_device_batch_size
     plan = prep.packing.plan(prep.data.lengths, rows, row_tokens, recipe.seed)
     mine = shard(plan, accelerator.process_index, accelerator.num_processes)
-    table = torch.zeros(len(prep.data.lengths), prep.objective.sequences_per_row, dtype=torch.float64)
+    table = torch.zeros(len(prep.data.lengths), prep.objective.sequences_per_row, dtype=torch.float64, device=device)
     with progress_bar(f"reference log-probabilities ({role})", len(mine), unit="micro-batches") as advance:
         for micro_batch in mine:  # a rank that ran out scores a filler: ZeRO-3 needs every rank's forward
-            batch = collate(prep, micro_batch, accelerator.device)
-            table[batch.rows] = score(batch.tensors).double().cpu()
+            batch = collate(prep, micro_batch, device)
+            at = to_device({"rows": torch.tensor(batch.rows, dtype=torch.long)}, device)["rows"]
+            table.index_copy_(0, at, score(batch.tensors).double())
             advance(1)
-    return accelerator.reduce(table.to(accelerator.device), "sum").cpu()
+    return accelerator.reduce(table, "sum").cpu()
 
 
-def _key(recipe: Any, accelerator: Any, rows: int) -> str:
+def _key(recipe: Any, prep: Any, accelerator: Any, rows: int) -> str:
     """What changes the reference's numbers beyond the rows (the cache entry already keys those):
-    the starting model (and its local files), its precision, the objective and the layout."""
+    the starting model (and its local files), its precision, the attention kernel that computes it and
+    the device it runs on, the objective and the layout."""
     savers = ("gradient_checkpointing", "activation_offloading")  # the same numbers either way
     model = {k: v for k, v in asdict(recipe.model).items() if k not in savers}
     local = local_fingerprint(recipe.model.name_or_path) if recipe.model.name_or_path else None
     parts = {"model": model, "files": local, "seed": recipe.seed if recipe.model.config else None,
              "lora": recipe.lora is not None, "precision": recipe.launch.mixed_precision,
              "deepspeed": asdict(recipe.launch.deepspeed) if recipe.launch.deepspeed else None,
+             "attention": prep.attention, "device": accelerator.device.type,
              "objective": recipe.objective.name, "batch": recipe.train.per_device_batch_size,
              "packing": asdict(recipe.data.packing), "processes": accelerator.num_processes, "rows": rows}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -115,7 +115,7 @@ class Run:
     hook: Any  # the lifecycle hooks (loggers, callbacks); silent on all but the main process
     state: TrainerState
     output_dir: Path
-    reference: Any = None  # batch -> the reference's log-probabilities, for objectives that have one
+    reference: Any = None  # the reference's log-probabilities (framework.training.reference.Reference), or None
     eval_reference: Any = None  # the same for the evaluation rows
     last_eval: dict = field(default_factory=dict)  # the latest evaluation's metrics, for the summary
     history: list = field(default_factory=list)  # every logged window and evaluation of this process's run
@@ -190,8 +190,9 @@ def _check_output_dir(loaded: LoadedRecipe, prep: Prepared, world: int) -> Claim
 
 
 def _loss(recipe: Any, prep: Prepared, model: Any, accelerator: Any) -> Any:
-    """The objective's loss (with the train.loss plugin), its forward's activations offloaded when the
-    recipe asks."""
+    """The objective's loss (with the train.loss plugin). With model.activation_offloading on a GPU,
+    what the decoder body saves for the backward waits in pinned host memory; the loss head's tensors
+    stay on the GPU, and nothing moves without gradients (evaluation, reference scoring)."""
     token_loss, objective = prep.parts.loss(), prep.objective
 
     def loss(model: Any, batch: dict) -> Any:
@@ -256,8 +257,8 @@ def fingerprint(identity: dict[str, str], plan: BatchPlan) -> str:
 def run_info(run: Run) -> RunInfo:
     """What the lifecycle hooks learn about the run at its start."""
     prep, recipe = run.prep, run.loaded.recipe
+    parameters = sum(getattr(p, "ds_numel", p.numel()) for p in run.model.parameters())  # ZeRO-3's are partitions
     return RunInfo(run_name=recipe.run_name, output_dir=recipe.output_dir, recipe=run.loaded.data,
                    total_steps=prep.plan.total_steps, steps_per_epoch=prep.plan.steps_per_epoch[0],
-                   num_rows=len(prep.data.dataset), num_parameters=sum(p.numel() for p in run.model.parameters()),
-                   start_step=run.state.step,
+                   num_rows=len(prep.data.dataset), num_parameters=parameters, start_step=run.state.step,
                    extra={"truncation": vars(prep.data.report), "packing_efficiency": prep.plan.efficiency})

@@ -8,11 +8,12 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from framework.data.batching import BatchPlan, MicroBatch
 from framework.errors import RunStopped
 from framework.launch.accelerator import is_deepspeed
+from framework.model.heads import trained_positions
 from framework.training.checkpoints import TrainerState, find_resume
 from framework.training.loss import scale_loss, trainable_tokens
 from framework.types import IGNORE_INDEX, Sample
@@ -59,8 +60,10 @@ class Batch:
     rows: list[int] = field(default_factory=list)  # the data rows it holds, in order (for cached references)
 
 
-def collate(prep: Any, micro_batch: Optional[MicroBatch], device: Any) -> Batch:
-    """A micro-batch's tensors on the device; an empty one (None) when this rank has run out."""
+def collate(prep: Any, micro_batch: Optional[MicroBatch], device: Any, reference: Any = None) -> Batch:
+    """A micro-batch's tensors on the device; an empty one (None) when this rank has run out. Everything
+    read from them (counts, where the trained tokens are, a cached reference's numbers) is taken here, on
+    the host, before the copy: the device is never asked."""
     pad = prep.tokenizer.pad_token_id
     rows = prep.data.take(micro_batch) if micro_batch is not None else [[Sample([pad], [IGNORE_INDEX])]]
     tensors = prep.objective.collate(rows, prep.packing, pad, prep.padding_free)
@@ -69,9 +72,58 @@ def collate(prep: Any, micro_batch: Optional[MicroBatch], device: Any) -> Batch:
     counts = (tokens, int(trainable_tokens(tensors["labels"])), tensors["input_ids"].numel(),
               pairs if micro_batch is not None else 0, prep.objective.units(rows, tensors))
     indices = [piece if isinstance(piece, int) else piece[0] for row in micro_batch or [] for piece in row]
-    on_device = {key: value.to(device, non_blocking=True) for key, value in tensors.items()}
+    tensors["trained_positions"] = trained_positions(tensors["labels"])
+    if reference is not None and reference.table is not None:
+        tensors["reference_logps"] = reference.table[indices]
+    on_device = to_device(tensors, device)
     on_device["token_capacity"] = prep.token_capacity  # a Python int: what ZeRO-3 sizes chunk counts by
     return Batch(on_device, *counts, indices)
+
+
+def to_device(tensors: dict[str, Any], device: Any) -> dict[str, Any]:
+    """Tensors copied to the device without the host waiting (on a GPU: from pinned memory, as a
+    copy from pageable memory makes the host wait); other values (Python ints) as they are."""
+    import torch
+
+    pin = getattr(device, "type", str(device)) == "cuda"
+    return {key: (value.pin_memory() if pin else value).to(device, non_blocking=True)
+            if isinstance(value, torch.Tensor) else value for key, value in tensors.items()}
+
+
+@dataclass
+class Step:
+    """An optimizer step's micro-batches, on the device, and their units (a device tensor of this rank's)."""
+
+    plan: StepPlan
+    batches: list[Batch]
+    units: Any
+
+
+def prepared_steps(run: Any, steps: Iterator[StepPlan]) -> Iterator[Step]:
+    """Each step with its micro-batches collated: the next step's in a worker thread while this one trains."""
+    import torch
+
+    def prepare(step: StepPlan) -> Step:
+        batches = [collate(run.prep, pieces, run.accelerator.device, run.reference) for pieces in step.micro_batches]
+        units = torch.tensor(float(sum(batch.units for batch in batches)), dtype=torch.float64)
+        return Step(step, batches, to_device({"units": units}, run.accelerator.device)["units"])
+
+    return prefetched(steps, prepare)
+
+
+def prefetched(items: Iterator, make: Callable[[Any], Any]) -> Iterator:
+    """make(item) for every item, each made in a worker thread one item ahead of its use."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="seqtune-collate") as pool:
+        pending = None
+        for item in items:
+            ahead = pool.submit(make, item)
+            if pending is not None:
+                yield pending.result()
+            pending = ahead
+        if pending is not None:
+            yield pending.result()
 
 
 def forward_backward(run: Any, batch: Batch, step_units: Any, n_micro: int, last: bool) -> tuple[Any, dict]:
@@ -79,8 +131,8 @@ def forward_backward(run: Any, batch: Batch, step_units: Any, n_micro: int, last
     the objective's metric sums."""
     train = run.loaded.recipe.train
     accelerator = run.accelerator
-    if run.reference is not None:
-        batch.tensors["reference_logps"] = run.reference(batch)
+    if run.reference is not None and run.reference.live is not None:
+        batch.tensors["reference_logps"] = run.reference.live(batch.tensors)
     with _accumulating(accelerator, run.model, last):
         loss_sum, metrics = run.loss(run.model, batch.tensors)
         loss = scale_loss(loss_sum, batch.units, step_units, n_micro, train.loss_reduction,
@@ -122,8 +174,10 @@ def _step_checks(accelerator: Any, step_loss: Any, signum: Optional[int]) -> tup
     """(is the step's loss finite on every rank, the stop signal any rank received or 0)."""
     import torch
 
-    asked = [float(signum == s) for s in STOP_SIGNALS]
-    flags = torch.tensor([float(step_loss), *asked], dtype=torch.float64, device=accelerator.device)
+    flags = torch.zeros(1 + len(STOP_SIGNALS), dtype=torch.float64, device=accelerator.device)
+    flags[0] = step_loss  # on the device: the one read back is the reduced flags'
+    if signum in STOP_SIGNALS:
+        flags[1 + STOP_SIGNALS.index(signum)] = 1.0
     loss, *received = accelerator.reduce(flags, "sum").tolist()
     return math.isfinite(loss), next((s for s, n in zip(STOP_SIGNALS, received) if n), 0)
 
