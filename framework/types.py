@@ -82,7 +82,9 @@ class SourceTable:
 
 
 Piece = Union[int, tuple[int, int, int]]  # a sample index, or (index, start, stop): a slice of one
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # collate keys the model receives
+# collate keys the model receives (the last four: flash-attention's sequence boundaries, padding-free rows)
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                "max_length_k")
 
 
 class Packing(Protocol):
@@ -100,7 +102,8 @@ class Packing(Protocol):
     def collate(self, rows: list[list[Sample]], pad_token_id: int, padding_free: bool = False
                 ) -> dict[str, torch.Tensor]:
         """One micro-batch as tensors: the MODEL_INPUTS it uses, `labels`, and `num_tokens` (the
-        real, non-padding tokens). `padding_free` asks for one row without padding (flash-attention)."""
+        real, non-padding tokens). `padding_free` asks for one row without padding (flash-attention),
+        with flash-attention's `cu_seq_lens_q/k` (int32 tensor) and `max_length_q/k` (Python ints)."""
 
 
 @dataclass

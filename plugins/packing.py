@@ -137,7 +137,10 @@ class BestFitDecreasing:
         """Samples end to end with position_ids restarting at 0 for each, which is how transformers
         tells the sequences apart: a block-diagonal mask on the sdpa/eager path, flash-attention's
         variable-length kernel when `padding_free` puts the whole micro-batch in one row. Padding
-        is its own sequence with masked labels; `cu_seq_lens` holds every sequence boundary."""
+        is its own sequence with masked labels. A padding-free row also carries every sequence boundary
+        and the longest sequence (`cu_seq_lens_q/k`, `max_length_q/k`), as flash-attention's varlen
+        kernel takes them: given, transformers need not work them out of position_ids in every layer,
+        reading the device each time."""
         import torch
 
         rows = [[s for row in rows for s in row]] if padding_free else rows
@@ -145,20 +148,24 @@ class BestFitDecreasing:
         ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
-        bounds, real = [0], 0
         for r, row in enumerate(rows):
             at = 0
             for sample in row:
                 n = len(sample.input_ids)
                 ids[r, at:at + n], labels[r, at:at + n] = torch.tensor(sample.input_ids), torch.tensor(sample.labels)
                 positions[r, at:at + n] = torch.arange(n)
-                at, real = at + n, real + n
-                bounds.append(r * width + at)
+                at += n
             if at < width:  # the padding tail is a sequence of its own, with nothing trained
                 positions[r, at:] = torch.arange(width - at)
-                bounds.append((r + 1) * width)
-        return {"input_ids": ids, "labels": labels, "position_ids": positions,
-                "cu_seq_lens": torch.tensor(bounds, dtype=torch.int32), "num_tokens": torch.tensor(real)}
+        real = sum(len(s.input_ids) for row in rows for s in row)
+        tensors = {"input_ids": ids, "labels": labels, "position_ids": positions, "num_tokens": torch.tensor(real)}
+        if padding_free:  # one row, no padding: the boundaries are the sequences'
+            lengths = torch.tensor([len(s.input_ids) for s in rows[0]], dtype=torch.int32)
+            cu_seq_lens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+            longest = int(lengths.max())
+            tensors.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=longest,
+                           max_length_k=longest)
+        return tensors
 
 
 def bfd() -> BestFitDecreasing:

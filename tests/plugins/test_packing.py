@@ -219,7 +219,7 @@ def test_bfd_plan_of_no_rows_is_empty():
 def expected_packed(rows: list[list[Sample]], pad: int):
     """What a packed micro-batch must hold, built independently of the plugin."""
     width = max(sum(len(s.input_ids) for s in row) for row in rows)
-    ids, labels, positions, bounds, starts = [], [], [], [0], []
+    ids, labels, positions, starts = [], [], [], []
     for r, row in enumerate(rows):
         row_ids, row_labels, row_pos = [], [], []
         for sample in row:
@@ -227,17 +227,15 @@ def expected_packed(rows: list[list[Sample]], pad: int):
             row_ids += sample.input_ids
             row_labels += sample.labels
             row_pos += list(range(len(sample.input_ids)))
-            bounds.append(r * width + len(row_ids))
         tail = width - len(row_ids)
         if tail:
             row_ids += [pad] * tail
             row_labels += [IGNORE_INDEX] * tail
             row_pos += list(range(tail))
-            bounds.append((r + 1) * width)
         ids.append(row_ids)
         labels.append(row_labels)
         positions.append(row_pos)
-    return ids, labels, positions, bounds, starts
+    return ids, labels, positions, starts
 
 
 def test_bfd_collate_packs_samples_with_restarting_positions(chat_samples, tiny_tokenizer):
@@ -245,14 +243,13 @@ def test_bfd_collate_packs_samples_with_restarting_positions(chat_samples, tiny_
     rows = [[s[0], s[3], s[1]], [s[7]], [s[2], s[8]], [s[4], s[5]]]
     pad = tiny_tokenizer.pad_token_id
     batch = bfd().collate(rows, pad)
-    ids, labels, positions, bounds, starts = expected_packed(rows, pad)
-    assert {"input_ids", "labels", "position_ids", "cu_seq_lens", "num_tokens"} <= set(batch)
+    ids, labels, positions, starts = expected_packed(rows, pad)
+    assert {"input_ids", "labels", "position_ids", "num_tokens"} <= set(batch)
     assert "attention_mask" not in batch  # sequences are told apart by position_ids
+    assert "cu_seq_lens_q" not in batch  # flash-attention's boundaries only come with a padding-free row
     assert batch["input_ids"].tolist() == ids
     assert batch["labels"].tolist() == labels
     assert batch["position_ids"].tolist() == positions
-    assert batch["cu_seq_lens"].tolist() == bounds
-    assert batch["cu_seq_lens"].dtype == torch.int32
     assert int(batch["num_tokens"]) == sum(len(x.input_ids) for row in rows for x in row)
     for r, at in starts:  # no sample is trained on its first token (nothing predicts it)
         assert batch["position_ids"][r, at] == 0
@@ -274,7 +271,6 @@ def test_bfd_collate_padding_tail_is_its_own_sequence():
                                               [0, 1, 2, 3, 4, 0, 1]]
     assert batch["input_ids"][1].tolist() == [10, 11, PAD, PAD, PAD, PAD, PAD]
     assert batch["labels"][1].tolist() == [IGNORE_INDEX, 11] + [IGNORE_INDEX] * 5
-    assert batch["cu_seq_lens"].tolist() == [0, 3, 7, 9, 14, 19, 21]  # a full row adds no padding boundary
     assert int(batch["num_tokens"]) == 16
 
 
@@ -289,7 +285,10 @@ def test_bfd_collate_padding_free_is_one_row_without_padding(chat_samples, tiny_
     assert batch["input_ids"][0].tolist() == [t for x in flat for t in x.input_ids]
     assert batch["labels"][0].tolist() == [t for x in flat for t in x.labels]
     assert batch["position_ids"][0].tolist() == [p for x in flat for p in range(len(x.input_ids))]
-    assert batch["cu_seq_lens"].tolist() == [0, *itertools.accumulate(len(x.input_ids) for x in flat)]
+    for side in ("q", "k"):  # as flash-attention's varlen kernel takes them, so transformers need not work them out
+        assert batch[f"cu_seq_lens_{side}"].tolist() == [0, *itertools.accumulate(len(x.input_ids) for x in flat)]
+        assert batch[f"cu_seq_lens_{side}"].dtype == torch.int32
+        assert batch[f"max_length_{side}"] == max(len(x.input_ids) for x in flat)  # a Python int: no read back
     assert int(batch["num_tokens"]) == total
     padded = bfd().collate(rows, pad)  # the same tokens as the padded layout, minus the padding
     keep = padded["input_ids"] != pad
@@ -446,3 +445,37 @@ def test_wrapped_of_an_exact_multiple_has_no_short_row():
     plan = wrapped().plan([8, 8, 16], 10, 8, seed=0)
     rows = flat_rows(plan)
     assert len(rows) == 4 and all(sum(b - a for _, a, b in row) == 8 for row in rows)
+
+
+def test_a_padding_free_rows_boundaries_reach_the_attention_kernel(chat_samples, tiny_tokenizer):
+    """The boundaries flash-attention's varlen kernel takes travel with the batch into every attention call
+    (here an sdpa kernel registered under another name, which records what it is given), as the engine
+    passes the collated inputs, and change nothing else."""
+    from transformers import AttentionInterface, AttentionMaskInterface, AutoConfig, AutoModelForCausalLM
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    from framework import MODEL_INPUTS
+
+    seen = []
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")})
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("recording_sdpa", recording)
+    AttentionMaskInterface.register("recording_sdpa", sdpa_mask)
+    batch = bfd().collate([[chat_samples[0], chat_samples[3]], [chat_samples[1]]], tiny_tokenizer.pad_token_id,
+                          padding_free=True)
+    config = AutoConfig.for_model("llama", vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="recording_sdpa").eval()
+    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
+    with torch.no_grad():
+        logits = model(**inputs, use_cache=False).logits
+        model.set_attn_implementation("sdpa")
+        plain = model(**{k: batch[k] for k in ("input_ids", "position_ids")}, use_cache=False).logits
+    assert len(seen) == 2  # one call a layer, each given the boundaries
+    assert all(s["cu_seq_lens_q"] is batch["cu_seq_lens_q"] and s["max_length_k"] == batch["max_length_k"] for s in seen)
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
