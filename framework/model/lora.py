@@ -114,27 +114,50 @@ def trainable_summary(model: Any) -> dict:
     return {"trainable": trainable, "total": total, "trainable_fraction": trainable / total if total else 0.0}
 
 
-def save_lora(model: Any, tokenizer: Any, output_dir: Path, merge: bool) -> None:
+def save_lora(model: Any, tokenizer: Any, output_dir: Path, merge: bool, state_dict: dict | None = None) -> None:
     """Write the adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer to
     output_dir; with `merge`, also a full model with the adapter folded in, plus the tokenizer, to
     output_dir/merged (loadable with AutoModelForCausalLM.from_pretrained, no peft needed).
 
-    `model` is the peft model itself: pass accelerator.unwrap_model(model), not a DDP wrapper.
-    The merge runs on a deep copy, so the caller's model is left exactly as it was (still a
-    PeftModel, adapter unmerged, still trainable); the cost is memory for a second copy of the
-    model on its device while the merged one is written.
-    """
+    `model` is the peft model itself (accelerator.unwrap_model(model), not a DDP wrapper); `state_dict`
+    its whole state, which ZeRO-3 gathers: the model's own parameters are then empty partitions, so the
+    adapter and the merge are made from it. The merge never touches `model`, which stays as it was."""
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)  # peft writes only the adapter weights and their config
+    model.save_pretrained(output_dir, state_dict=state_dict)  # peft keeps only the adapter's weights
     tokenizer.save_pretrained(output_dir)
     if merge:
-        # merge_and_unload rewrites the base weights and strips the LoRA layers in place;
-        # merging unmerge-style instead (merge_adapter/unmerge_adapter) would leave rounding
-        # error in the caller's base weights, which the copy avoids.
-        merged = copy.deepcopy(model).merge_and_unload()
+        merged = merged_model(model, model.state_dict() if state_dict is None else state_dict)
         merged.save_pretrained(output_dir / "merged")
         tokenizer.save_pretrained(output_dir / "merged")
         del merged
+
+
+def merged_model(model: Any, state_dict: dict) -> Any:
+    """The base model with the adapter folded in, on the host, built from `state_dict`: the same model
+    and adapter made on the meta device, given copies of the weights, then merged by peft."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with _without_zero3_init(), torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model.get_base_model().config)
+        adapted = get_peft_model(skeleton, copy.deepcopy(model.peft_config[model.active_adapter]))
+    live = {tensor.data_ptr() for tensor in model.state_dict().values()}  # the run's own: never merged into
+    host = {key: value.detach().to("cpu", copy=value.data_ptr() in live) for key, value in state_dict.items()}
+    adapted.load_state_dict(host, strict=False, assign=True)
+    adapted.get_base_model().tie_weights()  # a tied output layer is not in the state dict twice
+    return adapted.merge_and_unload()
+
+
+def _without_zero3_init() -> Any:
+    """A context where transformers builds a model whole, not partitioned across ranks by ZeRO-3 (only
+    the main process builds the merged model: partitioning would wait for the others)."""
+    import contextlib
+
+    from accelerate.state import AcceleratorState, is_initialized
+
+    plugin = AcceleratorState().deepspeed_plugin if is_initialized() else None
+    return plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext()
 
 
 def load_lora_weights(model: Any, checkpoint: Path) -> None:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from framework.training.checkpoints import delete_folder
+from framework.report.run import BEST, BEST_RECORD
+from framework.training.checkpoints import delete_folder, model_weights
 from framework.training.outputs import save_final, say
-
-BEST = "best"
-RECORD = "best.json"  # in output_dir/best: the step and the evaluation it was kept for
 
 
 def track(run: Any) -> bool:
@@ -44,21 +41,15 @@ def track(run: Any) -> bool:
 def _save(run: Any) -> None:
     """output_dir/best, written under a hidden name and renamed: a kill leaves the old best or the new."""
     accelerator = run.accelerator
-    weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the shards here
+    weights = model_weights(accelerator, run.model)
     if accelerator.is_main_process:
         target, partial = run.output_dir / BEST, run.output_dir / f".partial-{BEST}"
         shutil.rmtree(partial, ignore_errors=True)
         model = accelerator.unwrap_model(run.model)
         save_final(model, run.prep.tokenizer, run.loaded, run.prep.data.report, partial, weights)
         record = {"step": run.state.step, **run.last_eval}
-        (partial / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (partial / BEST_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         if target.exists():
             delete_folder(target)
         partial.rename(target)
     accelerator.wait_for_everyone()
-
-
-def kept(output_dir: Path) -> Optional[dict]:
-    """The record of output_dir/best, when the run keeps one."""
-    path = Path(output_dir) / BEST / RECORD
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -105,6 +105,20 @@ def _missing(path: Path, deepspeed: bool) -> list[str]:
     return missing
 
 
+def model_weights(accelerator: Any, model: Any) -> Optional[dict]:
+    """The whole model's weights for the main process to save; None on the others. Every rank calls it:
+    ZeRO-3 gathers its shards here (a collective). Otherwise the main process holds every weight itself
+    and reads them where they are; nothing is cloned (accelerate's get_state_dict copies the whole model
+    to host memory on every rank under ZeRO-1/2)."""
+    if is_zero3(accelerator):
+        return accelerator.get_state_dict(model)
+    return accelerator.unwrap_model(model).state_dict() if accelerator.is_main_process else None
+
+
+def is_zero3(accelerator: Any) -> bool:
+    return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
 def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer: Any, output_dir: Path,
          state: TrainerState, keep_last: int | None) -> Path:
     """Every rank calls this; the main process writes the shared parts and renames when complete."""
@@ -112,7 +126,7 @@ def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer
 
     root = checkpoints_dir(output_dir)
     final, partial = root / f"step-{state.step:08d}", root / f".partial-step-{state.step:08d}"
-    weights = accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
+    weights = model_weights(accelerator, model)
     if accelerator.is_main_process:
         _clear_hidden(root)  # what a kill left: unfinished saves and deletions
         partial.mkdir(parents=True)
