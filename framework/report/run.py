@@ -1,6 +1,7 @@
 """A run's record read back from its output_dir, finished or still running: run.json (identity,
-planned and finished steps), metrics.jsonl (every logged window, every evaluation, the summary) and the
-checkpoints folder. What `seqtune report` prints and what the model card and the loss curve are drawn from."""
+planned and finished steps), metrics.jsonl (every logged window, every evaluation, the summary), the
+checkpoints folder and best/. What `seqtune report` prints and what the model card and the loss curve are
+drawn from. It reads what training wrote and imports nothing of training's."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ from typing import Any, Optional
 from framework.errors import UserError
 
 METRICS = "metrics.jsonl"
+BEST = "best"  # eval.keep_best: the model of the lowest eval_loss
+BEST_RECORD = "best.json"  # in output_dir/best: the step and the evaluation it was kept for
 
 
 @dataclass
@@ -65,8 +68,6 @@ def _json(path: Path) -> dict:
 
 def report_rows(run: RunRecord) -> list[tuple[str, str]]:
     """(name, value) rows: status, steps, losses, throughput, MFU, memory, the last checkpoint."""
-    from framework.training.best import kept
-
     logged, evaluations, summary = run.logged, run.evaluations, run.summary
     finished = run.finished or summary.get("steps")  # the summary line is written at the end, too
     step = logged[-1]["step"] if logged else 0
@@ -106,6 +107,12 @@ def _throughput(logged: list[dict]) -> list[tuple[str, str]]:
         if values:
             rows.append((name, shown.format(sum(values) / len(values))))
     return rows
+
+
+def kept(output_dir: Path) -> Optional[dict]:
+    """The record of output_dir/best, when the run keeps one."""
+    path = Path(output_dir) / BEST / BEST_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def history(run: RunRecord) -> list[dict[str, Any]]:

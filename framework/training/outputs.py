@@ -44,8 +44,7 @@ def write_artefacts(run: Any, summary: dict, folders: list[Path]) -> None:
     from framework.errors import UserError
     from framework.report.card import CardFacts, base_license, write_card
     from framework.report.plots import loss_curve
-    from framework.report.run import METRICS, history, read_run
-    from framework.training.best import BEST, kept
+    from framework.report.run import BEST, METRICS, history, kept, read_run
 
     output_dir, recipe = run.output_dir, run.loaded.recipe
     # metrics.jsonl holds a resumed run's whole record; without the jsonl logger, this process's

@@ -10,6 +10,19 @@ from framework.errors import UserError
 from framework.report.run import read_run, report_rows
 
 
+def test_report_reads_what_training_wrote_without_importing_training(repo):
+    """No import circle (training/outputs -> report/run -> training/best -> training/outputs): report/
+    knows the files, not the code that writes them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, framework; before = set(sys.modules)\n"
+            "import framework.report.run, framework.report.card, framework.report.plots\n"
+            "print(sorted(m for m in set(sys.modules) - before if m.startswith('framework.training')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
 def write_run(folder, records, state, checkpoints=()):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
