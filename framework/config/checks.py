@@ -15,7 +15,8 @@ Problem = tuple[str, str]  # (key path, message)
 
 def check_combinations(recipe: Recipe, problems: Problems) -> None:
     """Add every impossible combination to `problems`, skipping checks that read a wrong key."""
-    checks = ((("model", "tokenizer.name_or_path"), _model), (("launch",), _launch))
+    checks = ((("model", "tokenizer.name_or_path"), _model), (("launch",), _launch),
+              (("model.attn_implementation", "launch.device"), _kernel))
     found = [found for reads, check in checks if not problems.touches(*reads) for found in check(recipe)]
     found += _mixture(recipe, problems)
     if recipe.eval is not None and not problems.touches("eval"):
@@ -32,6 +33,14 @@ def _model(recipe: Recipe) -> Iterator[Problem]:
         yield "model.config", "needs a model_type (e.g. llama, qwen2, gemma2)"
     if recipe.tokenizer.name_or_path is None and model.name_or_path is None:
         yield "tokenizer.name_or_path", "missing: a model built from model.config has no tokenizer of its own"
+
+
+def _kernel(recipe: Recipe) -> Iterator[Problem]:
+    """Kernels that train on CUDA GPUs only, in a recipe that says it runs on the CPU."""
+    attention = recipe.model.attn_implementation
+    if recipe.launch.device == "cpu" and (attention.startswith("flash_attention") or attention == "flex_attention"):
+        yield ("model.attn_implementation", f"{attention} trains on CUDA GPUs only and launch.device is cpu: use "
+               "sdpa (or auto), or launch.device=cuda")
 
 
 def _mixture(recipe: Recipe, problems: Problems) -> Iterator[Problem]:

@@ -189,6 +189,18 @@ def test_offload_params_needs_zero_stage_3(write, minimal, problem):
     assert load_recipe(ok).recipe.launch.deepspeed.offload_params is True
 
 
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "flash_attention_3", "flex_attention"])
+def test_a_gpu_only_attention_kernel_is_refused_on_the_cpu(write, minimal, kernel, problem):
+    """check says so before train would (flash-attn needs CUDA; flex attention has no CPU backward)."""
+    with_kernel = minimal.replace("  name_or_path: tiny-model\n", f"  name_or_path: tiny-model\n  attn_implementation: {kernel}\n")
+    line = problem(write("recipe.yaml", with_kernel + "launch: {device: cpu}\n"))
+    assert line.startswith(f"recipe.yaml: model.attn_implementation: {kernel} trains on CUDA GPUs only and "
+                           "launch.device is cpu")
+    for device in ("cuda", "auto"):  # a GPU machine's problem, checked there before anything loads
+        ok = write("ok.yaml", with_kernel + f"launch: {{device: {device}}}\n")
+        assert load_recipe(ok).recipe.model.attn_implementation == kernel
+
+
 @pytest.mark.parametrize("rank", [2, 3])
 def test_machine_rank_must_be_below_num_machines(write, minimal, rank, problem):
     path = write("recipe.yaml", minimal + f"launch: {{num_machines: 2, num_processes: 2, machine_rank: {rank}}}\n")

@@ -56,7 +56,8 @@ def test_packed_rows_on_a_gpu_with_a_dense_mask_are_said():
 
 def test_flex_attention_cannot_train_on_the_cpu(repo, monkeypatch):
     monkeypatch.chdir(repo)
-    recipe = load_recipe("recipes/quickstart.yaml", ["model.attn_implementation=flex_attention"]).recipe
+    # launch.device=auto on a machine without a GPU (with launch.device=cpu the recipe itself is refused)
+    recipe = load_recipe("recipes/quickstart.yaml", ["model.attn_implementation=flex_attention", "launch.device=auto"]).recipe
     with pytest.raises(UserError) as error:
         preflight(recipe)
     assert "flex_attention trains on CUDA GPUs only" in str(error.value)
