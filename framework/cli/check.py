@@ -5,14 +5,13 @@ from typing import Any, Optional
 
 import typer
 
-from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
+from framework.cli.common import GPU_HELP, OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
 
 
 @user_errors
 def check(recipe: str = typer.Argument(..., help=RECIPE_HELP),
           overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-          gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan memory for this GPU: "
-                                            "3090, 4090, a100-40, a100-80, h100, h200, or its memory in GiB."),
+          gpu: Optional[str] = typer.Option(None, "--gpu", help=GPU_HELP),
           samples: int = typer.Option(0, "--samples", help="Preprocess the data (cached) and show N rows as "
                                       "the model sees them, the truncation report and the run's size.")) -> None:
     """Validate a recipe and its plugin options and print it resolved; with --gpu, also the memory

@@ -17,6 +17,15 @@ RECIPE_HELP = "Recipe YAML file."
 OVERRIDES_HELP = "Overrides as key=value, e.g. train.max_steps=10 data.max_seq_length=1024."
 
 
+def _gpus() -> str:
+    from framework.estimation.hardware import GPUS  # pure Python: the CLI stays light
+
+    return ", ".join(GPUS)
+
+
+GPU_HELP = f"Plan memory for this GPU: {_gpus()}, or its memory in GiB."
+
+
 def show_warnings(lines: list[str]) -> None:
     """One line each, on stderr: the command goes on, but the user should know."""
     for line in lines:

@@ -7,13 +7,13 @@ from typing import Any, Optional
 
 import typer
 
-from framework.cli.common import OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
+from framework.cli.common import GPU_HELP, OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
 
 
 @user_errors
 def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
          overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-         gpu: str = typer.Option(..., "--gpu", help="3090, 4090, a100-40, a100-80, h100, h200, or GiB."),
+         gpu: str = typer.Option(..., "--gpu", help=GPU_HELP),
          samples: int = typer.Option(2000, "--samples", help="Rows of the recipe's data to measure."),
          plot: Optional[Path] = typer.Option(
              None, "--plot", help="Write PNG charts: memory per GPU against max_seq_length (with and without "

@@ -23,11 +23,16 @@ GPUS = {
     "a100-40": Gpu("NVIDIA A100 40GB", 40, 312),
     "a100-80": Gpu("NVIDIA A100 80GB", 80, 312),
     "h100": Gpu("NVIDIA H100 80GB (SXM)", 80, 989),
+    "h100-pcie": Gpu("NVIDIA H100 PCIe", 80, 756),  # lower clocks and power than the SXM part
+    "h100-nvl": Gpu("NVIDIA H100 NVL", 94, 835),
     "h200": Gpu("NVIDIA H200 (SXM)", 141, 989),
+    "h200-nvl": Gpu("NVIDIA H200 NVL", 141, 835),
 }
-# Substrings of torch.cuda.get_device_name() -> table key, most specific first.
-_DEVICE_NAMES = (("H200", "h200"), ("H100", "h100"), ("A100-SXM4-80GB", "a100-80"), ("A100 80GB", "a100-80"),
-                 ("A100", "a100-40"), ("4090", "4090"), ("3090", "3090"))
+# Substrings of torch.cuda.get_device_name() -> table key, most specific first ("NVIDIA H100 80GB HBM3" is
+# the SXM part; the PCIe and NVL parts name themselves).
+_DEVICE_NAMES = (("H200 NVL", "h200-nvl"), ("H200", "h200"), ("H100 PCIe", "h100-pcie"), ("H100 NVL", "h100-nvl"),
+                 ("H100", "h100"), ("A100-SXM4-80GB", "a100-80"), ("A100 80GB", "a100-80"), ("A100", "a100-40"),
+                 ("4090", "4090"), ("3090", "3090"))
 
 
 def gpu_from_device_name(device_name: str) -> Gpu | None:

@@ -8,12 +8,21 @@ from framework.training.metrics import peak_memory_gib, peak_tflops
 
 
 @pytest.mark.parametrize("device_name, key", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
+                                              ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H100 NVL", "h100-nvl"),
+                                              ("NVIDIA H200 NVL", "h200-nvl"),
                                               ("NVIDIA A100-SXM4-80GB", "a100-80"),
                                               ("NVIDIA A100-SXM4-40GB", "a100-40"),
                                               ("NVIDIA GeForce RTX 4090", "4090"),
                                               ("NVIDIA GeForce RTX 3090", "3090")])
 def test_known_gpus_are_recognised_by_their_device_names(device_name, key):
     assert gpu_from_device_name(device_name) is GPUS[key]
+
+
+def test_the_pcie_and_nvl_parts_are_not_credited_with_the_sxm_peak():
+    """MFU against the SXM part's 989 TFLOP/s would read 24% low on an H100 PCIe (756)."""
+    sxm = GPUS["h100"].bf16_tflops
+    assert all(gpu_from_device_name(name).bf16_tflops < sxm for name in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL",
+                                                                         "NVIDIA H200 NVL"))
 
 
 def test_unknown_gpu_has_no_peak():
