@@ -14,6 +14,8 @@ Then the planner's promise, on a GPU capped at 24 GiB (`launch.gpu_memory_gib=24
 longest candidate length `seqtune plan --gpu 24` says fits, which must train, and at the next
 candidate, which the plan says does not fit (what happened is reported; it does not fail the script).
 Written to OUT/smoke.jsonl and OUT/smoke.md, and printed; exit 1 when a run that should train fails.
+On a machine without a CUDA GPU it stops after the first run (which fails at its CUDA check) with one
+line on stderr and exit status 3. The runs are `python -m framework.cli train`, with this interpreter.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/gpu_smoke.yaml"
 CAP_GIB = 24
+NO_GPU = 3  # exit status: no CUDA GPU here, stopped after the first run
 BASE = {"data.packing": "bfd", "model.attn_implementation": "auto", "train.loss": "chunked_cross_entropy",
         "model.gradient_checkpointing": "false", "data.max_seq_length": "4096"}
 
@@ -90,10 +93,13 @@ def planned_gib(args: list[str]) -> float:
 
 
 def measure(name: str, args: list[str], out: Path) -> dict:
-    seqtune = Path(sys.executable).with_name("seqtune")
     log = out / f"{name}.log"
+    # The run starts in REPO (the recipe's paths are relative to it), where `-m` would put the checkout
+    # first on sys.path; PYTHONSAFEPATH keeps the installed seqtune for it and the workers it launches.
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
     with log.open("w") as sink:
-        code = subprocess.run([str(seqtune), "train", RECIPE, *args], cwd=REPO, stdout=sink, stderr=sink).returncode
+        code = subprocess.run([sys.executable, "-m", "framework.cli", "train", RECIPE, *args], cwd=REPO, env=env,
+                              stdout=sink, stderr=sink).returncode
     result = {"run": name, **{a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=")[0] in BASE}}
     text = log.read_text()
     if "launch.gpu_memory_gib=" in " ".join(args):
@@ -128,6 +134,38 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def installed() -> str:
+    """Which seqtune and torch run here (the runs import the same ones)."""
+    from importlib.metadata import version
+
+    import torch
+
+    import framework
+
+    return (f"seqtune {version('seqtune')} from {framework.__path__[0]}, torch {torch.__version__}, "
+            f"{cuda_gpus()} CUDA GPU(s)")
+
+
+def cuda_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run_all(runs: dict[str, dict[str, str]], out: Path, steps: int) -> list[dict]:
+    """Each run in turn, printed and appended to smoke.jsonl as it ends; without a CUDA GPU, only the first
+    (every other would fail at the same check)."""
+    results = []
+    with (out / "smoke.jsonl").open("w") as jsonl:
+        for name, changes in runs.items():
+            results.append(measure(name, overrides(name, changes, out, steps), out))
+            print(json.dumps(results[-1]), flush=True)
+            jsonl.write(json.dumps(results[-1]) + "\n")
+            if not cuda_gpus():
+                break
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "output/gpu_smoke")
@@ -135,18 +173,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these (names from the module docstring's list)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print(f"gpu_smoke: {installed()}", flush=True)
     write_data(args.out / "data.jsonl")
-    results = []
     runs = {**variants(), **capped(args.out, args.steps)}
-    with (args.out / "smoke.jsonl").open("w") as jsonl:
-        for name, changes in runs.items():
-            if args.only and name not in args.only:
-                continue
-            results.append(measure(name, overrides(name, changes, args.out, args.steps), args.out))
-            print(json.dumps(results[-1]), flush=True)
-            jsonl.write(json.dumps(results[-1]) + "\n")
+    results = run_all({name: changes for name, changes in runs.items() if not args.only or name in args.only},
+                      args.out, args.steps)
     (args.out / "smoke.md").write_text(table(results) + "\n")
     print(table(results))
+    if results and not cuda_gpus():
+        print(f"gpu_smoke: no CUDA GPU on this machine: stopped after the first run ({results[0]['run']}): "
+              f"{results[0].get('error', 'it trained')}", file=sys.stderr)
+        raise SystemExit(NO_GPU)
     if any("error" in r and r.get("planned_gib", 0) <= r.get("cap_gib", float("inf")) for r in results):
         raise SystemExit(1)  # a run failed that should have trained
 

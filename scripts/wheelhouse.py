@@ -4,7 +4,9 @@
         [--platform manylinux_2_28_x86_64 ...] [--have torch transformers ... | --have-freeze FILE]
 
 For a GPU node without network: run this where pip reaches an index, copy OUT over, and there run
-`pip install --no-index --find-links OUT 'seqtune[deepspeed]'`. The folder holds seqtune's own wheel
+`pip install --no-index --find-links OUT 'seqtune[deepspeed]'` (where the system Python refuses pip, PEP
+668, in a venv made with --system-site-packages), or `SEQTUNE_WHEELS=OUT bash scripts/gpu_smoke.sh`, which
+does that itself. The folder holds seqtune's own wheel
 and every package that seqtune and the chosen extras need, for the target Python and platform, except
 what the target already has: `--have` names (each taken with whatever it needs itself) or
 `--have-freeze` (a `pip freeze` of the target). The default `--have` is a typical cluster GPU image:
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 TYPICAL_GPU_IMAGE = ("torch", "transformers", "accelerate", "peft", "rich", "typer", "pluggy", "pyarrow", "pandas",
                      "tensorboard", "numpy", "safetensors", "tokenizers", "huggingface-hub", "pyyaml")
 SOURCE_ONLY = {"deepspeed"}  # no wheels on the index: built here
+SOURCES = ("pyproject.toml", "README.md", "framework", "plugins")  # what seqtune's wheel is built from
 
 
 def target_environment(python: str) -> dict[str, str]:
@@ -84,11 +88,24 @@ def pip(*args: str, env: dict | None = None) -> None:
         raise SystemExit(f"error: pip {' '.join(args[:1])} failed for {args[-1]}:\n{done.stderr[-2000:]}")
 
 
+def own_wheel(out: Path, isolated: bool = True) -> Path:
+    """seqtune's wheel, built from a copy of what this checkout packages: an in-tree build would also
+    pack modules an older build left in build/. `isolated=False` builds with this Python's setuptools."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in SOURCES:
+            source = REPO / name
+            if source.is_dir():
+                shutil.copytree(source, Path(tmp) / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, tmp)
+        pip("wheel", "--no-deps", *([] if isolated else ["--no-build-isolation"]), "-w", str(out), tmp)
+    return _existing(out, "seqtune")
+
+
 def build(out: Path, args: argparse.Namespace, have: set[str]) -> list[Path]:
     """seqtune's wheel and the closure of what it needs, leaving out `have` and what they need."""
     out.mkdir(parents=True, exist_ok=True)
-    pip("wheel", "--no-deps", "-w", str(out), str(REPO))
-    own = _existing(out, "seqtune")
+    own = own_wheel(out)
     env, queue, seen, wheels = target_environment(args.python), [(own, set(args.extras))], set(have), [own]
     while queue:
         wheel, extras = queue.pop()
