@@ -109,8 +109,9 @@ def trainable_summary(model: Any) -> dict:
     """Trainable and total parameter counts, and the trainable share (for the log and run info)."""
     trainable = total = 0
     for param in model.parameters():
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
+        count = getattr(param, "ds_numel", param.numel())  # ZeRO-3 leaves a partition (often empty) here
+        total += count
+        trainable += count if param.requires_grad else 0
     return {"trainable": trainable, "total": total, "trainable_fraction": trainable / total if total else 0.0}
 
 
@@ -137,27 +138,21 @@ def merged_model(model: Any, state_dict: dict) -> Any:
     and adapter made on the meta device, given copies of the weights, then merged by peft."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    with _without_zero3_init(), torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(model.get_base_model().config)
+    base = model.get_base_model()
+    # The class itself, not from_config: under ZeRO-3 that would partition the new model across ranks
+    # (a collective only the main process, which alone saves, would enter).
+    with torch.device("meta"):
+        skeleton = type(base)(copy.deepcopy(base.config))
         adapted = get_peft_model(skeleton, copy.deepcopy(model.peft_config[model.active_adapter]))
     live = {tensor.data_ptr() for tensor in model.state_dict().values()}  # the run's own: never merged into
     host = {key: value.detach().to("cpu", copy=value.data_ptr() in live) for key, value in state_dict.items()}
     adapted.load_state_dict(host, strict=False, assign=True)
     adapted.get_base_model().tie_weights()  # a tied output layer is not in the state dict twice
+    missing = [name for name, param in adapted.named_parameters() if param.is_meta]
+    if missing:
+        raise RuntimeError(f"merging the LoRA adapter: no weights saved for {', '.join(missing[:3])}")
     return adapted.merge_and_unload()
-
-
-def _without_zero3_init() -> Any:
-    """A context where transformers builds a model whole, not partitioned across ranks by ZeRO-3 (only
-    the main process builds the merged model: partitioning would wait for the others)."""
-    import contextlib
-
-    from accelerate.state import AcceleratorState, is_initialized
-
-    plugin = AcceleratorState().deepspeed_plugin if is_initialized() else None
-    return plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext()
 
 
 def load_lora_weights(model: Any, checkpoint: Path) -> None:

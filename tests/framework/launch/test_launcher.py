@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,22 +13,11 @@ from safetensors.torch import load_file
 
 from framework.config import load_recipe
 from framework.launch.launcher import print_commands
-from seqtune_testing import REPO
+from seqtune_testing import REPO, SEQTUNE, free_port, max_difference, run_machines
 
 ROWS = "data.mixture=[{source: recipes/quickstart/data/train.jsonl, count: 96}]"
 COMMON = [ROWS, "train.max_steps=3", "train.per_device_batch_size=4", "train.loss_reduction=token_mean",
           "optimizer={name: sgd, lr: 0.5}", "scheduler=constant", "logging.loggers=[jsonl]", "launch.device=cpu"]
-
-
-SEQTUNE = Path(sys.executable).with_name("seqtune")
-
-
-def max_difference(want_dir: Path, got_dir: Path) -> float:
-    """The largest weight difference between two saved models (ZeRO's gathered state may also spell
-    out the tied lm_head, so the second may hold more keys)."""
-    want, got = load_file(str(want_dir / "model.safetensors")), load_file(str(got_dir / "model.safetensors"))
-    assert set(want) <= set(got)
-    return max((want[k] - got[k]).abs().max().item() for k in want)
 
 
 def train(out: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -236,39 +219,6 @@ def test_zero3_with_uneven_chunks_and_an_empty_filler_does_not_hang(seqtune, tmp
     assert one.returncode == 0, one.stderr[-3000:]
     want, got = load_file(str(tmp_path / "one/model.safetensors")), load_file(str(tmp_path / "ds/model.safetensors"))
     assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_machines(args: Sequence[str], cache_dirs: Sequence[Path], envs: Sequence[Mapping[str, str]] = (),
-                 machine_rank: bool = True, timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Machines on this host: `seqtune train *args` once per machine, all started together, each with its
-    own data.cache_dir (a node-local disk), its own extra environment (`envs`), and
-    launch.machine_rank=r unless `machine_rank` is False (SLURM's variables give it). The last machine
-    starts first, so that the main process still being machine 0's shows ranks follow machine_rank.
-    Their output goes to machine<r>.out/.err next to the cache dirs."""
-    procs, logs = [], cache_dirs[0].parent
-    for rank in reversed(range(len(cache_dirs))):
-        rank_args = [f"launch.machine_rank={rank}"] if machine_rank else []
-        with open(logs / f"machine{rank}.out", "w") as out, open(logs / f"machine{rank}.err", "w") as err:
-            # Its own session, so that a machine left waiting can be stopped with its workers.
-            procs.insert(0, subprocess.Popen(
-                [str(SEQTUNE), "train", *args, f"data.cache_dir={cache_dirs[rank]}", *rank_args], cwd=REPO,
-                env={**os.environ, **(envs[rank] if envs else {})}, stdout=out, stderr=err, start_new_session=True))
-    deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        if any(p.returncode for p in procs):  # the others would wait for the failed machine until timeout
-            deadline = min(deadline, time.monotonic() + 20)
-        time.sleep(0.5)
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return [subprocess.CompletedProcess(p.args, p.wait(), (logs / f"machine{r}.out").read_text(),
-                                        (logs / f"machine{r}.err").read_text()) for r, p in enumerate(procs)]
 
 
 def assert_machine_0_is_main(machines: list[subprocess.CompletedProcess]) -> None:
