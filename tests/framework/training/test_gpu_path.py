@@ -94,10 +94,10 @@ import deepspeed.checkpoint.utils
 _clone = deepspeed.checkpoint.utils.clone_tensors_for_torch_save
 
 
-def counted(state_dict):  # the copy of a whole state dict to host memory accelerate makes under ZeRO-1/2
+def counted(item, *args, **kwargs):  # the copy of a whole state dict to host memory accelerate makes under ZeRO-1/2
     with open(os.environ["CLONES"] + "." + os.environ["RANK"], "a") as f:
         f.write("clone\\n")
-    return _clone(state_dict)
+    return _clone(item, *args, **kwargs)
 
 
 deepspeed.checkpoint.utils.clone_tensors_for_torch_save = counted
