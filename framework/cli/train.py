@@ -21,18 +21,25 @@ def train(recipe: str = typer.Argument(..., help=RECIPE_HELP),
           print_launch: bool = typer.Option(False, "--print-launch", hidden=True,
                                             help="The old name of --print-commands.")) -> None:
     """Train a model from a recipe and save it to the recipe's output_dir."""
+    from framework.launch.reports import to_launcher
+
+    with to_launcher():  # a launched worker's error or stop goes to its launcher, which shows it once
+        _train(recipe, overrides or [], overwrite, print_commands or print_launch)
+
+
+def _train(recipe: str, overrides: list[str], overwrite: bool, print_commands: bool) -> None:
     from framework.launch import launcher
     from framework.registry import load_and_bind
 
     # An override, not a flag passed on: launched workers re-run this command line with the overrides.
-    overrides = [*(overrides or []), *(["overwrite_output_dir=true"] if overwrite else [])]
+    overrides = [*overrides, *(["overwrite_output_dir=true"] if overwrite else [])]
     if not launcher.is_worker():  # workers get what SLURM gave as overrides, from their launcher
         taken, line = launcher.from_slurm(recipe, overrides, os.environ)
         overrides += taken
         if line:
             err_console.print(line, markup=False)
     loaded, parts = load_and_bind(recipe, overrides)  # every recipe problem, in one pass
-    if print_commands or print_launch:
+    if print_commands:
         for line in launcher.print_commands(loaded.recipe, recipe, overrides):
             console.print(line, highlight=False, soft_wrap=True, markup=False)
         return

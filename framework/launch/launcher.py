@@ -8,16 +8,18 @@ process (DeepSpeed on one GPU) through torchrun, which accelerate uses underneat
 worker when one fails, so a crashed rank ends the run with its error instead of leaving the others
 waiting.
 
+A UserError or a stop in the workers reaches the user once, from this process (reports.py).
+
 Under SLURM's `srun` (one task per node), the machine's rank, the number of machines, the main
 machine and the processes per machine come from SLURM's variables wherever the recipe leaves them
 unset.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,9 +79,29 @@ def worker_env(recipe: Recipe) -> dict[str, str]:
 
 
 def launch(recipe: Recipe, recipe_path: str, overrides: list[str]) -> int:
-    """Start this machine's workers and wait for them; returns the launcher's exit code."""
-    argv = [sys.executable, "-m", *launcher_module(recipe), *worker_argv(recipe_path, overrides)]
-    return subprocess.run(argv, env={**os.environ, **worker_env(recipe)}).returncode
+    """Start this machine's workers and wait for them; returns the launcher's exit code, or raises the
+    UserError or stop the workers reported (see reports.py: the CLI then shows it once, as for one process)."""
+    from framework.launch import reports
+
+    recipe = with_free_port(recipe)
+    argv = [sys.executable, "-m", reports.__name__, *launcher_module(recipe), *worker_argv(recipe_path, overrides)]
+    return reports.run(argv, {**os.environ, **worker_env(recipe)})
+
+
+def with_free_port(recipe: Recipe) -> Recipe:
+    """One machine's run on a port no other process holds, unless the recipe names one: two runs on a
+    machine (two jobs on one node, two tests at once) would otherwise meet on the default port and fail.
+    Several machines keep the port they all agreed on."""
+    import socket
+
+    launch = recipe.launch
+    default = next(f.default for f in dataclasses.fields(launch) if f.name == "main_process_port")
+    if launch.num_machines > 1 or launch.main_process_port != default:
+        return recipe
+    with socket.socket() as probe:
+        probe.bind((launch.main_process_ip, 0))
+        port = probe.getsockname()[1]
+    return dataclasses.replace(recipe, launch=dataclasses.replace(launch, main_process_port=port))
 
 
 def print_commands(recipe: Recipe, recipe_path: str, overrides: list[str]) -> list[str]:

@@ -55,6 +55,28 @@ def two_processes(tmp_path_factory, start_from):
     return out, train(out, *start_from, "launch.num_processes=2", "train.gradient_accumulation_steps=2")
 
 
+def test_one_machines_run_takes_a_free_port_unless_the_recipe_names_one(repo, monkeypatch):
+    """Two runs on one machine (two jobs on a node, two tests at once) would meet on the default port and
+    the second would fail (EADDRINUSE): the default becomes a free port; a named port, or several machines'
+    agreed one, stays."""
+    import socket
+
+    from framework.launch.launcher import with_free_port
+
+    monkeypatch.chdir(repo)
+    default = load_recipe("recipes/quickstart.yaml", ["launch.num_processes=2"]).recipe
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", default.launch.main_process_port))  # another run holds the default
+        port = with_free_port(default).launch.main_process_port
+        assert port != default.launch.main_process_port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # and it is free
+    named = load_recipe("recipes/quickstart.yaml", ["launch.num_processes=2", "launch.main_process_port=29411"]).recipe
+    assert with_free_port(named).launch.main_process_port == 29411
+    machines = load_recipe("recipes/quickstart.yaml", ["launch.num_processes=2", "launch.num_machines=2"]).recipe
+    assert with_free_port(machines).launch.main_process_port == machines.launch.main_process_port
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_doubled_accumulation(two_processes, one_process):
     """Rank r takes micro-batches r, r+2, ...: two ranks accumulating 2 see exactly the micro-batches
