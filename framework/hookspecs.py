@@ -59,6 +59,14 @@ with the runtime arguments listed and those of the recipe's options it accepts:
 =================  =========================================  ========================================
 family             declared                                   meaning (when undeclared)
 =================  =========================================  ========================================
+dataset_loaders    factory.first_row -> rows | None           the source's first row, read cheaply (a
+                   (source, split)                            one-row list or Rows, named as the
+                                                              loader names rows): `seqtune check`
+                                                              tries its columns and format (not read)
+dataset_formats    factory.columns -> tuple[str, ...]         the columns a row must have, before the
+                   (options)                                  source's `columns:` mapping; a source
+                                                              without one is refused naming the
+                                                              columns it has (only the row's error)
 optimizers         factory.state_tensors -> int               full-size state tensors per trained
                    (options)                                  parameter: AdamW 2, SGD with momentum 1
                                                               (planned as 2, Adam-like, with a note)
@@ -112,6 +120,11 @@ def seqtune_register_dataset_formats() -> Factories:
     pipeline adds the row's file and line. A row with nothing to train is not malformed: return it as
     it is (an empty list, an empty string, or messages without an assistant turn), and the pipeline
     drops and counts it by cause (`data.untrainable: drop`), or stops at it (`error`).
+
+    Its keyword-only parameters are its options, as in every family (`format: {name: sharegpt,
+    roles: {bot: assistant}}`). `seqtune check` formats each local source's first row and compares
+    the columns the format declares (`factory.columns`) with the source's, so a wrong column stops
+    the check, not the run.
     """
 
 

@@ -2,16 +2,19 @@
 
 A loader returns an iterable of row dicts (a `framework.Rows` when it knows each row's file and
 line, so later errors can name them), or a `datasets.Dataset`, best for large data because it stays
-memory-mapped. Local files have a single split, `train`.
+memory-mapped. Local files have a single split, `train`. Each local loader also declares
+`first_row` (plugins/first_rows.py): the source's first row read cheaply, named as the loader
+names it, so `seqtune check` can try it without reading the source whole.
 """
 from __future__ import annotations
 
 import codecs
+import csv
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 from framework import Rows, SourceTable, UserError, hookimpl, progress_bar
 from plugins.jsonl import read_jsonl_native
@@ -107,10 +110,14 @@ def _read_json(path: Path, split: str) -> list[dict[str, Any]]:
         _local_split(str(path), split)
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a list of rows")
-    for number, row in enumerate(data, start=1):
+    return _objects(path, data)
+
+
+def _objects(path: Path, rows: list[Any]) -> list[dict[str, Any]]:
+    for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise UserError(f"{path}: row {number}: expected a JSON object, got {type(row).__name__}")
-    return data
+    return rows
 
 
 def _decode(path: Path, raw: bytes, first_line: int) -> str:
@@ -157,16 +164,40 @@ def _load_files(kind: str, source: str, split: str, suffix: str):
 
     _local_split(source, split)
     files = _files(source, (suffix,))
+    options = _as_written(files) if kind == "csv" else {}
     verbosity = ds_logging.get_verbosity()
     ds_logging.set_verbosity(ds_logging.CRITICAL)  # its "Failed to read file" log repeats our error
     try:
-        return datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train")
+        return datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train", **options)
     except Exception as exc:  # pyarrow/pandas parse errors, wrapped by datasets: name the source
         cause = _root_cause(exc)
         _name_the_file(kind, files, cause)
         raise UserError(f"{source}: cannot read as {kind}: {_first_line(cause)}") from None
     finally:
         ds_logging.set_verbosity(verbosity)
+
+
+def _as_written(files: list[Path]) -> dict[str, Any]:
+    """pandas options that keep every cell of these CSV files as written. A CSV has no types: pandas
+    would guess that `4` is a number and that `NA` or an empty cell is missing, and no format reads
+    those as the text they are (a column of numeric answers could never train)."""
+    widest = 0
+    for path in files:
+        with path.open("rb") as data:
+            widest = max(widest, len(next(csv_records(path, data), [])))
+    return {"converters": {column: str for column in range(widest)}, "na_filter": False}
+
+
+def csv_records(path: Path, data: Iterable[bytes]) -> Iterator[list[str]]:
+    """A CSV file's records (`data`: the file open in binary), blank lines skipped as pandas skips them."""
+    return (record for record in csv.reader(decoded_lines(path, data)) if record)
+
+
+def decoded_lines(path: Path, data: Iterable[bytes]) -> Iterator[str]:
+    """A file's lines decoded one by one: a bad byte names its line, and nothing past the lines read is
+    decoded. A leading byte-order mark is dropped."""
+    for number, raw in enumerate(data, start=1):
+        yield _decode(path, raw.removeprefix(BOM) if number == 1 else raw, number)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -212,7 +243,7 @@ def load_parquet(source: str, split: str):
 
 
 def load_csv(source: str, split: str):
-    """A CSV file with a header row, or a folder of them."""
+    """A CSV file with a header row, or a folder of them; every cell is text, as written."""
     return _load_files("csv", source, split, ".csv")
 
 
@@ -243,6 +274,22 @@ def load_hub(source: str, split: str):
     except Exception as exc:  # datasets raises many types (offline, missing, gated); all mean "cannot load"
         raise UserError(f"{source}: cannot load split '{split}' with datasets.load_dataset: {_first_line(exc)}"
                         " (offline runs need the dataset in the local Hugging Face cache)") from None
+
+
+def _read_first_row(reader: str) -> Callable[[str, str], Any]:
+    """A loader's declared `first_row`: the reader of that name in plugins/first_rows.py, imported when
+    called (it reads with this module's helpers)."""
+
+    def first_row(source: str, split: str) -> Any:
+        from plugins import first_rows
+
+        return getattr(first_rows, reader)(source, split)
+
+    return first_row
+
+
+load_json.first_row, load_csv.first_row = _read_first_row("first_json_row"), _read_first_row("first_csv_row")
+load_parquet.first_row, load_disk.first_row = _read_first_row("first_parquet_row"), _read_first_row("first_saved_row")
 
 
 @hookimpl

@@ -261,6 +261,8 @@ def _check(*, loss, reference, label_smoothing, gamma, **_):
         yield "label_smoothing", f"loss {loss} has no label smoothing: use sigmoid, dpo_norm or simpo"
 
 
+preference.columns = ("chosen", "rejected")  # declared: `seqtune check` names the missing ones
+preference_text.columns = ("prompt", "chosen", "rejected")
 dpo.check = _check
 dpo.sequences_per_row = 2
 

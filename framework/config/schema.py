@@ -79,9 +79,10 @@ class MixtureEntry:
     count: Optional[int] = opt(None, "Exact number of rows to use (a seeded sample).", minimum=1)
     split: str = opt("train", "Split to read.")
     loader: str = opt("auto", "Dataset loader plugin; auto picks one from the source.")
-    format: str = opt("messages", "Row format plugin: messages, prompt_completion, alpaca or text.")
+    format: Component = opt(None, "Row format plugin: messages, prompt_completion, alpaca, text, sharegpt, "
+                            "preference or preference_text.", factory=lambda: Component("messages"))
     columns: dict[str, str] = opt(None, "Column mapping {name the format expects: name in this "
-                                  "source}, e.g. {messages: conversations}.", factory=dict)
+                                  "source}, e.g. {prompt: question}.", factory=dict)
 
 
 @dataclass

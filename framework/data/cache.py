@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 # Bump when the encoding itself changes (masking, truncation accounting, columns).
-PIPELINE_VERSION = 6  # 2: untrainable rows by cause; 3: arrow shards + kept rows; 4: their lengths; 5: distinct rows;
-# 6: each row's sequences (preference pairs)
+PIPELINE_VERSION = 7  # 2: untrainable rows by cause; 3: arrow shards + kept rows; 4: their lengths; 5: distinct rows;
+# 6: each row's sequences (preference pairs); 7: CSV cells read as written (text), format options
 COMPLETE = "complete.json"  # written last: the entry is complete
 SHARDS = "tokens-*.arrow"  # the tokenizing pass's output, one file per worker: each distinct row once
 KEPT = "kept.npy"  # the mixture's rows with something to train, in mixture order, as indices into the shards

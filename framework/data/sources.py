@@ -6,11 +6,16 @@ when a pass reads them, batch by batch. Python rows (a list, or a `framework.Row
 when loaded instead, so a wrongly typed value is the format's error about that row, never an arrow
 type-inference failure. Every row keeps a name for errors: `file:line`, `file: row N`, or
 `source: row N`.
+
+The same checks run on a source's first row alone, as its loader reads it cheaply
+(`check_first_row`), so `seqtune check` finds a missing column or a malformed first row with the
+message training would stop with, without reading any source whole.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -18,6 +23,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from framework.config.paths import looks_local
 from framework.config.schema import MixtureEntry
 from framework.data.progress import progress_bar
 from framework.errors import UserError
@@ -25,6 +31,8 @@ from framework.types import Pair, Rows, SourceTable
 
 LOADER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+# A file extension: letters only, so that a hub name's version (`teknium/OpenHermes-2.5`) is not one
+EXTENSION = re.compile(r"\.[A-Za-z]{1,10}$")
 FORMAT_ERRORS = (ValueError, TypeError, KeyError, AttributeError)  # a format's way of refusing a row
 # (messages, text, rejected): text None for a chat; for a preference pair, messages is the chosen
 # conversation and rejected the other (None for any other row)
@@ -43,9 +51,15 @@ def pick_loader(entry: MixtureEntry) -> str | None:
         return kinds.pop() if len(kinds) == 1 else None
     if path.suffix in LOADER_BY_SUFFIX:  # a data file, present or not (its loader says "no such file")
         return LOADER_BY_SUFFIX[path.suffix]
-    if path.exists() or entry.source.startswith((".", "/", "~")):
-        return None  # a local file of a kind no loader is picked for
+    if path.exists() or looks_like_a_path(entry.source):
+        return None  # a local file of a kind no loader is picked for, or a path that is not there
     return "hub"
+
+
+def looks_like_a_path(source: str) -> bool:
+    """A local path by its shape: more than a hub id's `org/name`, a trailing separator, or a file
+    extension (`mydata/qa.cvs` is a misspelt file, never a hub dataset to wait for)."""
+    return looks_local(source) or source.endswith(("/", "\\")) or EXTENSION.search(source) is not None
 
 
 def local_fingerprint(source: str) -> str | None:
@@ -154,10 +168,14 @@ class Source:
         return ([], result, None) if isinstance(result, str) else (result, None, None)
 
 
-def make_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable) -> Source:
+def make_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable, key: str | None = None
+                ) -> Source:
     """A Source from what the entry's loader returned: a Dataset or SourceTable stays arrow, to be
-    formatted when read; Python rows are formatted now."""
+    formatted when read; Python rows are formatted now. `key` names the entry in errors (default
+    `data.mixture[index]`)."""
     import datasets
+
+    key = key or f"data.mixture[{index}]"
 
     if isinstance(loaded, SourceTable):
         starts = tuple(accumulate((count for _, count in loaded.files[:-1]), initial=0))
@@ -167,14 +185,23 @@ def make_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Calla
     elif isinstance(loaded, datasets.Dataset):
         names = RowNames(entry.source)
     else:
-        return _python_source(loaded, index, entry, to_messages)
-    _check_columns(entry, index, set(_nonempty(loaded, entry).column_names))
+        return _python_source(loaded, index, entry, to_messages, key)
+    _check_columns(entry, key, set(_nonempty(loaded, entry).column_names), to_messages)
     return Source(index, entry, loaded, to_messages, names)
 
 
-def _python_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable) -> Source:
+def check_first_row(first: Any, key: str, entry: MixtureEntry, to_messages: Callable) -> None:
+    """Raise what loading the source would raise about its first row: the first rows a loader read
+    (`factory.first_row`: a list or a `Rows`, as the loader returns rows) checked for the columns
+    the mapping and the format name, then formatted. `key` is the entry's (`eval.mixture[0]`)."""
+    rows, names = _nonempty(list(first), entry), _names(first, entry.source)
+    _check_columns(entry, key, set(rows[0]), to_messages)
+    Source(0, entry, rows, to_messages, names)._format(rows[0], 0)
+
+
+def _python_source(loaded: Any, index: int, entry: MixtureEntry, to_messages: Callable, key: str) -> Source:
     rows, names = _nonempty(list(loaded), entry), _names(loaded, entry.source)
-    _check_columns(entry, index, set().union(*(row.keys() for row in rows)))
+    _check_columns(entry, key, set().union(*(row.keys() for row in rows)), to_messages)
     reading, formatted = Source(index, entry, rows, to_messages, names), []
     with progress_bar(f"formatting {entry.source}", len(rows)) as advance:
         for first in range(0, len(rows), 10_000):
@@ -227,8 +254,26 @@ def _names(loaded: Any, source: str) -> RowNames:
     return RowNames(source, files, file_of=loaded.file_of, numbers=loaded.numbers)
 
 
-def _check_columns(entry: MixtureEntry, index: int, columns: set[str]) -> None:
+def _check_columns(entry: MixtureEntry, key: str, columns: set[str], to_messages: Callable) -> None:
+    """Every column the mapping names, and every one the format declares it needs (hookspecs.py), is
+    there; else one line per kind of problem, naming the columns there are."""
+    from framework.registry.factories import declared  # here: the registry imports this module
+
+    there = ", ".join(sorted(columns))
     missing = [actual for actual in entry.columns.values() if actual not in columns]
+    needs = declared(to_messages, "columns", default=()) or ()
+    absent = [name for name in needs if name not in entry.columns and name not in columns]
+    problems = []
     if missing:
-        raise UserError(f"{entry.source}: data.mixture[{index}].columns names missing column(s) "
-                        f"{', '.join(missing)} (columns: {', '.join(sorted(columns))})")
+        problems.append(f"{entry.source}: {key}.columns names missing column(s) {', '.join(missing)} "
+                        f"(columns: {there})")
+    if absent:
+        problems.append(f"{entry.source}: {key}.format '{format_name(entry)}' needs column(s) {', '.join(absent)} "
+                        f"(columns: {there}); map them with {key}.columns: {{{absent[0]}: <column>}}")
+    if problems:
+        raise UserError(problems)
+
+
+def format_name(entry: MixtureEntry) -> str:
+    """The entry's format name: `format` is a name, or a plugin selection with options."""
+    return getattr(entry.format, "name", entry.format)

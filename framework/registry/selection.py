@@ -1,6 +1,6 @@
 """Bind every plugin a recipe selects, checking all their options before anything runs; and
 `load_and_bind`, which reports every problem of a recipe (the recipe itself, its plugins, its local
-paths) in one pass."""
+paths, the header and first row of its local data) in one pass."""
 from __future__ import annotations
 
 import os
@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from framework.config import LoadedRecipe
+from framework.config import Component, LoadedRecipe
 from framework.config.load import read_recipe
 from framework.config.paths import check_paths, looks_local
 from framework.config.validate import Problems
-from framework.data.sources import pick_loader
+from framework.data.sources import check_first_row, pick_loader
 from framework.errors import UserError
 from framework.model.tokenizer import is_template_source
+from framework.registry.factories import declared
 from framework.registry.manager import Registry, build_registry
 
 UNBOUND = "; plugin names and options are not checked until it is fixed"
@@ -50,11 +51,14 @@ def bind_parts(loaded: LoadedRecipe) -> Parts:
 def load_and_bind(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()
                   ) -> tuple[LoadedRecipe, Parts]:
     """The recipe and its plugins, or a UserError with every problem found in one pass: extends,
-    overrides, interpolation, schema, combinations, plugin names, options and option values, and
-    local paths that do not exist. Checks that depend on a wrong key are skipped."""
+    overrides, interpolation, schema, combinations, plugin names, options and option values, local
+    paths that do not exist, and what each local source's first row says of its columns and format.
+    Checks that depend on a wrong key are skipped."""
     loaded, problems = read_recipe(path, overrides)
     parts = _bind(loaded, problems)
     check_paths(loaded.recipe, problems)
+    if parts is not None:
+        _check_first_rows(loaded, parts, problems)
     if problems.lines:
         raise UserError(problems.lines)
     return loaded, parts
@@ -90,7 +94,8 @@ def _bind(loaded: LoadedRecipe, problems: Problems) -> Optional[Parts]:
 
 
 def _sources(entries, key: str, registry: Registry, problems: Problems) -> tuple[list, list]:
-    """Each mixture entry's loader and format; a local source that does not exist is a problem."""
+    """Each mixture entry's loader and format (with its options); a local source that does not
+    exist is a problem."""
     loaders, formats = [], []
     for i, entry in enumerate(entries or []):
         at = f"{key}[{i}]"
@@ -99,19 +104,42 @@ def _sources(entries, key: str, registry: Registry, problems: Problems) -> tuple
             formats.append(None)
             continue
         loader = pick_loader(entry)
-        if loader is None:
-            problems.add(f"{at}.source", f"cannot tell how to load '{entry.source}' from its name; set {at}.loader")
-        elif _names_a_local_path(entry, loader) and not Path(entry.source).expanduser().exists():
+        if _names_a_local_path(entry, loader) and not Path(entry.source).expanduser().exists():
+            # only its shape (an extension like `qa.cvs`) says it is a file: a hub name could look like it
+            hub = f"; a hub dataset of this name needs {at}.loader=hub" if loader is None and not \
+                looks_local(entry.source) else ""
             problems.add(f"{at}.source", f"no such file or folder: {entry.source} (relative paths are from the "
-                                         "working directory)")
+                                         f"working directory{hub})")
+        elif loader is None:
+            problems.add(f"{at}.source", f"cannot tell how to load '{entry.source}' from its name; set {at}.loader")
         found = loader and registry.get("dataset_loaders", loader, problems, f"{at}.loader")
         loaders.append(found and found.factory)
-        found = registry.get("dataset_formats", entry.format, problems, f"{at}.format")
-        formats.append(found and found.factory)
+        selected = entry.format if isinstance(entry.format, Component) else Component(entry.format)
+        formats.append(registry.bind("dataset_formats", selected, problems, f"{at}.format"))
     return loaders, formats
 
 
-def _names_a_local_path(entry, loader: str) -> bool:
-    """A data file by its suffix (auto-picked loader), or a path by its shape; a third-party loader's
-    source may be anything else (a URL, a table name)."""
+def _names_a_local_path(entry, loader: str | None) -> bool:
+    """A data file by its suffix or shape (auto-picked loader), or a path by its shape; a third-party
+    loader's source may be anything else (a URL, a table name)."""
     return (entry.loader == "auto" and loader != "hub") or looks_local(entry.source)
+
+
+def _check_first_rows(loaded: LoadedRecipe, parts: Parts, problems: Problems) -> None:
+    """Each source's first row, as its loader reads it cheaply (`factory.first_row`; none for a hub
+    dataset): a missing column or a malformed first row is the problem loading it would stop with."""
+    recipe = loaded.recipe
+    for key, section, loaders, formats in (("data.mixture", recipe.data, parts.loaders, parts.formats),
+                                           ("eval.mixture", recipe.eval, parts.eval_loaders, parts.eval_formats)):
+        entries = (section.mixture if section is not None else None) or []  # eval.split: no mixture of its own
+        for i, (entry, load, to_messages) in enumerate(zip(entries, loaders, formats)):
+            at = f"{key}[{i}]"
+            if load is None or to_messages is None or problems.touches(at):
+                continue
+            try:
+                first = declared(load, "first_row", entry.source, entry.split)
+                if first is not None:
+                    check_first_row(first, at, entry, to_messages)
+            except UserError as exc:  # one entry's problems; the others are still read
+                problems.lines.extend(exc.problems)
+                problems.invalid.add(at)

@@ -227,6 +227,19 @@ def test_csv_folder_reads_every_file_in_sorted_order(here):
     assert load_csv("tables", "train").to_list() == TABLE
 
 
+AS_WRITTEN = b',prompt,completion,input\n0,2+2?,4,\n\n1,NA,"6",None\n2,q,007,\n'  # pandas' index column first
+
+
+def test_csv_cells_are_text_as_written(here):
+    """A CSV has no types: `4`, `NA` and an empty cell are the text they are, not a number or a gap that
+    no format could read as text (a column of numeric answers would never train)."""
+    (here / "rows.csv").write_bytes(AS_WRITTEN)
+    assert load_csv("rows.csv", "train").to_list() == [
+        {"Unnamed: 0": "0", "prompt": "2+2?", "completion": "4", "input": ""},
+        {"Unnamed: 0": "1", "prompt": "NA", "completion": "6", "input": "None"},
+        {"Unnamed: 0": "2", "prompt": "q", "completion": "007", "input": ""}]
+
+
 def test_unreadable_parquet_names_the_source(here):
     (here / "broken.parquet").write_bytes(b"this is not parquet at all")
     line = error_line(load_parquet, "broken.parquet")

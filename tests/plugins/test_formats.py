@@ -1,11 +1,11 @@
-"""plugins.formats: messages, prompt_completion, alpaca and text rows; encode_text for plain text."""
+"""plugins.formats: messages, prompt_completion, alpaca, text and ShareGPT rows; encode_text for plain text."""
 from __future__ import annotations
 
 import pytest
 
 from framework.data.tokenize import encode_text
 from framework.types import IGNORE_INDEX
-from plugins.formats import alpaca, messages, prompt_completion, seqtune_register_dataset_formats, text
+from plugins.formats import alpaca, messages, prompt_completion, seqtune_register_dataset_formats, sharegpt, text
 
 USER_HI = {"role": "user", "content": "hi"}
 ASSISTANT_YO = {"role": "assistant", "content": "yo"}
@@ -13,7 +13,7 @@ ASSISTANT_YO = {"role": "assistant", "content": "yo"}
 
 def test_every_builtin_format_is_registered():
     assert seqtune_register_dataset_formats() == {"messages": messages, "prompt_completion": prompt_completion,
-                                                  "alpaca": alpaca, "text": text}
+                                                  "alpaca": alpaca, "text": text, "sharegpt": sharegpt}
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -144,3 +144,60 @@ def test_encode_text_trains_every_token_after_the_first_and_appends_eos(tiny_tok
     assert sample.labels == [IGNORE_INDEX] + sample.input_ids[1:]
     assert sample.num_trainable == len(plain)
     assert tiny_tokenizer.convert_ids_to_tokens(sample.input_ids[-1]) == "<|im_end|>"
+
+
+# -- sharegpt ---------------------------------------------------------------------------------------
+
+def turn(who: str, value) -> dict:
+    return {"from": who, "value": value}
+
+
+def test_sharegpt_maps_the_usual_role_names():
+    row = {"conversations": [turn("system", "s"), turn("human", "a"), turn("gpt", "b"), turn("user", "c"),
+                             turn("model", "d"), turn("function_call", '{"name": "f"}'), turn("observation", "42"),
+                             turn("assistant", "e"), turn("tool", "43")], "id": 1}
+    assert [(m["role"], m["content"]) for m in sharegpt(row)] == [
+        ("system", "s"), ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"),
+        ("assistant", '{"name": "f"}'), ("tool", "42"), ("assistant", "e"), ("tool", "43")]
+
+
+def test_sharegpt_turns_keep_only_role_and_content():
+    row = {"conversations": [{"from": "human", "value": "a", "weight": 0}, {"from": "gpt", "value": "", "x": 1}]}
+    assert sharegpt(row) == [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]
+
+
+def test_sharegpt_options_name_other_roles_and_keys():
+    row = {"conversations": [{"speaker": "person", "text": "a"}, {"speaker": "human", "text": "b"},
+                             {"speaker": "gpt", "text": "c"}]}
+    assert sharegpt(row, roles={"person": "system", "gpt": "user"}, role_key="speaker", content_key="text") == [
+        {"role": "system", "content": "a"}, {"role": "user", "content": "b"}, {"role": "user", "content": "c"}]
+
+
+def test_sharegpt_unknown_role_lists_the_known_ones_and_the_option():
+    with pytest.raises(ValueError) as info:
+        sharegpt({"conversations": [turn("human", "a"), turn("bot", "b")]}, roles={"person": "user"})
+    assert str(info.value) == (
+        "conversations[1] has unknown role 'bot' in 'from' (known: assistant, function_call, gpt, human, model, "
+        "observation, person, system, tool, user); map others with format: {name: sharegpt, roles: {<name>: "
+        "system|user|assistant|tool}}")
+
+
+@pytest.mark.parametrize("row, message", [({}, r"needs a 'conversations' list of \{from, value\} turns"),
+                                          ({"conversations": "hi"}, "needs a 'conversations' list"),
+                                          ({"conversations": [turn("human", 5)]}, r"conversations\[0\] needs a string 'value'"),
+                                          ({"conversations": ["human: hi"]}, r"conversations\[0\] needs a string 'value'"),
+                                          ({"conversations": [{"value": "hi"}]}, r"conversations\[0\] has unknown role None"),
+                                          ({"conversations": [turn(["human"], "hi")]}, r"unknown role \['human'\]")])
+def test_sharegpt_malformed_rows(row, message):
+    with pytest.raises(ValueError, match=message):
+        sharegpt(row)
+
+
+def test_an_empty_conversation_is_returned_for_the_pipeline_to_drop():
+    assert sharegpt({"conversations": []}) == []
+
+
+def test_every_builtin_format_declares_the_columns_it_needs():
+    declared = {name: factory.columns for name, factory in seqtune_register_dataset_formats().items()}
+    assert declared == {"messages": ("messages",), "prompt_completion": ("prompt", "completion"),
+                        "alpaca": ("instruction", "output"), "text": ("text",), "sharegpt": ("conversations",)}

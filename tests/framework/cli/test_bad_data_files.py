@@ -72,7 +72,14 @@ DATA_CASES = {  # name: (file name, its bytes, extra overrides, the fragments th
     "text-not-a-string": ("rows.jsonl", b'{"text": "fine"}\n{"text": 7}\n', ("data.mixture[0].format=text",),
                           ["rows.jsonl:2: needs a string column 'text'"]),
     "prompt-completion-missing": ("rows.jsonl", b'{"prompt": "a"}\n', ("data.mixture[0].format=prompt_completion",),
-                                  ["rows.jsonl:1: needs a non-empty string column 'completion'"]),
+                                  ["rows.jsonl: data.mixture[0].format 'prompt_completion' needs column(s) completion "
+                                   "(columns: prompt)"]),
+    "csv-missing-column": ("rows.csv", b"question,answer\nhi,yo\n", ("data.mixture[0].format=prompt_completion",),
+                           ["rows.csv: data.mixture[0].format 'prompt_completion' needs column(s) prompt, completion "
+                            "(columns: answer, question)"]),
+    "sharegpt-bad-role": ("rows.jsonl", b'{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", '
+                          b'"value": "b"}]}\n\n{"conversations": [{"from": "bot", "value": "b"}]}\n',
+                          ("data.mixture[0].format=sharegpt",), ["rows.jsonl:3: conversations[0] has unknown role 'bot'"]),
 }
 
 
@@ -93,7 +100,10 @@ def refused(result, fragments: list[str], here: Path) -> str:
     assert result.exit_code == 2, (result.exit_code, result.stderr[-2000:])
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.stderr + result.stdout
-    lines = [line.strip()[2:] for line in result.stderr.splitlines() if line.strip().startswith("•")]
+    shown = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    # one problem: `error: <it>` (or, as before, a bullet under `error: problem:`)
+    lines = [line[2:] for line in shown if line.startswith("•")] or \
+        [line.removeprefix("error: ") for line in shown if line.startswith("error: ")]
     assert len(lines) == 1, lines
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
@@ -122,7 +132,7 @@ def test_the_corpus_is_large():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["invalid-utf8", "template-raises", "untrainable-error"])
+@pytest.mark.parametrize("name", ["invalid-utf8", "template-raises", "untrainable-error", "csv-missing-column"])
 def test_train_stops_the_same_way_before_writing_anything(here, seqtune, name):
     file, content, overrides, fragments = DATA_CASES[name]
     result = seqtune("train", *args(here, file, content, overrides))

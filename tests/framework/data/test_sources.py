@@ -71,6 +71,19 @@ def test_pick_loader_non_path_is_a_hub_name(tmp_path, monkeypatch):
     assert pick_loader(entry("allenai/tulu-3-sft-mixture")) == "hub"
 
 
+@pytest.mark.parametrize("name", ["mydata/qa.cvs", "qa.tsv", "chats/", "./chats", "a/b/c"])
+def test_pick_loader_a_missing_path_by_its_shape_is_no_hub_name(tmp_path, monkeypatch, name):
+    """None: the recipe check calls it a file that is not there, instead of asking the hub for it."""
+    monkeypatch.chdir(tmp_path)
+    assert pick_loader(entry(name)) is None
+
+
+@pytest.mark.parametrize("name", ["allenai/tulu-3-sft-mixture", "teknium/OpenHermes-2.5", "squad", "org/name-v1.2"])
+def test_pick_loader_hub_names_with_versions_stay_hub_names(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    assert pick_loader(entry(name)) == "hub"
+
+
 def test_pick_loader_keeps_an_explicit_loader(tmp_path):
     (tmp_path / "rows.txt").write_text("x")
     assert pick_loader(entry(tmp_path / "rows.txt", loader="json")) == "json"
@@ -281,6 +294,14 @@ def test_column_mapping_reads_the_mapped_column(tmp_path, write_recipe, kit):
     assert data.report.rows_kept == 3
 
 
+def test_numeric_answers_in_a_csv_train_as_text(tmp_path, write_recipe, kit):
+    (tmp_path / "math.csv").write_text("question,answer\n2+2?,4\n0.1+0.2?,0.3\n")
+    data = kit.prepare(write_recipe([{"source": tmp_path / "math.csv", "fraction": 1.0, "format": "prompt_completion",
+                                      "columns": {"prompt": "question", "completion": "answer"}}]))
+    answers = sorted(row["messages"][1]["content"] for row in mixture_rows(data))
+    assert answers == ["0.3", "4"] and data.report.rows_kept == 2
+
+
 def test_column_mapping_for_prompt_completion(tmp_path, write_recipe, kit):
     source = kit.write_jsonl(tmp_path / "qa.jsonl", [{"question": "2+2?", "answer": "4"}])
     data = kit.prepare(write_recipe([{"source": source, "fraction": 1.0, "format": "prompt_completion",
@@ -289,12 +310,22 @@ def test_column_mapping_for_prompt_completion(tmp_path, write_recipe, kit):
                                                    {"role": "assistant", "content": "4"}]
 
 
-def test_without_the_mapping_the_format_names_its_column(tmp_path, write_recipe, kit):
-    rows = [{"conversations": kit.chat("q", "a")["messages"]}]
+def test_without_the_mapping_the_format_names_its_column_and_the_columns_there_are(tmp_path, write_recipe, kit):
+    rows = [{"conversations": kit.chat("q", "a")["messages"], "id": 1}]
     source = kit.write_jsonl(tmp_path / "sharegpt.jsonl", rows)
     with pytest.raises(UserError) as info:
         kit.prepare(write_recipe([{"source": source, "fraction": 1.0}]))
-    assert one_line(info) == f"{source}:1: needs a 'messages' list of {{role, content}} messages"
+    assert one_line(info) == (f"{source}: data.mixture[0].format 'messages' needs column(s) messages (columns: "
+                              "conversations, id); map them with data.mixture[0].columns: {messages: <column>}")
+
+
+def test_a_column_the_format_needs_is_checked_against_every_row_of_a_json_source(tmp_path, write_recipe, kit):
+    """JSON rows need not share keys: a column one later row has is there, and the row without it is
+    the format's error about that row."""
+    source = kit.write_jsonl(tmp_path / "qa.jsonl", [{"prompt": "a"}, {"prompt": "b", "completion": "c"}])
+    with pytest.raises(UserError) as info:
+        kit.prepare(write_recipe([{"source": source, "fraction": 1.0, "format": "prompt_completion"}]))
+    assert one_line(info) == f"{source}:1: needs a non-empty string column 'completion'"
 
 
 def test_mapping_to_a_missing_column_names_the_source_and_the_columns(tmp_path, write_recipe, kit):

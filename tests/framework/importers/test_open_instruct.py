@@ -1,6 +1,8 @@
 """`seqtune import open-instruct`: commands (argument lists and shell scripts) to recipes, flag by flag."""
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from framework.config import load_recipe
 from framework.errors import UserError
 from framework.importers.commands import parse_command, words_of_script
 from framework.importers.open_instruct import SCRIPTS, read, render
-from seqtune_testing import REPO
+from seqtune_testing import REPO, error_lines
 
 SEED = REPO / "recipes/tulu3/gemma2-2b-sft.yaml"
 
@@ -95,7 +97,7 @@ def test_a_dpo_command_is_a_preference_recipe_with_a_cached_reference(tmp_path):
     recipe = load_recipe(path).recipe
     assert recipe.objective.name == "dpo" and recipe.objective.options == {"loss": "dpo_norm", "beta": 5.0,
                                                                            "reference": "cached"}
-    assert recipe.data.mixture[0].format == "preference" and recipe.train.loss_reduction == "mean"
+    assert recipe.data.mixture[0].format.name == "preference" and recipe.train.loss_reduction == "mean"
     assert (recipe.launch.deepspeed.zero_stage, recipe.launch.deepspeed.offload_params) == (3, True)
     assert any("--reduce_loss: ignored by open-instruct's DPO scripts" in w for w in warnings)
 
@@ -125,7 +127,7 @@ def test_every_real_command_imports_to_a_recipe_that_checks(name, tmp_path, seqt
     recipe, _, path = imported_fixture(name, tmp_path)
     assert recipe.data.mixture and recipe.output_dir
     checked = seqtune("check", str(path))
-    problems = [line for line in checked.stderr.splitlines() if line.strip().startswith("•")]
+    problems = error_lines(checked.stderr)
     assert checked.returncode == 0 or all("no such" in line for line in problems), checked.stderr[-2000:]
 
 
@@ -153,3 +155,17 @@ def test_amounts_and_spellings_read_as_open_instructs_parser_reads_them():
                                             {"source": "e/f", "fraction": 0.25}]
     assert draft.values["model.name_or_path"] == "m" and draft.values["model.attn_implementation"] == "sdpa"
     assert "--model_name: read as --model_name_or_path" in draft.warnings[0]
+
+
+def test_the_docs_example_error_is_what_the_importer_prints(seqtune, tmp_path):
+    """docs/importing.md shows a command and its error: the command errors, with exactly that message,
+    and the shortened flag the docs then mention is read as the flag it starts, as they say."""
+    doc = (REPO / "docs/importing.md").read_text()
+    command, shown = re.search(r"```console\n\$ (seqtune import open-instruct .*)\n(error: .*)\n```", doc).groups()
+    words = shlex.split(command)[1:]
+    words[words.index("-o") + 1] = str(tmp_path / "my-run.yaml")
+    failed = seqtune(*words)
+    assert failed.returncode == 2 and shown in failed.stderr.splitlines(), failed.stderr
+    assert not (tmp_path / "my-run.yaml").exists()
+    prefix = seqtune(*[w.replace("--learnign_rate", "--learning_rat") for w in words])
+    assert prefix.returncode == 0 and "--learning_rat: read as --learning_rate" in prefix.stderr, prefix.stderr

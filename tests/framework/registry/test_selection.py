@@ -94,7 +94,7 @@ def test_valid_recipe_binds_every_part(write):
     parts = bind_parts(load_recipe(path))
     assert isinstance(parts, Parts)
     assert parts.loaders == [datasets.load_json]
-    assert parts.formats == [formats.messages]
+    assert [make.func for make in parts.formats] == [formats.messages]  # bound like every family
     assert parts.truncation.func is truncation.right
     assert parts.truncation([1, 2, 3], [4, 5, 6], 2) == ([1, 2], [4, 5])
     assert isinstance(parts.optimizer, functools.partial)
@@ -192,13 +192,12 @@ def test_unknown_loader_and_format_name_their_keys(write):
             - source: more.jsonl
               count: 3
               loader: jsn
-              format: sharegpt
+              format: sharegtp
         """)
     lines = bind_problems(path)
     assert len(lines) == 2, lines
     assert "recipe.yaml: data.mixture[1].loader: unknown dataset loader 'jsn'; did you mean 'json'?" in lines
-    assert any(line.startswith("recipe.yaml: data.mixture[1].format: unknown dataset format 'sharegpt'")
-               for line in lines)
+    assert "recipe.yaml: data.mixture[1].format: unknown dataset format 'sharegtp'; did you mean 'sharegpt'?" in lines
 
 
 def test_recipe_plugins_register_extra_names(write, plugin_module):
@@ -251,3 +250,61 @@ def test_unimportable_plugin_from_an_extended_file_names_that_file(write):
         bind_parts(load_recipe(path))
     (line,) = info.value.problems
     assert line.startswith("base.yaml: plugins[0]: "), line
+
+
+# -- a format's options --------------------------------------------------------------------------------
+
+def test_a_format_takes_options_like_every_family(write):
+    path = write("recipe.yaml", HEAD, """\
+        data:
+          mixture:
+            - source: rows.jsonl
+              fraction: 1.0
+              format: {name: sharegpt, roles: {bot: assistant}, role_key: speaker}
+        eval:
+          mixture:
+            - source: rows.jsonl
+              fraction: 1.0
+              format: {name: sharegpt, content_key: text}
+        """)
+    parts = bind_parts(load_recipe(path))
+    assert parts.formats[0].func is formats.sharegpt
+    assert parts.formats[0].keywords == {"roles": {"bot": "assistant"}, "role_key": "speaker"}
+    assert parts.eval_formats[0].keywords == {"content_key": "text"}
+    row = {"conversations": [{"speaker": "human", "value": "hi"}, {"speaker": "bot", "value": "yo"}]}
+    assert parts.formats[0](row) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+
+
+def test_a_formats_options_are_checked_with_file_key_and_did_you_mean(write):
+    path = write("recipe.yaml", HEAD, """\
+        data:
+          mixture:
+            - source: rows.jsonl
+              fraction: 1.0
+              format: {name: sharegpt, rolez: {bot: assistant}}
+            - source: rows.jsonl
+              fraction: 1.0
+              format: {name: sharegpt, roles: {bot: robot}, role_key: 3}
+            - source: rows.jsonl
+              fraction: 1.0
+              format: {name: messages, roles: {bot: assistant}}
+        """)
+    lines = bind_problems(path)
+    assert len(lines) == 3, lines
+    assert "recipe.yaml: data.mixture[0].format.rolez: unknown option; did you mean 'roles'?" in lines
+    assert any(line.startswith("recipe.yaml: data.mixture[1].format.role_key: expected str") for line in lines)
+    assert "recipe.yaml: data.mixture[2].format.roles: unknown option" in lines
+
+
+def test_a_formats_option_values_are_checked_by_its_rules(write):
+    path = write("recipe.yaml", HEAD, """\
+        data:
+          mixture:
+            - source: rows.jsonl
+              fraction: 1.0
+              format: {name: sharegpt, roles: {bot: robot}, role_key: value}
+        """)
+    lines = bind_problems(path)
+    assert lines == ["recipe.yaml: data.mixture[0].format.roles: maps 'bot' to 'robot'; expected one of: system, "
+                     "user, assistant, tool",
+                     "recipe.yaml: data.mixture[0].format.content_key: is the same key as role_key ('value')"]
