@@ -1,7 +1,7 @@
 """seqtune's core. Third-party plugins import only what this module re-exports."""
 from __future__ import annotations
 
-from framework.data.progress import progress_bar
+from framework.data.progress import progress_bar, stderr_console
 from framework.errors import UserError
 from framework.hookspecs import hookimpl, hookspec
 from framework.data.tokenize import CAUSES, EMPTY, add_row, encode_rows, make_encoder, truncate_row
@@ -13,5 +13,6 @@ from framework.types import (IGNORE_INDEX, MODEL_INPUTS, Bounds, Objective, Pack
 
 __all__ = ["CAUSES", "EMPTY", "add_row", "chunk_ranges", "chunk_tokens", "encode_rows", "make_encoder", "trained_states",
            "trained_token_logps", "truncate_row", "upcast", "Bounds", "DecoderOutput", "IGNORE_INDEX", "MODEL_INPUTS", "Objective", "Packing", "Pair", "Piece", "Rows",
-           "RunInfo", "Sample", "SourceTable", "UserError", "decoder_output", "hookimpl", "hookspec", "progress_bar", "trainable_tokens"]
+           "RunInfo", "Sample", "SourceTable", "UserError", "decoder_output", "hookimpl", "hookspec", "progress_bar", "stderr_console",
+           "trainable_tokens"]
 __version__ = "0.1.0"

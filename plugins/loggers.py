@@ -23,12 +23,14 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 class RichLogger:
-    """A progress bar with the latest loss, lr and tokens/s; plain lines when not on a terminal."""
+    """A line per logging step (in a terminal's scrollback too, above the bar) and a progress bar with
+    the latest loss, lr and tokens/s."""
 
     def __init__(self, show: tuple[str, ...]):
-        from rich.console import Console
+        from framework import stderr_console
 
-        self.console = Console(stderr=True)
+        # the console every bar of the run draws on: an evaluation's bar shows beneath this one
+        self.console = stderr_console()
         self.show = show
         self.progress = None
         self.latest: dict[str, float] = {}
@@ -54,9 +56,9 @@ class RichLogger:
         self.latest.update(metrics)  # the bar keeps the last training figures beside the last evaluation
         self.progress.update(self.task, metrics=format_metrics({k: self.latest[k] for k in self.show
                                                                 if k in self.latest}))
-        if not self.console.is_terminal:
-            shown = format_metrics({k: v for k, v in metrics.items() if k in self.show})
-            self.console.print(f"step {step}: {shown}", highlight=False)
+        # printed above the live bar, so the record of the run stays on screen as the bar moves on
+        shown = format_metrics({k: v for k, v in metrics.items() if k in self.show})
+        self.progress.console.print(f"step {step}: {shown}", highlight=False)
 
     @hookimpl
     def seqtune_checkpoint_saved(self, step: int, path: str) -> None:

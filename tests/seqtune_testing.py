@@ -73,6 +73,13 @@ def formatted_source(loaded: Any, index: int, entry: Any, to_messages: Any) -> A
     return source
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The problems a refused command printed: `error: <it>` for one, bullets under `error: N problems:`."""
+    shown = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return [line[2:] for line in shown if line.startswith("•")] or \
+        [line.removeprefix("error: ") for line in shown if line.startswith("error: ")]
+
+
 def load_script(name: str) -> Any:
     """A module of scripts/ or bench/ (`"scripts/ask"`), loaded by path: those folders are not packages."""
     module_name = "seqtune_" + name.replace("/", "_")

@@ -12,10 +12,11 @@ from framework.cli.common import GPU_HELP, OVERRIDES_HELP, RECIPE_HELP, console,
 def check(recipe: str = typer.Argument(..., help=RECIPE_HELP),
           overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
           gpu: Optional[str] = typer.Option(None, "--gpu", help=GPU_HELP),
-          samples: int = typer.Option(0, "--samples", help="Preprocess the data (cached) and show N rows as "
+          samples: int = typer.Option(0, "--samples", metavar="N", help="Preprocess the data (cached) and show N rows as "
                                       "the model sees them, the truncation report and the run's size.")) -> None:
-    """Validate a recipe and its plugin options and print it resolved; with --gpu, also the memory
-    plan per GPU. Exit 0 when valid (and it fits), 1 when it does not fit, 2 when invalid."""
+    """Validate a recipe, its plugin options and the columns and first row of each local data
+    source, and print it resolved; with --gpu, also the memory plan per GPU. Exit 0 when valid (and
+    it fits), 1 when it does not fit, 2 when invalid."""
     from framework.cli.show import recipe_tree
     from framework.estimation.hardware import resolve_gpu
     from framework.registry import load_and_bind
@@ -73,6 +74,7 @@ def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
     """Print the estimate per GPU for a GPU of `gib` GiB; whether the recipe fits."""
     from framework.cli.show import estimate_table
     from framework.estimation.for_recipe import estimate_for_recipe
+    from framework.estimation.hardware import gpu_label
     from framework.model.attention import separates_documents
     from framework.model.loading import recipe_shape
     from framework.registry.factories import optimizer_state_tensors
@@ -82,7 +84,7 @@ def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
     estimate = estimate_for_recipe(loaded, recipe_shape(recipe, parts.registry), optimizer_states=states,
                                    loss=parts.loss, documents_per_row=separates_documents(parts.packing()),
                                    objective=parts.objective())
-    console.print(estimate_table(estimate, f"memory per GPU ({recipe.launch.num_processes} x {name}, {gib:g} GiB)"))
+    console.print(estimate_table(estimate, f"memory per GPU ({recipe.launch.num_processes} x {gpu_label(name, gib)})"))
     for line in [*estimate.notes, *([note] if note else [])]:
         console.print(f"note: {line}")
     fits = estimate.fits(gib)

@@ -6,22 +6,24 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
-from framework.cli.common import GPU_HELP, OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
+from framework.cli.common import GPU_HELP, OVERRIDES_HELP, RECIPE_HELP, console, print_line, show_warnings, user_errors
 
 
 @user_errors
 def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
          overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-         gpu: str = typer.Option(..., "--gpu", help=GPU_HELP),
-         samples: int = typer.Option(2000, "--samples", help="Rows of the recipe's data to measure."),
+         gpu: str = typer.Option(..., "--gpu", metavar="GPU", help=GPU_HELP),
+         samples: int = typer.Option(2000, "--samples", metavar="N", help="Measure N rows of the recipe's data."),
          plot: Optional[Path] = typer.Option(
-             None, "--plot", help="Write PNG charts: memory per GPU against max_seq_length (with and without "
-                                  "each memory saver) to PATH, and the data's token-length histogram to "
-                                  "PATH-lengths.png. Needs matplotlib.")) -> None:
-    """A table over candidate max_seq_length values (memory per GPU, fit, rows cut, trainable tokens
-    lost, packing efficiency) and a recommendation. Exit 1 when the recipe's own length does not fit."""
-    from framework.estimation.hardware import resolve_gpu
+             None, "--plot", metavar="PATH",
+             help="Write PNG charts: memory per GPU against max_seq_length (with and without each memory saver) "
+                  "to PATH, and the data's token-length histogram to PATH-lengths.png. Needs matplotlib.")) -> None:
+    """A table over candidate max_seq_length values and the recipe's own (memory per GPU, fit, rows cut,
+    trainable tokens lost, packing efficiency) and a recommendation. Exit 1 when the recipe's own length
+    does not fit."""
+    from framework.estimation.hardware import gpu_label, resolve_gpu
     from framework.model.loading import recipe_shape
     from framework.registry import load_and_bind
     from framework.registry.factories import optimizer_state_tensors
@@ -38,11 +40,13 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     sweep = _Sweep(loaded, parts, recipe_shape(loaded.recipe, parts.registry), states)
     measured = _samples(loaded, parts, samples)
     rows = sweep.rows(gib, measured)
-    _print(loaded, rows, name, gib, measured)
-    _recommend(rows, sweep, gib)
-    _savers(sweep, name, gib)
+    label = gpu_label(name, gib)
+    _print(loaded, rows, label, measured)
+    keeping = _recommend(rows, sweep, gib, measured)
+    _warn_cut(rows, keeping, len(measured or []))
+    _savers(sweep, label, gib)
     if plot:
-        _plot(plot, sweep, name, gib, measured)
+        _plot(plot, sweep, name, label, gib, measured)
     own = sweep.estimate()
     if not own.fits(gib):
         _remedies(own.settings["max_seq_length"], sweep, gib)
@@ -94,12 +98,14 @@ class _Sweep:
         return found
 
     def rows(self, gib: float, samples: Any) -> list:
-        from framework.estimation.sweep import CANDIDATES, LengthRow, data_at
+        """A row per candidate length and one for the recipe's own."""
+        from framework.estimation.sweep import LengthRow, data_at, lengths_for
 
         recipe, rows = self.loaded.recipe, []
-        for max_seq_length in CANDIDATES:
+        for max_seq_length in lengths_for(recipe.data.max_seq_length):
             estimate = self.estimate(max_seq_length=max_seq_length)
-            row = LengthRow(max_seq_length, estimate.total_gib, estimate.fits(gib))
+            row = LengthRow(max_seq_length, estimate.total_gib, estimate.fits(gib),
+                            own=max_seq_length == recipe.data.max_seq_length)
             if samples:
                 row.rows_truncated, row.rows_dropped, row.trainable_lost, row.efficiency = data_at(
                     samples, self.parts.truncation, self.parts.packing(), recipe.train.per_device_batch_size,
@@ -118,35 +124,37 @@ def _samples(loaded: Any, parts: Any, count: int):
         tokenizer = load_tokenizer(loaded.recipe, parts.registry.entries["chat_templates"])
         return untruncated_sample(loaded.recipe, parts.loaders, parts.formats, tokenizer, count)
     except UserError as exc:
-        console.print(f"[yellow]data columns skipped[/]: {exc.problems[0]}", soft_wrap=True)
+        print_line(f"[yellow]data columns skipped[/]: {escape(exc.problems[0])}")
         return None
 
 
-def _print(loaded: Any, rows: list, name: str, gib: float, samples: Any) -> None:
+def _print(loaded: Any, rows: list, label: str, samples: Any) -> None:
     from rich.table import Table
 
     from framework.cli.histogram import terminal
-    from framework.estimation.sweep import CANDIDATES
 
     recipe = loaded.recipe
-    table = Table(title=f"{loaded.path} on {recipe.launch.num_processes} x {name} ({gib:g} GiB), "
-                        f"truncation {recipe.data.truncation.name}, packing {recipe.data.packing.name}")
+    table = Table(title=f"{loaded.path} on {recipe.launch.num_processes} x {label}, "
+                        f"truncation {recipe.data.truncation.name}, packing {recipe.data.packing.name}",
+                  caption="* the recipe's max_seq_length")
     for column in ("length", "GiB per GPU", "fits", "rows cut", "rows dropped",
                    "trainable lost", "packing eff."):
         table.add_column(column, justify="right")
     for r in rows:
         data = ([f"{r.rows_truncated:,}", f"{r.rows_dropped:,}", f"{r.trainable_lost:.2%}", f"{r.efficiency:.1%}"]
                 if r.trainable_lost is not None else ["-"] * 4)
-        table.add_row(f"{r.max_seq_length:,}", f"{r.memory_gib:.1f}", "yes" if r.fits else "[red]no[/]", *data)
+        length = f"{r.max_seq_length:,}" + (" *" if r.own else "")
+        table.add_row(length, f"{r.memory_gib:.1f}", "yes" if r.fits else "[red]no[/]", *data,
+                      style="bold" if r.own else None)
     console.print(table)
     if samples:
         lengths = [len(s.input_ids) for s in samples]
         console.print(f"token lengths of {len(samples):,} rows:")
-        for line in terminal(lengths, list(CANDIDATES)):
+        for line in terminal(lengths, [r.max_seq_length for r in rows]):
             console.print(line, highlight=False)
 
 
-def _plot(plot: Path, sweep: _Sweep, name: str, gib: float, samples: Any) -> None:
+def _plot(plot: Path, sweep: _Sweep, name: str, label: str, gib: float, samples: Any) -> None:
     """The memory chart at PATH and, when the data could be read, the length histogram beside it."""
     from framework.estimation.sweep import CANDIDATES
     from framework.report.plots import length_histogram, memory_chart
@@ -154,32 +162,50 @@ def _plot(plot: Path, sweep: _Sweep, name: str, gib: float, samples: Any) -> Non
     recipe = sweep.loaded.recipe
     curves = {override: [(n, sweep.estimate(loss, max_seq_length=n, **changes).total_gib) for n in CANDIDATES]
               for override, loss, changes in [("as the recipe is", None, {}), *sweep.savers]}
-    per_gpu = f"{recipe.launch.num_processes} x {name}" if recipe.launch.num_processes > 1 else name
-    memory_chart(curves, name, gib, plot, f"{sweep.loaded.path}: memory per GPU on {per_gpu}")
-    console.print(f"memory chart written to {plot}", highlight=False, soft_wrap=True)
+    processes = recipe.launch.num_processes
+    on = f"each of {processes} x {label}" if processes > 1 else f"one {label}"
+    memory_chart(curves, name, gib, plot, f"{sweep.loaded.path}: memory on {on}")
+    print_line(f"memory chart written to {plot}")
     if not samples:
-        console.print("length histogram skipped: the data could not be read here", soft_wrap=True)
+        print_line("length histogram skipped: the data could not be read here")
         return
     lengths = plot.with_name(f"{plot.stem}-lengths{plot.suffix}")
     length_histogram([len(s.input_ids) for s in samples], list(CANDIDATES), lengths,
                      f"{sweep.loaded.path}: token lengths of {len(samples):,} rows")
-    console.print(f"length histogram written to {lengths}", highlight=False, soft_wrap=True)
+    print_line(f"length histogram written to {lengths}")
 
 
-def _recommend(rows: list, sweep: _Sweep, gib: float) -> None:
+def _recommend(rows: list, sweep: _Sweep, gib: float, samples: Any) -> Optional[int]:
     """The largest listed length that fits (and, between the candidates, to a multiple of 64), and the
-    smallest that keeps 99% of the trainable tokens."""
+    smallest that keeps 99% of the trainable tokens (returned): the smallest listed one, or the
+    length up to which whole rows hold 99% of them when that is shorter."""
+    from framework.data.tokenize import shortest_keeping
     from framework.estimation.memory import longest_fitting
     from framework.estimation.sweep import recommend
 
     largest, keeping = recommend(rows)
+    if samples:
+        whole = shortest_keeping([len(s.input_ids) for s in samples], [s.num_trainable for s in samples])
+        keeping = min(n for n in (keeping, whole) if n is not None) if (keeping or whole) else None
     longest = longest_fitting(lambda n: sweep.estimate(max_seq_length=n), gib)
     exact = f" (to a multiple of 64: {longest:,})" if longest > (largest or 0) else ""
-    console.print(f"largest max_seq_length that fits: {f'{largest:,}' if largest else 'none'}{exact}"
-                  + (f"; smallest keeping 99% of trainable tokens: {keeping:,}" if keeping else ""), soft_wrap=True)
+    print_line(f"largest max_seq_length that fits: {f'{largest:,}' if largest else 'none'}{exact}"
+               + (f"; smallest keeping 99% of trainable tokens: {keeping:,}" if keeping else ""))
+    return keeping
 
 
-def _savers(sweep: _Sweep, name: str, gib: float) -> None:
+def _warn_cut(rows: list, keeping: Optional[int], measured: int) -> None:
+    """The line `check --samples` and `train` show when the recipe's length cuts too much, on the sample."""
+    from framework.data.tokenize import cut_warning
+
+    own = next(r for r in rows if r.own)
+    if own.trainable_lost is not None:
+        line = cut_warning(own.max_seq_length, own.trainable_lost, own.rows_truncated, own.rows_dropped, measured,
+                           keeping)
+        show_warnings([line] if line else [])
+
+
+def _savers(sweep: _Sweep, label: str, gib: float) -> None:
     """The longest max_seq_length that fits with each memory saver the recipe does not use, and all."""
     from framework.estimation.memory import longest_fitting
 
@@ -187,22 +213,20 @@ def _savers(sweep: _Sweep, name: str, gib: float) -> None:
     if not savers:
         return
     recipe = sweep.loaded.recipe
-    console.print(f"memory savers (the same results) and the longest max_seq_length that fits "
-                  f"{recipe.launch.num_processes} x {name} with each, to a multiple of 64:", soft_wrap=True)
+    print_line(f"memory savers (the same results) and the longest max_seq_length that fits "
+               f"{recipe.launch.num_processes} x {label} with each, to a multiple of 64:")
     for override, loss, changes in [("as the recipe is", None, {}), *savers]:
         longest = longest_fitting(lambda n: sweep.estimate(loss, max_seq_length=n, **changes), gib)
-        console.print(f"  {override}: {f'{longest:,}' if longest else 'none'}", highlight=False, soft_wrap=True)
+        print_line(f"  {override}: {f'{longest:,}' if longest else 'none'}")
 
 
 def _remedies(max_seq_length: int, sweep: _Sweep, gib: float) -> None:
     from framework.estimation.sweep import REMEDIES
 
-    console.print(f"at max_seq_length {max_seq_length:,} it does not fit; "
-                  "each change alone gives:", soft_wrap=True)
+    print_line(f"at max_seq_length {max_seq_length:,} it does not fit; each change alone gives:")
     for override, loss, changes in [*sweep.savers, *((o, None, c) for o, c in REMEDIES)]:
         estimate = sweep.estimate(loss, **changes)
-        console.print(f"  {override}: {estimate.total_gib:.1f} GiB ({'fits' if estimate.fits(gib) else 'does not fit'})",
-                      highlight=False, soft_wrap=True)
+        print_line(f"  {override}: {estimate.total_gib:.1f} GiB ({'fits' if estimate.fits(gib) else 'does not fit'})")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,7 @@
 """Progress for long data work, in the project's one style (rich, as training's bar): what is done,
 how fast, and how long is left; on stderr, and only on the main process of a multi-process run.
+Every live display of a process draws on one console (`stderr_console`): a bar started while another
+shows (evaluation during training) is drawn beneath it and removed when done.
 
     with progress_bar("tokenizing", total=len(rows)) as advance:
         for batch in batches:
@@ -18,6 +20,18 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 MIN_SECONDS = 0.5  # a bar appears only for work that lasts longer than this
+_console: Optional[Any] = None
+
+
+def stderr_console() -> Any:
+    """The console of this process's live displays (created on first use): on separate consoles, two
+    bars would draw over each other's line, and the inner one, once finished, would stay behind."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True)
+    return _console
 
 
 @contextlib.contextmanager
@@ -25,10 +39,34 @@ def progress_bar(description: str, total: Optional[float], unit: str = "rows",
                  counter: Optional[Any] = None) -> Iterator[Callable[[float], None]]:
     """A bar for `total` units (None: unknown), advanced by the callable it yields, or read from
     `counter` (a `Counter` that worker processes add to) while the block runs."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    bar = _started_bar(description, total, unit) if int(os.environ.get("RANK", "0")) == 0 else None
+    if bar is None:
         yield lambda n: None
         return
-    from rich.console import Console
+    task, started = bar.task_ids[0], time.perf_counter()
+
+    def advance(n: float) -> None:
+        bar.advance(task, n)
+        _show_rate(bar, task, started, unit)
+
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll, args=(bar, task, counter, stop, started, unit), daemon=True)
+    if counter is not None:
+        poller.start()
+    try:
+        yield advance
+    finally:
+        stop.set()
+        if counter is not None:
+            poller.join()
+            bar.update(task, completed=counter.value)
+        bar.stop()
+
+
+def _started_bar(description: str, total: Optional[float], unit: str) -> Any:
+    """A started rich Progress with one task, or None where rich cannot show it (rich < 14 shows one
+    live display at a time: the outer one, training's bar, stays)."""
+    from rich.errors import LiveError
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -37,25 +75,17 @@ def progress_bar(description: str, total: Optional[float], unit: str = "rows",
         TextColumn("{task.completed:,.1f}/{task.total:,.1f} MB")
     columns = [TextColumn(f"[bold blue]{description}"), BarColumn(bar_width=24), done,
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=False, disable=False) as bar:
-        task = bar.add_task(description, total=total, rate="")
-        started = time.perf_counter()
-
-        def advance(n: float) -> None:
-            bar.advance(task, n)
-            _show_rate(bar, task, started, unit)
-
-        stop = threading.Event()
-        poller = threading.Thread(target=_poll, args=(bar, task, counter, stop, started, unit), daemon=True)
-        if counter is not None:
-            poller.start()
-        try:
-            yield advance
-        finally:
-            stop.set()
-            if counter is not None:
-                poller.join()
-                bar.update(task, completed=counter.value)
+    console = stderr_console()
+    # Inside another display (training's bar) a bar is a passing detail: gone once its work is done.
+    # rich (14+) keeps a console's live displays in _live_stack; it has no public way to ask.
+    inner = bool(getattr(console, "_live_stack", None))
+    bar = Progress(*columns, console=console, transient=inner, disable=False)
+    bar.add_task(description, total=total, rate="")
+    try:
+        bar.start()
+    except LiveError:
+        return None
+    return bar
 
 
 def _poll(bar: Any, task: Any, counter: Any, stop: threading.Event, started: float, unit: str) -> None:

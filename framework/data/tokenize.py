@@ -9,6 +9,7 @@ from framework.errors import UserError
 from framework.types import IGNORE_INDEX, Sample
 
 PERCENTILES = (50, 90, 99)
+KEEP = 0.99  # the share of trainable tokens a max_seq_length should keep; below it, prepare and plan warn
 # Why a row is dropped with nothing to train (data.untrainable); its code in the `dropped` column
 # is 1 + its index here, 0 for a kept row.
 CAUSES = ("empty", "no_assistant_turn", "no_trainable_token", "cut_by_truncation")
@@ -172,6 +173,9 @@ class Report:
     lengths_before: dict[str, int]
     lengths_after: dict[str, int]
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
+    # `shortest_keeping` of the rows, for the warning's remedy: a derived figure, not part of the account
+    # (None in a cache entry written before it)
+    keeping_length: int | None = field(default=None, compare=False)
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any], max_seq_length: int) -> Report:
@@ -188,7 +192,8 @@ class Report:
                    trainable_tokens_lost=int(trainable_before.sum() - trainable.sum()),
                    # rows dropped before encoding have no length: they are not part of the spread
                    lengths_before=_percentiles(before[before > 0]), lengths_after=_percentiles(after[kept]),
-                   dropped={cause: int((codes == CODES[cause]).sum()) for cause in CAUSES})
+                   dropped={cause: int((codes == CODES[cause]).sum()) for cause in CAUSES},
+                   keeping_length=shortest_keeping(before, trainable_before))
 
     def summary(self) -> str:
         share = self.trainable_tokens_lost / max(self.trainable_tokens_in, 1)
@@ -198,6 +203,12 @@ class Report:
                 f"{self.max_seq_length:,}; "
                 f"{self.trainable_tokens_lost:,} trainable tokens lost ({share:.2%}); length "
                 f"p50/p90/p99/max {self._row(self.lengths_before)} -> {self._row(self.lengths_after)}")
+
+    def cut_warning(self) -> str | None:
+        """One line when max_seq_length cuts more than 1 - KEEP of the trainable tokens, else None."""
+        share = self.trainable_tokens_lost / max(self.trainable_tokens_in, 1)
+        return cut_warning(self.max_seq_length, share, self.rows_truncated, self.dropped.get("cut_by_truncation", 0),
+                           self.rows_in, self.keeping_length)
 
     @staticmethod
     def _row(lengths: dict[str, int]) -> str:
@@ -211,3 +222,29 @@ def _percentiles(lengths: Any) -> dict[str, int]:
         return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
     values = np.percentile(lengths, PERCENTILES, method="lower")
     return {**{f"p{p}": int(v) for p, v in zip(PERCENTILES, values)}, "max": int(lengths.max())}
+
+
+def shortest_keeping(lengths: Any, trainable: Any, keep: float = KEEP) -> int | None:
+    """The shortest length up to which whole rows hold `keep` of the trainable tokens: a max_seq_length
+    that long cuts at most 1 - keep of them, whatever the truncation strategy (a row that fits is never
+    cut). None when there is nothing to train."""
+    import numpy as np
+
+    lengths, trainable = np.asarray(lengths), np.asarray(trainable)
+    total = int(trainable.sum())
+    if total == 0:
+        return None
+    order = np.argsort(lengths, kind="stable")
+    held = np.cumsum(trainable[order])
+    return int(lengths[order][np.flatnonzero(held >= keep * total)[0]])
+
+
+def cut_warning(max_seq_length: int, lost: float, truncated: int, dropped: int, rows: int,
+                keeping: int | None) -> str | None:
+    """`lost` (a share of the trainable tokens) in one line when it is more than 1 - KEEP, with the
+    override that keeps KEEP of them when it is known; None when max_seq_length keeps enough."""
+    if lost <= 1 - KEEP:
+        return None
+    fix = f"; data.max_seq_length={keeping} keeps {KEEP:.0%} or more" if keeping and keeping > max_seq_length else ""
+    return (f"data.max_seq_length {max_seq_length:,} cuts {lost:.1%} of the trainable tokens ({truncated:,} of "
+            f"{rows:,} rows truncated, {dropped:,} dropped by truncation){fix}")

@@ -79,14 +79,22 @@ def mfu(flops_per_s: float, tflops_per_device: float | None, devices: int) -> fl
     return flops_per_s / (tflops_per_device * 1e12 * devices)
 
 
+ANY_GPU = "GPU"  # the name of a GPU given by its memory alone (--gpu 24)
+
+
 def resolve_gpu(spec: str) -> tuple[str, float]:
     """`--gpu`: a table key (3090, h100, ...) or a memory size in GiB -> (name, GiB)."""
     if spec.lower() in GPUS:
         found = GPUS[spec.lower()]
         return found.name, found.memory_gib
     try:
-        return "GPU", float(spec)
+        return ANY_GPU, float(spec)
     except ValueError:
         prefixed = [key for key in GPUS if key.startswith(spec.lower())]
         hint = f"; did you mean one of: {', '.join(prefixed)}?" if prefixed else did_you_mean(spec.lower(), GPUS)
         raise UserError(f"--gpu: unknown GPU '{spec}'{hint} (or give its memory in GiB, e.g. --gpu 24)") from None
+
+
+def gpu_label(name: str, gib: float) -> str:
+    """A resolved --gpu in words: `NVIDIA GeForce RTX 3090 (24 GiB)`, or `24 GiB GPU` for --gpu 24."""
+    return f"{gib:g} GiB GPU" if name == ANY_GPU else f"{name} ({gib:g} GiB)"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from framework.data.batching import efficiency
-from framework.data.tokenize import truncate_row
+from framework.data.tokenize import KEEP, truncate_row
 from framework.types import Sample
 
 CANDIDATES = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -31,6 +31,12 @@ class LengthRow:
     rows_dropped: Optional[int] = None
     trainable_lost: Optional[float] = None  # share of trainable tokens lost
     efficiency: Optional[float] = None  # packing efficiency with the recipe's strategy
+    own: bool = False  # the recipe's own max_seq_length
+
+
+def lengths_for(own: int) -> list[int]:
+    """The candidates and the recipe's own length, in order: what the recipe does is always shown."""
+    return sorted({*CANDIDATES, own})
 
 
 def data_at(samples: list[Sample], truncate: Callable, packing: Any, batch: int, max_seq_length: int,
@@ -51,7 +57,7 @@ def data_at(samples: list[Sample], truncate: Callable, packing: Any, batch: int,
     return truncated, dropped, lost / max(total, 1), efficiency(plan, lengths, packing.pad_to_multiple_of, False)
 
 
-def recommend(rows: list[LengthRow], keep: float = 0.99) -> tuple[Optional[int], Optional[int]]:
+def recommend(rows: list[LengthRow], keep: float = KEEP) -> tuple[Optional[int], Optional[int]]:
     """(the largest length that fits, the smallest that keeps at least `keep` of trainable tokens)."""
     fitting = [r.max_seq_length for r in rows if r.fits]
     keeping = [r.max_seq_length for r in rows if r.trainable_lost is not None and r.trainable_lost <= 1 - keep]

@@ -37,7 +37,17 @@ def apply_lora(model: Any, cfg: Any) -> Any:
     except ValueError as exc:  # peft's checks of r, dropout and the targets: one line for the user
         raise UserError(_peft_problem(exc, model)) from None
     _inputs_require_grad(peft_model.get_base_model())
+    _absolute_base(peft_model)
     return peft_model
+
+
+def _absolute_base(model: Any) -> None:
+    """Every saved adapter (final, best/, checkpoints) names its base model as the recipe did; a relative
+    local path would only load from the directory the run started in, so the adapter records it absolute."""
+    for config in model.peft_config.values():
+        base = config.base_model_name_or_path
+        if base and Path(base).expanduser().exists():
+            config.base_model_name_or_path = str(Path(base).expanduser().resolve())
 
 
 def _peft_problem(exc: ValueError, model: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -43,6 +44,12 @@ class CardFacts:
     seqtune_version: str = ""
     merged: bool = False  # a LoRA run's merged folder: full weights, no adapter
     best: Optional[dict] = None  # output_dir/best: the step and evaluation it was kept for
+    trained_rows: Optional[int] = None  # rows of the mixture trained on: data's rows_kept less those held out
+    # the held-out evaluation: {"rows": evaluated rows, "split": held out of the training mixture, "sources": [...]}
+    evaluation: Optional[dict] = None
+    started_in: Optional[str] = None  # the directory the run started in: the recipe's relative paths start there
+    recipe_path: Optional[str] = None  # the saved recipe.yaml, absolute
+    reproduce_overrides: list[str] = field(default_factory=list)  # what a reproduction adds (another output_dir)
 
 
 def _is_hub_id(name: str, need_org: bool) -> bool:
@@ -152,15 +159,35 @@ def _summary(facts: CardFacts) -> str:
     method = "full fine-tuning"
     if facts.lora:
         method = "LoRA, merged into the weights" if facts.merged else "LoRA adapters"
-    data = facts.data
-    rows = (f" on {data['rows_kept']:,} rows (of {data['rows_in']:,})"
-            if "rows_kept" in data and "rows_in" in data else "")
     sources = ", ".join(_link(s, "datasets") for s in facts.datasets) or "the recipe's data"
-    adapter = (" The folder holds the adapter; peft loads it over the base model." if facts.lora and not facts.merged
-               else "")
+    adapter = (" The folder holds the adapter; peft loads it over the base model"
+               + (f" (`adapter_config.json` names it: `{facts.base_model}`)." if facts.base_model else ".")
+               if facts.lora and not facts.merged else "")
     kept = (f" This folder holds the model after step {facts.best['step']:,}, the lowest eval_loss of the run "
             f"({facts.best['eval_loss']:.4g}); the run's final model is the folder above." if facts.best else "")
-    return f"{start} with seqtune ({facts.objective}, {method}){rows} from {sources}.{adapter}{kept}"
+    return (f"{start} with seqtune ({facts.objective}, {method}){_rows(facts)} from {sources}."
+            f"{_evaluated(facts)}{adapter}{kept}")
+
+
+def _rows(facts: CardFacts) -> str:
+    """` on 180 rows (of 200: 20 held out for evaluation)`: what trained, and where the others went."""
+    data = facts.data
+    if "rows_kept" not in data or "rows_in" not in data:
+        return ""
+    trained = data["rows_kept"] if facts.trained_rows is None else facts.trained_rows
+    gone = [f"{n:,} {why}" for n, why in ((data["rows_in"] - data["rows_kept"], "dropped in preprocessing"),
+                                          (data["rows_kept"] - trained, "held out for evaluation")) if n]
+    return f" on {trained:,} rows" + (f" (of {data['rows_in']:,}: {', '.join(gone)})" if gone else "")
+
+
+def _evaluated(facts: CardFacts) -> str:
+    evaluation = facts.evaluation
+    if not evaluation:
+        return ""
+    if evaluation.get("split"):
+        return f" Evaluated on {evaluation['rows']:,} held-out rows of the same data (eval.split), never trained on."
+    sources = ", ".join(_link(s, "datasets") for s in evaluation.get("sources", [])) or "its own data"
+    return f" Evaluated on {evaluation['rows']:,} rows of {sources}."
 
 
 def _share(lost: object, total: object) -> str:
@@ -186,8 +213,26 @@ def _data_section(facts: CardFacts) -> list[str]:
     if "trainable_tokens_lost" in data:
         lost, total = data["trainable_tokens_lost"], data.get("trainable_tokens_in")
         lines.append(f"- trainable tokens lost: {_share(lost, total)}")
+    if facts.trained_rows is not None:
+        lines.append(f"- trained on: {facts.trained_rows:,} rows" + _held_out(facts))
     lines += ["", "Sources:", ""] + [f"- {_link(s, 'datasets')}" for s in facts.datasets]
     return lines
+
+
+def _held_out(facts: CardFacts) -> str:
+    held = facts.data.get("rows_kept", facts.trained_rows) - facts.trained_rows
+    return f"; {held:,} held out for evaluation (eval.split), never trained on" if held else ""
+
+
+def _reproduce(facts: CardFacts) -> list[str]:
+    """The command that trains this recipe again, from where its relative paths start."""
+    if not facts.started_in or not facts.recipe_path:
+        return ["Reproduce: `seqtune train recipe.yaml` (this recipe, saved with the run), from the directory the "
+                "run started in: the recipe's relative paths start there."]
+    command = " ".join(["seqtune train", *map(shlex.quote, [facts.recipe_path, *facts.reproduce_overrides])])
+    return ["Reproduce (the recipe's relative paths start in the directory the run started in; the recipe's own "
+            "output_dir holds this run, finished, so the command names another):", "",
+            "```bash", f"cd {shlex.quote(facts.started_in)}", command, "```"]
 
 
 def _versions(facts: CardFacts) -> list[str]:
@@ -222,8 +267,7 @@ def render(facts: CardFacts) -> str:
         hardware += f"; training time: {_duration(float(facts.results['train_seconds']))}"
     body.append(hardware)
     fence = _fence(facts.recipe_yaml)
-    body += ["", "## Recipe", "", "Reproduce: `seqtune train recipe.yaml` (this recipe, saved next to the model).",
-             "", f"{fence}yaml", facts.recipe_yaml.rstrip("\n"), fence, ""]
+    body += ["", "## Recipe", "", *_reproduce(facts), "", f"{fence}yaml", facts.recipe_yaml.rstrip("\n"), fence, ""]
     body += _versions(facts)
     return f"---\n{front}---\n\n" + "\n".join(body) + "\n"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,8 @@ def train(loaded: LoadedRecipe) -> Path:
     recipe, accelerator, plan = loaded.recipe, run.accelerator, run.prep.plan
     run.model.train()
     run.hook.seqtune_train_start(run=run_info(run))
+    # the window also times the run: its totals carry train_seconds across resumes, as they do tokens
     window = Window(run.state.totals, FlopsShape.of(run.model), peak_tflops(recipe.logging.peak_tflops))
-    started = time.perf_counter()
     with StopSignals() as signals:
         # A step's micro-batches all come first (the next step's are collated while this one trains),
         # so token_mean knows the step's token (or pair) count. Nothing is read back from the device
@@ -58,7 +57,7 @@ def train(loaded: LoadedRecipe) -> Path:
             run.state.advance(step.epoch, step.done, step.epoch_length)
             if _after_step(run, step, window, grad_norm, stop, signals):
                 break  # eval_loss stopped improving (eval.early_stopping_patience): this model is the final one
-    summary = _summary(run, window, started)
+    summary = _summary(run, window)
     _save_outputs(run, summary)
     run.hook.seqtune_train_end(summary=summary)
     # No rank leaves while another still writes: a rank that exits tears down its ZeRO-3 engines and its
@@ -121,9 +120,11 @@ def _save_outputs(run: Run, summary: dict) -> None:
         mark_finished(run.output_dir, run.state.step)  # last: the same command again has nothing to do
 
 
-def _summary(run: Run, window: Window, started: float) -> dict[str, float]:
-    return {"steps": run.state.step, "train_seconds": round(time.perf_counter() - started, 2),
-            "final_loss": window.last_loss, **run.last_eval, **_best(run.state.best), **window.totals,
+def _summary(run: Run, window: Window) -> dict[str, float]:
+    """The run's figures; train_seconds and the token totals count every session of a resumed run."""
+    totals = window.totals
+    return {"steps": run.state.step, "train_seconds": totals.pop("train_seconds"),
+            "final_loss": window.last_loss, **run.last_eval, **_best(run.state.best), **totals,
             "packing_efficiency": round(run.prep.plan.efficiency, 4),
             "peak_memory_gib": round(peak_memory_gib(run.accelerator.device), 3)}
 

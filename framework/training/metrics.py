@@ -11,14 +11,23 @@ from framework.estimation.hardware import FlopsShape, gpu_from_device_name, mfu,
 
 
 class Window:
-    """Token and loss tallies between two logging steps (and over the whole run)."""
+    """Token and loss tallies between two logging steps, and the run's totals: tokens and the seconds
+    spent training, over every session of a resumed run (a checkpoint saves `totals`)."""
 
     def __init__(self, totals: dict[str, float] | None = None, shape: FlopsShape = FlopsShape(0),
                  peak_tflops: float | None = None):
-        self.totals = {"tokens": 0, "trainable_tokens": 0, **(totals or {})}
+        self._totals = {"tokens": 0, "trainable_tokens": 0, "train_seconds": 0.0, **(totals or {})}
+        self._session_started = time.perf_counter()
         self.shape, self.peak_tflops = shape, peak_tflops
         self.last_loss = math.nan
         self._reset()
+
+    @property
+    def totals(self) -> dict[str, float]:
+        """Tokens so far, and train_seconds: the earlier sessions' (up to their last checkpoint: work
+        redone after a resume counts once) plus this session's so far."""
+        seconds = self._totals["train_seconds"] + time.perf_counter() - self._session_started
+        return {**self._totals, "train_seconds": round(seconds, 2)}
 
     def _reset(self) -> None:
         self.loss_sum, self.tokens, self.slots, self.trainable, self.pairs, self.units = 0.0, 0, 0, 0, 0, 0
@@ -48,8 +57,8 @@ class Window:
                              dtype=torch.float64, device=accelerator.device)
         loss_sum, tokens, trainable, slots, pairs, units, *sums = accelerator.reduce(local, "sum").tolist()
         seconds = max(time.perf_counter() - self.started, 1e-9)
-        self.totals["tokens"] += int(tokens)
-        self.totals["trainable_tokens"] += int(trainable)
+        self._totals["tokens"] += int(tokens)
+        self._totals["trainable_tokens"] += int(trainable)
         self.last_loss = loss_sum / max(units, 1)
         self._reset()
         metrics = {"loss": self.last_loss, **{name: value / max(units, 1) for name, value in zip(names, sums)}, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),

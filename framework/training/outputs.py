@@ -14,12 +14,14 @@ from framework.config import LoadedRecipe
 
 def say(message: str) -> None:
     """A progress message for the user, on stderr so that stdout stays machine-readable; in a
-    multi-process run only the main process speaks."""
-    from rich.console import Console
+    multi-process run only the main process speaks. One line in a log file (grep finds it whole);
+    wrapped at words in a terminal, where the terminal would cut words at its edge."""
+    from framework.data.progress import stderr_console
 
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    Console(stderr=True, highlight=False, soft_wrap=True).print(message)
+    console = stderr_console()
+    console.print(message, highlight=False, soft_wrap=not console.is_terminal)
 
 
 def warn(message: str) -> None:
@@ -42,7 +44,7 @@ def save_final(model: Any, tokenizer: Any, loaded: LoadedRecipe, report: Any, ou
 def write_artefacts(run: Any, summary: dict, folders: list[Path]) -> None:
     """The loss curve (when matplotlib is installed) and a model card in each saved model folder."""
     from framework.errors import UserError
-    from framework.report.card import CardFacts, base_license, write_card
+    from framework.report.card import write_card
     from framework.report.plots import loss_curve
     from framework.report.run import BEST, METRICS, history, kept, read_run
 
@@ -54,18 +56,39 @@ def write_artefacts(run: Any, summary: dict, folders: list[Path]) -> None:
         curve = loss_curve(records, output_dir / "loss_curve.png", f"{recipe.run_name}: loss").name
     except UserError as exc:
         warn(f"no loss curve: {exc.problems[0]}")
-    base = recipe.model.name_or_path
-    facts = CardFacts(run_name=recipe.run_name, base_model=base, base_license=base_license(base),
-                      datasets=[entry.source for entry in recipe.data.mixture], objective=recipe.objective.name,
-                      lora=recipe.lora is not None, recipe_yaml=OmegaConf.to_yaml(run.loaded.data),
-                      data=vars(run.prep.data.report), hyperparameters=_hyperparameters(run),
-                      results=summary, hardware=_hardware(run.accelerator), loss_curve=curve,
-                      seqtune_version=_version())
+    facts = _facts(run, summary, curve)
     for folder in folders:
         if folder != output_dir and curve:
             (folder / curve).write_bytes((output_dir / curve).read_bytes())
         write_card(folder, dataclasses.replace(facts, merged=folder.name == "merged",
                                                best=kept(output_dir) if folder.name == BEST else None))
+
+
+def _facts(run: Any, summary: dict, curve: str | None) -> Any:
+    """What the model card says, every path in it usable from anywhere on this machine."""
+    from framework.report.card import CardFacts, base_license
+
+    recipe, output_dir = run.loaded.recipe, run.output_dir
+    base = recipe.model.name_or_path
+    local = base and Path(base).expanduser().exists()  # said as the adapter's config records it (apply_lora)
+    return CardFacts(run_name=recipe.run_name, base_model=str(Path(base).expanduser().resolve()) if local else base,
+                     base_license=base_license(base), datasets=[entry.source for entry in recipe.data.mixture],
+                     objective=recipe.objective.name, lora=recipe.lora is not None,
+                     recipe_yaml=OmegaConf.to_yaml(run.loaded.data), data=vars(run.prep.data.report),
+                     hyperparameters=_hyperparameters(run), results=summary, hardware=_hardware(run.accelerator),
+                     loss_curve=curve, seqtune_version=_version(), trained_rows=len(run.prep.data.dataset),
+                     evaluation=_evaluation(run), started_in=str(Path.cwd()),
+                     recipe_path=str((output_dir / "recipe.yaml").resolve()),
+                     reproduce_overrides=[f"output_dir={str(recipe.output_dir).rstrip('/')}-again"])
+
+
+def _evaluation(run: Any) -> dict | None:
+    """The held-out evaluation as the card tells it: how many rows, and whence."""
+    evaluation, config = run.evaluation, run.loaded.recipe.eval
+    if evaluation is None or config is None:
+        return None
+    return {"rows": len(evaluation.data.dataset), "split": config.split is not None,
+            "sources": [entry.source for entry in config.mixture or []]}
 
 
 def _hyperparameters(run: Any) -> dict[str, object]:

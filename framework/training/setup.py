@@ -70,6 +70,9 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     stages = ", ".join(f"{stage} {seconds:,.1f} s" for stage, seconds in data.seconds.items())
     say(f"data{' (cached)' if data.from_cache else ''}: {data.report.summary()}"
         + ("" if data.from_cache else f"; prepared in {stages}"))
+    cut = data.report.cut_warning()  # `check --samples` and `train` both come here
+    if cut:
+        warn(cut)
     data, held, held_rows = eval_data(loaded, parts, tokenizer, objective, data, first())
     attention = _attention(recipe, packing)
     padding_free = padding_free_layout(packing, attention.startswith("flash_attention"))

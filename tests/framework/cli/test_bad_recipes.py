@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from framework.cli import app
+from seqtune_testing import error_lines
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = f"""\
@@ -145,11 +146,11 @@ def run(here: Path, command: str, recipe: str, overrides=(), files: dict[str, st
 
 
 def assert_refused(result, expected: list[str], here: Path) -> list[str]:
-    """Exit 2, no traceback, one bullet line per problem, each expected fragment in one of them."""
+    """Exit 2, no traceback, one line per problem, each expected fragment in one of them."""
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.stderr + result.stdout and result.stdout == ""
-    lines = [line.strip()[2:] for line in result.stderr.splitlines() if line.strip().startswith("•")]
+    lines = error_lines(result.stderr)
     for fragment in expected:
         assert any(fragment in line for line in lines), (fragment, lines)
     assert not (here / "out").exists()

@@ -114,3 +114,85 @@ def test_uncached_hub_dataset_offline_is_one_clear_line(seqtune, tmp_path):
     assert result.returncode == 2
     assert "nobody/no-such-dataset: cannot load split 'train'" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+# --- what a new user reads: --help, one error, warnings ----------------------------------------------
+
+HELP_COMMANDS = [[], ["train"], ["check"], ["plan"], ["report"], ["plugins"], ["import"], ["import", "open-instruct"]]
+
+
+def help_text(seqtune, *command: str) -> str:
+    import os
+
+    os.environ["COLUMNS"] = "100"  # the width the issue was seen at; the subprocess inherits it
+    try:
+        result = seqtune(*command, "--help")
+    finally:
+        del os.environ["COLUMNS"]
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "seqtune")
+def test_help_names_values_instead_of_python_types(seqtune, command):
+    text = help_text(seqtune, *command)
+    for placeholder in ("<bool>", "<str>", "<int>", "<path>", "<list[str]>"):
+        assert placeholder not in text, (placeholder, text)
+    if command in (["plan"], ["check"], ["train"]):
+        assert " RECIPE [OVERRIDES...]" in text  # the usage line, in the help's own words
+    if command == ["plan"]:
+        assert "--samples" in text and " N " in text and " PATH " in text
+
+
+def test_the_command_list_shows_each_summary_as_whole_sentences(seqtune):
+    """A docstring's line breaks are not the help's: no line of the list ends a few words in."""
+    lines = help_text(seqtune).split("Commands")[1].split("╰")[0].splitlines()[1:]
+    rows = [line.strip("│").rstrip() for line in lines]
+    width = max(len(row) for row in rows)
+    for this, following in zip(rows, rows[1:]):
+        continues = following[:3].strip() == ""  # the next line carries on this command's summary
+        assert not continues or len(this) > width - 20, (this, rows)
+
+
+def test_report_help_names_the_plot_extra_whole(seqtune):
+    assert "pip install 'seqtune[plot]'" in " ".join(help_text(seqtune, "report").replace("│", " ").split())
+
+
+def test_one_problem_is_one_line(seqtune):
+    result = seqtune("check", QUICKSTART, "train.max_stepz=3")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: override train.max_stepz=3: train.max_stepz: unknown key; "
+                                          "did you mean 'max_steps'?"]
+
+
+def test_check_samples_warns_in_one_line_when_max_seq_length_cuts_more_than_1_percent(seqtune, tmp_path):
+    result = seqtune("check", QUICKSTART, "--samples", "1", "data.max_seq_length=48", f"data.cache_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    cut = [line for line in result.stderr.splitlines() if "cuts" in line]
+    assert cut == ["warning: data.max_seq_length 48 cuts 5.7% of the trainable tokens (145 of 2,000 rows truncated, "
+                   "0 dropped by truncation); data.max_seq_length=68 keeps 99% or more"]
+    kept = seqtune("check", QUICKSTART, "--samples", "1", f"data.cache_dir={tmp_path}")
+    assert kept.returncode == 0 and "cuts" not in kept.stderr
+
+
+def test_a_run_without_deepspeed_is_not_told_about_deepspeeds_device(repo):
+    """accelerate imports DeepSpeed to unwrap a model (every checkpoint does): on a machine without a
+    GPU DeepSpeed then says it chose the CPU, on stdout."""
+    code = ("import framework.cli, torch\n"
+            "from accelerate.utils import extract_model_from_parallel\n"
+            "extract_model_from_parallel(torch.nn.Linear(1, 1))\n"
+            "import deepspeed\n"
+            "print('unwrapped')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "unwrapped" in result.stdout, result.stderr[-2000:]
+    assert "Setting accelerator" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_train_warns_in_one_line_when_max_seq_length_cuts_more_than_1_percent(seqtune, tmp_path):
+    result = seqtune("train", QUICKSTART, f"output_dir={tmp_path / 'out'}", "train.max_steps=1", "eval=null",
+                     "data.max_seq_length=48", f"data.cache_dir={tmp_path / 'cache'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if "cuts" in line] == [
+        "warning: data.max_seq_length 48 cuts 5.7% of the trainable tokens (145 of 2,000 rows truncated, 0 dropped "
+        "by truncation); data.max_seq_length=68 keeps 99% or more"]

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from seqtune_testing import mixture_rows
+from seqtune_testing import error_lines, mixture_rows
 
 QUICKSTART = "recipes/quickstart.yaml"
 
@@ -41,13 +41,13 @@ def train(seqtune, repo, tmp_path):
 
 
 def the_error_line(result) -> str:
-    """The run failed like a user error: exit 2, one bullet line, no traceback."""
+    """The run failed like a user error: exit 2, one error line, no traceback."""
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert "Traceback" not in output and "╭" not in output, output
-    bullets = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("•")]
-    assert len(bullets) == 1, result.stderr
-    return bullets[0].removeprefix("•").strip()
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    return lines[0]
 
 
 BAD_ROWS = {  # rows ("" is a blank line), and the error after "<file>:"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from seqtune_testing import encode_chat
+from framework.data.tokenize import cut_warning, shortest_keeping
 from framework.estimation.sweep import LengthRow, data_at, recommend
 from plugins.packing import none
 from plugins.truncation import drop, right
@@ -22,6 +23,23 @@ def readable_png(path) -> bool:
 
     height, width = matplotlib.image.imread(path).shape[:2]
     return width > 600 and height > 300
+
+
+def png_title(path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.text["Title"]
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """The plan table's rows by their length cell (`2,048`, or `128 *` for the recipe's own)."""
+    rows = [line.split("│")[1:-1] for line in stdout.splitlines() if line.count("│") > 6]
+    return {cells[0].strip(): [cell.strip() for cell in cells] for cells in rows}
+
+
+def warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("warning: ")]
 
 
 def test_plot_to_a_path_that_is_not_png_fails_before_any_work(seqtune, tmp_path):
@@ -55,14 +73,47 @@ def test_plan_on_the_recipes_own_data(seqtune, tmp_path):
     result = seqtune("plan", "recipes/quickstart.yaml", "--gpu", "24", "--plot", str(plot),
                      f"data.mixture=[{{source: {data}, fraction: 1.0}}]", "data.truncation=drop")
     assert result.returncode == 0, result.stderr
-    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 6}
-    assert "20" in lines["256"].split("│")[5] and "0.00%" in lines["1,024"]  # 20 long rows dropped at 256
-    assert "smallest keeping 99% of trainable tokens: 512" in result.stdout
+    rows = table_rows(result.stdout)
+    assert rows["256"][4] == "20" and rows["1,024"][5] == "0.00%"  # 20 long rows dropped at 256
+    # the long rows (all under 352 tokens) hold half the trainable tokens: kept whole from 352, the
+    # smallest length keeping 99%, shorter than 512, the first listed one that does
+    assert rows["128 *"][4] == "20" and rows["512"][5] == "0.00%"
+    assert "smallest keeping 99% of trainable tokens: 352" in result.stdout
+    assert warnings(result.stderr) == ["warning: data.max_seq_length 128 cuts 50.0% of the trainable tokens (0 of 40 "
+                                       "rows truncated, 20 dropped by truncation); data.max_seq_length=352 keeps 99% "
+                                       "or more"]
     # --plot: the memory chart at the path, the length histogram beside it, both said
     lengths = tmp_path / "plan-lengths.png"
     assert f"memory chart written to {plot}" in result.stdout
     assert f"length histogram written to {lengths}" in result.stdout
     assert readable_png(plot) and readable_png(lengths)
+    # --gpu 24 names no GPU: the chart says what it planned for, not "memory per GPU on GPU"
+    assert png_title(plot) == "recipes/quickstart.yaml: memory on one 24 GiB GPU"
+    assert "on 1 x 24 GiB GPU, truncation drop" in result.stdout
+
+
+def test_the_recipes_own_length_gets_its_row_and_a_warning_when_it_cuts_too_much(seqtune):
+    """The issue's run: max_seq_length 48 cut rows the table of 256 to 32,768 never showed."""
+    cut = seqtune("plan", "recipes/quickstart.yaml", "--gpu", "h100", "data.max_seq_length=48")
+    assert cut.returncode == 0, cut.stderr
+    rows = table_rows(cut.stdout)
+    assert list(rows)[:2] == ["48 *", "256"] and "* the recipe's max_seq_length" in cut.stdout
+    assert rows["48 *"][2] == "yes" and rows["48 *"][3] == "145" and rows["48 *"][5] == "5.67%"
+    assert "<= 48 " in cut.stdout  # the histogram's buckets include it too
+    assert warnings(cut.stderr) == ["warning: data.max_seq_length 48 cuts 5.7% of the trainable tokens (145 of 2,000 "
+                                    "rows truncated, 0 dropped by truncation); data.max_seq_length=68 keeps 99% or "
+                                    "more"]
+    kept = seqtune("plan", "recipes/quickstart.yaml", "--gpu", "h100")  # 128 cuts nothing
+    assert kept.returncode == 0 and table_rows(kept.stdout)["128 *"][5] == "0.00%" and not warnings(kept.stderr)
+
+
+def test_the_length_keeping_99_percent_keeps_whole_rows_holding_it():
+    assert shortest_keeping([10, 30, 20, 500], [50, 25, 24, 1]) == 30  # 99 of 100 in rows up to 30 tokens
+    assert shortest_keeping([10, 30, 20, 500], [50, 25, 24, 2]) == 500
+    assert shortest_keeping([0, 0], [0, 0]) is None
+    assert cut_warning(128, 0.01, 3, 0, 100, 200) is None  # 1% is within what is kept
+    assert cut_warning(128, 0.2, 3, 1, 100, None) == ("data.max_seq_length 128 cuts 20.0% of the trainable tokens "
+                                                      "(3 of 100 rows truncated, 1 dropped by truncation)")
 
 
 def test_plan_offline_without_the_data_still_plans_memory_and_remedies(seqtune, tmp_path):

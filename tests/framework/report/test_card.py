@@ -51,7 +51,7 @@ def test_hub_base_model_card_loads_with_huggingface_hub(tmp_path):
     assert f"```yaml\n{RECIPE}```" in body
     assert "seqtune train recipe.yaml" in body
     assert f"`{given.datasets[1]}`" in body  # the local file: in the body, not in the metadata
-    assert "1,980 rows (of 2,000)" in body
+    assert "on 1,980 rows (of 2,000: 20 dropped in preprocessing)" in body
     assert "1,024 of 204,800 (0.50%)" in body and "3,100 of 512,000 (0.61%)" in body
     assert "20 no trainable" in body and "8 x NVIDIA H100 80GB" in body
     assert "| learning rate | 5e-06 |" in body and "- seqtune 0.1.0" in body
@@ -133,3 +133,28 @@ def test_dataset_ids():
                "HuggingFaceH4/ultrafeedback_binarized"]
     assert dataset_ids(sources) == ["allenai/tulu-3-sft-mixture", "HuggingFaceH4/ultrafeedback_binarized"]
     assert dataset_ids(["./org/name", "a/b/c", "recipes/quickstart/data"]) == []  # paths, not ids
+
+
+def test_the_card_counts_the_rows_trained_and_those_held_out(tmp_path):
+    """The issue's card said "200 rows (of 200)" of a run that trained on 180 and held 20 out."""
+    split = render(facts(tmp_path, trained_rows=1_960, evaluation={"rows": 20, "split": True, "sources": []}))
+    assert "on 1,960 rows (of 2,000: 20 dropped in preprocessing, 20 held out for evaluation)" in split
+    assert "Evaluated on 20 held-out rows of the same data (eval.split), never trained on." in split
+    assert "- trained on: 1,960 rows; 20 held out for evaluation (eval.split), never trained on" in split
+    own = render(facts(tmp_path, trained_rows=1_980, evaluation={"rows": 100, "split": False,
+                                                                 "sources": ["recipes/quickstart/data/eval.jsonl"]}))
+    assert "on 1,980 rows (of 2,000: 20 dropped in preprocessing)" in own
+    assert "Evaluated on 100 rows of `recipes/quickstart/data/eval.jsonl`." in own
+    assert "- trained on: 1,980 rows\n" in own
+
+
+def test_the_reproduce_command_says_where_it_runs_from(tmp_path):
+    card = render(facts(tmp_path, started_in="/home/me/my project", recipe_path="/runs/sft/recipe.yaml",
+                        reproduce_overrides=["output_dir=out/sft-again"]))
+    assert "```bash\ncd '/home/me/my project'\nseqtune train /runs/sft/recipe.yaml output_dir=out/sft-again\n```" in card
+    assert "relative paths start in the directory the run started in" in card
+
+
+def test_a_lora_card_names_the_base_the_adapter_loads(tmp_path):
+    card = render(facts(tmp_path, base_model="/models/base", lora=True))
+    assert "peft loads it over the base model (`adapter_config.json` names it: `/models/base`)." in card

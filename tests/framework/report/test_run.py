@@ -3,6 +3,7 @@ leaves for people: the loss curve and a model card Hugging Face reads."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,43 @@ def test_without_matplotlib_a_run_says_which_extra_draws_its_curve(seqtune, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "no loss curve: plots need matplotlib: pip install 'seqtune[plot]'" in done.stderr
     assert not (out / "loss_curve.png").exists() and "loss_curve.png" not in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_card_says_what_trained_and_its_paths_work_from_anywhere(seqtune, repo, tmp_path):
+    """A LoRA run on a local base named by a relative path, 20 of its 200 rows held out: the card counts
+    the 180 trained, and its reproduce command and the adapter's base path work from another folder."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    data = [f"tokenizer.name_or_path={repo / 'recipes/quickstart/tokenizer'}", "logging.loggers=[jsonl]",
+            f"data.mixture=[{{source: {repo / 'recipes/quickstart/data/train.jsonl'}, count: 200}}]"]
+    base = seqtune("train", repo / "recipes/quickstart.yaml", "output_dir=base", "train.max_steps=1", "eval=null",
+                   *data, cwd=tmp_path)
+    assert base.returncode == 0, base.stderr[-3000:]
+    run = seqtune("train", repo / "recipes/quickstart.yaml", "output_dir=run", "train.max_steps=3", "model.config=null",
+                  "model.name_or_path=base", "eval={split: 20}", "lora={r: 4}", *data, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    card = ModelCard.load(tmp_path / "run" / "README.md").text
+    assert "on 180 rows (of 200: 20 held out for evaluation)" in card
+    assert "Evaluated on 20 held-out rows of the same data (eval.split), never trained on." in card
+    assert "- trained on: 180 rows; 20 held out for evaluation (eval.split), never trained on" in card
+    adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tmp_path / "base")
+    assert f"`adapter_config.json` names it: `{tmp_path / 'base'}`" in card
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    loads = ("from peft import AutoPeftModelForCausalLM\n"
+             f"AutoPeftModelForCausalLM.from_pretrained({str(tmp_path / 'run')!r})\nprint('loaded')")
+    loaded = subprocess.run([sys.executable, "-c", loads], cwd=elsewhere, capture_output=True, text=True)
+    assert "loaded" in loaded.stdout, loaded.stderr[-3000:]
+    command = re.search(r"```bash\n(.*?)```", card, re.S).group(1)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    again = subprocess.run(["bash", "-ec", command], cwd=elsewhere, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "run-again" / "adapter_model.safetensors").is_file()

@@ -17,6 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from seqtune_testing import error_lines
+
 PLUGIN = '''
 import os, shutil, signal
 from pathlib import Path
@@ -114,8 +116,8 @@ def test_a_planted_pickle_is_refused_in_one_line_and_never_runs(train, tmp_path)
     before = snapshot(out)
     result = train(out)
     assert result.returncode == 2, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.lstrip().startswith("•")]
-    assert len(errors) == 1 and errors[0].strip().startswith("• checkpoint.resume:")
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith("checkpoint.resume:")
     assert (f"{out}/checkpoints/step-00000004/optimizer.pt is not a plain tensor file (weights_only load "
             "refused it)") in errors[0]
     assert "it may not be a seqtune checkpoint, or it was tampered with" in errors[0]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from seqtune_testing import error_lines
+
 STEPS = 6
 COMMON = [f"train.max_steps={STEPS}", "train.per_device_batch_size=8", "logging.loggers=[jsonl]",
           "logging.every_steps=1"]
@@ -43,17 +45,16 @@ def snapshot(path: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
 
 
-def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+def refused_lines(result: subprocess.CompletedProcess) -> list[str]:
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = result.stderr.splitlines()
-    return [line.strip().lstrip("• ") for line in lines if line.lstrip().startswith("•")]
+    return error_lines(result.stderr)
 
 
 @pytest.mark.slow
 def test_another_run_into_a_used_output_dir_is_refused_naming_what_differs(used, repo):
     before = snapshot(used)
     other = run_train(repo, used, "checkpoint.every=3", "optimizer.lr=1e-3", "scheduler=constant")
-    assert error_lines(other) == [f"output_dir {used} holds another run (optimizer, scheduler differ); "
+    assert refused_lines(other) == [f"output_dir {used} holds another run (optimizer, scheduler differ); "
                                   f"{HINT} it"]
     assert snapshot(used) == before
 
@@ -64,7 +65,7 @@ def test_another_run_without_checkpoints_is_refused(repo, tmp_path):
     assert run_train(repo, out).returncode == 0
     before = snapshot(out)
     other = run_train(repo, out, "model.config.hidden_size=64", "train.clip_grad_norm=1.0")
-    assert error_lines(other) == [f"output_dir {out} holds another run (model, batch differ); {HINT} it"]
+    assert refused_lines(other) == [f"output_dir {out} holds another run (model, batch differ); {HINT} it"]
     assert snapshot(out) == before
 
 
@@ -75,7 +76,7 @@ def test_a_relative_output_dir_of_other_files_is_refused_and_left_untouched(repo
     (notes / "config.json").write_text('{"mine": true}')
     (notes / "notes.txt").write_text("keep me")
     result = run_train(repo, "notes", cwd=tmp_path)
-    assert error_lines(result) == [f"output_dir notes holds files that are not a seqtune run (config.json, "
+    assert refused_lines(result) == [f"output_dir notes holds files that are not a seqtune run (config.json, "
                                    f"notes.txt); {HINT} them"]
     assert sorted(p.name for p in notes.iterdir()) == ["config.json", "notes.txt"]
     assert (notes / "config.json").read_text() == '{"mine": true}'
@@ -116,7 +117,7 @@ def test_overwrite_never_deletes_what_the_run_reads(repo, tmp_path):
     out.mkdir()
     shutil.copy(repo / "recipes/quickstart/data/train.jsonl", out / "rows.jsonl")
     result = run_train(repo, out, f"data.mixture=[{{source: {out / 'rows.jsonl'}, count: 48}}]", "--overwrite")
-    assert error_lines(result) == [f"overwrite_output_dir: refusing to replace output_dir {out}, which holds "
+    assert refused_lines(result) == [f"overwrite_output_dir: refusing to replace output_dir {out}, which holds "
                                    f"data.mixture[0].source ({out / 'rows.jsonl'}); use another output_dir"]
     assert (out / "rows.jsonl").exists()
 
@@ -126,7 +127,7 @@ def test_a_checkpoint_named_from_another_run_is_refused_before_anything_is_writt
     out = tmp_path / "out"
     checkpoint = used / "checkpoints/step-00000003"
     result = run_train(repo, out, f"checkpoint.resume={checkpoint}", "optimizer.lr=1e-3")
-    assert error_lines(result) == [f"checkpoint.resume: {checkpoint} belongs to another "
+    assert refused_lines(result) == [f"checkpoint.resume: {checkpoint} belongs to another "
                                    "run (optimizer differs), so it cannot continue this run exactly; use "
                                    "checkpoint.resume=never to start over"]
     assert not out.exists()

@@ -95,10 +95,23 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_nonzero_then_resumes_ex
     assert "stopped by SIGTERM after step 7" in stopped.stderr and "Traceback" not in stopped.stderr
     state = json.loads((tmp_path / "stopped/checkpoints/step-00000007/trainer_state.json").read_text())
     assert state["step"] == 7
+    first_session = state["totals"]["train_seconds"]  # the checkpoint carries the time, as it does the tokens
+    assert first_session > 0
     resumed = run("stopped")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     want, got = weights(tmp_path / "whole"), weights(tmp_path / "stopped")
     assert all(torch.equal(want[k], got[k]) for k in want)
+    # The summary's and the card's train time count both sessions: the first's, then at least the
+    # second's from its first logged step (8) to its last (24).
+    records = [json.loads(line) for line in (tmp_path / "stopped/metrics.jsonl").read_text().splitlines()]
+    second = {r["step"]: r["time"] for r in records[7:] if "step" in r}
+    summary = records[-1]["summary"]
+    assert summary["train_seconds"] >= first_session + second[STEPS] - second[8]
+    assert summary["tokens"] == json.loads((tmp_path / "whole/metrics.jsonl").read_text().splitlines()[-1])[
+        "summary"]["tokens"]
+    card = (tmp_path / "stopped/README.md").read_text()
+    shown = float(card.split("| train time | ")[1].split(" s")[0].replace(",", ""))
+    assert abs(shown - summary["train_seconds"]) < 0.1
 
 
 @pytest.mark.slow
