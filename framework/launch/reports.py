@@ -15,6 +15,7 @@ Left alone, every worker prints its own UserError and torchrun adds a ChildFaile
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import logging
 import os
@@ -162,7 +163,7 @@ def main(argv: list[str]) -> None:
     stops, the one that failed first) and the launcher's ChildFailedError only restate a failure the
     workers reported, so both are dropped when there are reports, and shown when there are none."""
     module, *args = argv
-    import torch.distributed.run  # noqa: F401 - torch elastic's loggers and their handlers exist from here
+    importlib.import_module("torch.distributed.run")  # torch elastic's loggers and their handlers exist from here
 
     _first_signal_only()
     _stop_when_orphaned()
