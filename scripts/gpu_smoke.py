@@ -106,7 +106,7 @@ def measure(name: str, args: list[str], out: Path) -> dict:
         result["cap_gib"] = CAP_GIB
     if code:
         plan = planned_gib(args)
-        return {**result, "planned_gib": round(plan, 2), "error": text.strip().splitlines()[-1].strip(" •")[:300]}
+        return {**result, "planned_gib": round(plan, 2), "error": _last_error(text)[:300]}
     resolved = [line.split()[1] for line in text.splitlines() if line.startswith("attention: ")]
     result["model.attn_implementation"] += f" ({resolved[0]})" if resolved else ""
     records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
@@ -117,6 +117,11 @@ def measure(name: str, args: list[str], out: Path) -> dict:
     return {**result, "tokens_per_s": round(mean("tokens_per_s")), "mfu": round(mean("mfu"), 4),
             "peak_memory_gib": round(peak, 2), "planned_gib": round(plan, 2), "peak_over_plan": round(peak / plan, 3),
             "final_loss": round(logs[-1]["loss"], 4)}
+
+
+def _last_error(text: str) -> str:
+    """A failed run's last line, as seqtune prints a problem: `error: <it>`, or a bullet under a count."""
+    return text.strip().splitlines()[-1].strip(" •").removeprefix("error: ")
 
 
 def table(results: list[dict]) -> str:
