@@ -149,12 +149,14 @@ def test_the_card_counts_the_rows_trained_and_those_held_out(tmp_path):
 
 
 def test_the_reproduce_command_says_where_it_runs_from(tmp_path):
-    card = render(facts(tmp_path, started_in="/home/me/my project", recipe_path="/runs/sft/recipe.yaml",
+    started, recipe = tmp_path / "my project", tmp_path / "runs/sft/recipe.yaml"  # a space: quoted
+    card = render(facts(tmp_path, started_in=str(started), recipe_path=str(recipe),
                         reproduce_overrides=["output_dir=out/sft-again"]))
-    assert "```bash\ncd '/home/me/my project'\nseqtune train /runs/sft/recipe.yaml output_dir=out/sft-again\n```" in card
+    assert f"```bash\ncd '{started}'\nseqtune train {recipe} output_dir=out/sft-again\n```" in card
     assert "relative paths start in the directory the run started in" in card
 
 
 def test_a_lora_card_names_the_base_the_adapter_loads(tmp_path):
-    card = render(facts(tmp_path, base_model="/models/base", lora=True))
-    assert "peft loads it over the base model (`adapter_config.json` names it: `/models/base`)." in card
+    base = tmp_path / "models/base"
+    card = render(facts(tmp_path, base_model=str(base), lora=True))
+    assert f"peft loads it over the base model (`adapter_config.json` names it: `{base}`)." in card
