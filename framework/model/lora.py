@@ -137,10 +137,14 @@ def save_lora(model: Any, tokenizer: Any, output_dir: Path, merge: bool, state_d
     model.save_pretrained(output_dir, state_dict=state_dict)  # peft keeps only the adapter's weights
     tokenizer.save_pretrained(output_dir)
     if merge:
-        merged = merged_model(model, model.state_dict() if state_dict is None else state_dict)
-        merged.save_pretrained(output_dir / "merged")
-        tokenizer.save_pretrained(output_dir / "merged")
-        del merged
+        save_merged(model, tokenizer, output_dir / "merged", state_dict)
+
+
+def save_merged(model: Any, tokenizer: Any, folder: Path, state_dict: dict | None = None) -> None:
+    """The full model with the adapter folded in, and the tokenizer, to `folder` (see `save_lora`)."""
+    merged = merged_model(model, model.state_dict() if state_dict is None else state_dict)
+    merged.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def merged_model(model: Any, state_dict: dict) -> Any:

@@ -14,11 +14,10 @@ from typing import Any
 from framework.config import LoadedRecipe
 from framework.errors import RunStopped
 from framework.estimation.hardware import FlopsShape
-from framework.model.lora import save_lora
+from framework.model.lora import save_merged
 from framework.report.run import BEST
 from framework.training.best import track as track_best
-from framework.training.checkpoints import model_weights
-from framework.training.checkpoints import save as save_checkpoint
+from framework.training.checkpoints import model_weights, save as save_checkpoint
 from framework.training.evaluation import evaluate
 from framework.training.metrics import Window, peak_memory_gib, peak_tflops
 from framework.training.outputs import save_final, write_artefacts
@@ -112,7 +111,8 @@ def _save_outputs(run: Run, summary: dict) -> None:
         save_final(model, run.prep.tokenizer, run.loaded, run.prep.data.report, run.output_dir, weights)
         folders = [run.output_dir]
         if recipe.lora is not None and recipe.lora.merge:
-            save_lora(model, run.prep.tokenizer, run.output_dir, merge=True, state_dict=weights)
+            # save_final wrote the adapter and the tokenizer: only the merged model is left to write
+            save_merged(model, run.prep.tokenizer, run.output_dir / "merged", weights)
             folders.append(run.output_dir / "merged")
         if (run.output_dir / BEST).is_dir():  # eval.keep_best
             folders.append(run.output_dir / BEST)
