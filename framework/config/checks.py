@@ -79,6 +79,9 @@ def _launch(recipe: Recipe) -> Iterator[Problem]:
     if launch.num_processes % launch.num_machines:
         yield ("launch.num_processes", f"{launch.num_processes} processes cannot be split evenly "
                f"over {launch.num_machines} machines (num_processes counts all machines)")
+    if launch.num_processes % launch.sequence_parallel:
+        yield ("launch.sequence_parallel", f"{launch.sequence_parallel} does not divide launch.num_processes "
+               f"({launch.num_processes}): each group of sequence_parallel processes shares one sequence")
     ds = launch.deepspeed
     if ds is not None and ds.offload_params and ds.zero_stage != 3:
         yield "launch.deepspeed.offload_params", "needs launch.deepspeed.zero_stage=3"

@@ -176,6 +176,10 @@ class LaunchConfig:
     main_process_ip: str = opt("127.0.0.1", "Address of the main machine.")
     main_process_port: int = opt(29500, "Port of the main machine.", minimum=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "Autocast precision.")
+    sequence_parallel: int = opt(
+        1, "Processes that share each sequence (Ulysses sequence parallelism): each holds 1/N of every "
+        "row's tokens and attends over the whole row; data parallelism runs over num_processes / N groups "
+        "(docs/long-context.md).", minimum=1)
     deepspeed: Optional[DeepSpeedConfig] = opt(None, "Use DeepSpeed ZeRO when set.")
     gpu_memory_gib: Optional[float] = opt(
         None, "Cap each process's CUDA memory at this many GiB (PyTorch's per-process memory fraction): "
