@@ -82,9 +82,10 @@ class SourceTable:
 
 
 Piece = Union[int, tuple[int, int, int]]  # a sample index, or (index, start, stop): a slice of one
-# collate keys the model receives (the last four: flash-attention's sequence boundaries, padding-free rows)
+# batch keys the model receives: flash-attention's sequence boundaries (padding-free rows), and a
+# sequence-parallel rank's shards (framework.model.ulysses.Shards), which reach the attention wrapper
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
-                "max_length_k")
+                "max_length_k", "sequence_parallel")
 
 
 class Packing(Protocol):

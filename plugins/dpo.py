@@ -33,7 +33,7 @@ from collections import defaultdict
 from typing import Annotated, Literal
 
 from framework import (EMPTY, IGNORE_INDEX, Bounds, Pair, Sample, UserError, add_row, encode_rows, hookimpl,
-                       trained_token_logps)
+                       rank_share, sequence_sum, target_values, trained_index, trained_token_logps)
 from plugins.formats import check_messages
 
 NORMALISED = ("dpo_norm", "simpo")  # losses on log-probabilities averaged over a side's trained tokens
@@ -102,6 +102,7 @@ def preference_loss(kind: str, policy, reference, counts, beta: float, label_smo
 class DPO:
     sequences_per_row = 2
     sequence_names = ("chosen", "rejected")  # how `seqtune check --samples` labels a pair's sequences
+    label_keys = ("sequence_index",)  # per-token keys about the predicted token, shifted like the labels
     uses_token_loss = False  # it scores sequences with trained_token_logps (memory_mib), not train.loss
     unit = "pair"
 
@@ -135,13 +136,16 @@ class DPO:
         return encode
 
     def collate(self, rows, packing, pad_token_id, padding_free):
-        """Both sides of each pair in one forward, and where each side's trained tokens are."""
+        """Both sides of each pair in one forward; which side each token belongs to (`sequence_index`, a
+        per-token key the engine shifts with the labels under sequence parallelism: `label_keys`), and
+        each side's trained tokens."""
         import torch
 
         samples = [sample for row in rows for sample in row]
         if not all(sample.sequences for sample in samples):  # a rank's empty filler
-            return {**packing.collate(rows, pad_token_id, padding_free), "sequence_tokens": torch.zeros(0, dtype=torch.long),
-                    "sequence_slot": torch.zeros(0, dtype=torch.long)}
+            tensors = packing.collate(rows, pad_token_id, padding_free)
+            return {**tensors, "sequence_index": torch.full_like(tensors["labels"], IGNORE_INDEX),
+                    "sequence_tokens": torch.zeros(0, dtype=torch.long), "sequence_slot": torch.zeros(0, dtype=torch.long)}
         sides = [sample.split() for sample in samples]
         if packing.packs_rows:  # chosen and rejected as two documents of the pair's row
             layout = [[side for sample in row for side in sample.split()] for row in rows]
@@ -150,23 +154,22 @@ class DPO:
             layout = [[pair[s]] for s in (0, 1) for pair in sides]
             order = [(p, s) for s in (0, 1) for p in range(len(samples))]
         tensors = packing.collate(layout, pad_token_id, padding_free)
+        slots = [2 * p + s for p, s in order]
+        tensors["sequence_index"] = _sequence_index(layout, slots, tensors["input_ids"].shape, padding_free)
         tensors["sequence_tokens"] = torch.tensor([sides[p][s].num_trainable for p, s in order])
-        tensors["sequence_slot"] = torch.tensor([2 * p + s for p, s in order])
+        tensors["sequence_slot"] = torch.tensor(slots)
         return tensors
 
     def units(self, rows, tensors):
         return len(tensors["sequence_slot"]) // 2
 
     def sequence_logps(self, model, batch):
-        """(pairs, 2): each side's summed log-probability of its trained tokens."""
-        import torch
-
+        """(pairs, 2): each side's summed log-probability of its trained tokens (over the whole
+        sequence-parallel group, where the tokens are shared out)."""
         tokens = trained_token_logps(model, batch, self.memory_mib)
-        counts, slot = batch["sequence_tokens"], batch["sequence_slot"]
-        sequence = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts,
-                                           output_size=tokens.numel())
-        sums = tokens.new_zeros(len(counts)).index_add(0, sequence, tokens)
-        return sums.new_zeros(len(counts)).index_copy(0, slot, sums).view(-1, 2)
+        slots = target_values(batch, "sequence_index", trained_index(batch))
+        sums = tokens.new_zeros(len(batch["sequence_slot"])).index_add(0, slots, tokens)
+        return sequence_sum(sums, batch).view(-1, 2)
 
     def loss(self, model, batch, token_loss):
         policy = self.sequence_logps(model, batch)
@@ -180,7 +183,26 @@ class DPO:
         metrics = {"rewards/chosen": chosen.sum(), "rewards/rejected": rejected.sum(),
                    "rewards/accuracy": ((chosen > rejected).sum() + 0.5 * (chosen == rejected).sum()), "rewards/margin": (chosen - rejected).sum(),
                    "logps/chosen": sides[:, 0].sum(), "logps/rejected": sides[:, 1].sum()}
-        return losses.sum() + 0 * policy.sum(), metrics  # 0 * ...: an empty filler still reaches every weight
+        # Every rank of a sequence-parallel group holds the same pairs: each reports its share
+        share = rank_share(batch)
+        metrics = {name: value * share for name, value in metrics.items()}
+        return losses.sum() * share + 0 * policy.sum(), metrics  # 0 * ...: an empty filler still reaches every weight
+
+
+def _sequence_index(layout, slots, shape, padding_free):
+    """(rows, length): the slot (2 x pair + side) of the sequence each token belongs to, IGNORE_INDEX on
+    padding; `slots` follow the sequences of `layout` in order, as collate placed them."""
+    import torch
+
+    rows = [[side for row in layout for side in row]] if padding_free else layout
+    index = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    slot = iter(slots)
+    for r, row in enumerate(rows):
+        at = 0
+        for side in row:
+            index[r, at:at + len(side.input_ids)] = next(slot)
+            at += len(side.input_ids)
+    return index
 
 
 def _refuse_single(rows, where) -> None:

@@ -20,7 +20,7 @@ from functools import cache
 from typing import Annotated, Literal
 
 from framework import (IGNORE_INDEX, MODEL_INPUTS, Bounds, chunk_ranges, chunk_tokens, decoder_output, hookimpl,
-                       trainable_tokens, trained_states, upcast)
+                       trained_states, upcast)
 
 
 def cross_entropy():
@@ -29,10 +29,14 @@ def cross_entropy():
     def loss(model, batch):
         import torch.nn.functional as F
 
-        logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits[:, :-1]
-        total = F.cross_entropy(upcast(logits).reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+        logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
+        if "shift_labels" in batch:  # shifted once on the whole row (a sequence-parallel rank's part)
+            targets = batch["shift_labels"]
+        else:
+            logits, targets = logits[:, :-1], batch["labels"][:, 1:]
+        total = F.cross_entropy(upcast(logits).reshape(-1, logits.size(-1)), targets.reshape(-1),
                                 ignore_index=IGNORE_INDEX, reduction="sum")
-        return total, trainable_tokens(batch["labels"])
+        return total, (targets != IGNORE_INDEX).sum()
 
     return loss
 

@@ -105,25 +105,43 @@ def chunk_ranges(out: DecoderOutput, count: int, batch: dict, memory_mib: float 
     return [(min(k * chunk, count), min((k + 1) * chunk, count)) for k in range(n)]
 
 
-def trained_positions(labels: Any) -> Any:
+def trained_positions(labels: Any, shifted: bool = False) -> Any:
     """Where the trained tokens are predicted: flat indices into the (rows x length) batch of every
-    position t whose next label (t + 1) is trained, in row-major order. The engine takes them on the CPU,
-    before the batch reaches the device (`batch["trained_positions"]`): on a GPU, `nonzero` makes the
-    host wait for the device."""
+    position t whose next label (t + 1) is trained, in row-major order; with `shifted` labels (a
+    sequence-parallel rank's `shift_labels`, shifted once on the whole row) of every position whose own
+    label is trained. The engine takes them on the CPU, before the batch reaches the device
+    (`batch["trained_positions"]`): on a GPU, `nonzero` makes the host wait for the device."""
     width = labels.size(1)
-    rows, positions = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    rows, positions = ((labels if shifted else labels[:, 1:]) != IGNORE_INDEX).nonzero(as_tuple=True)
     return rows * width + positions
+
+
+def target_values(batch: dict, key: str, index: Any) -> Any:
+    """A per-token key of the batch (`labels`, or an objective's own such as the sequence each token
+    belongs to) at the tokens that positions `index` predict: `key` one position on, or `shift_<key>` at
+    the position itself where the engine shifted it (sequence parallelism)."""
+    shifted = batch.get(f"shift_{key}")
+    if shifted is not None:
+        return shifted.reshape(-1).index_select(0, index)
+    return batch[key].reshape(-1).index_select(0, index + 1)
+
+
+def trained_index(batch: dict) -> Any:
+    """`batch["trained_positions"]`, or the same computed from its labels where a caller's batch lacks it."""
+    index = batch.get("trained_positions")
+    if index is None:
+        shifted = batch.get("shift_labels")
+        index = trained_positions(batch["labels"]) if shifted is None else trained_positions(shifted, shifted=True)
+    return index
 
 
 def trained_states(out: DecoderOutput, batch: dict) -> tuple[Any, Any]:
     """(the final hidden states at the trained positions, the tokens they predict), gathered with
     `batch["trained_positions"]` (computed here when a caller's batch lacks it). How many there are is
     their shape: nothing is read back from the device."""
-    index = batch.get("trained_positions")
-    if index is None:
-        index = trained_positions(batch["labels"])
+    index = trained_index(batch)
     hidden = out.hidden.reshape(-1, out.hidden.size(-1)).index_select(0, index)
-    return hidden, batch["labels"].reshape(-1).index_select(0, index + 1)
+    return hidden, target_values(batch, "labels", index)
 
 
 def trained_token_logps(model: Any, batch: dict, memory_mib: float = 512) -> Any:

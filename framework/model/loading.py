@@ -7,6 +7,7 @@ from typing import Any
 from framework.config.schema import Recipe
 from framework.errors import UserError
 from framework.model.attention import on_gpu, resolve
+from framework.model.ulysses import split_attention
 
 
 def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None, attention: str | None = None) -> Any:
@@ -38,6 +39,8 @@ def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None, 
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"model: vocab_size {model.config.vocab_size} is smaller than the tokenizer's "
                         f"{len(tokenizer)} tokens")
+    if recipe.launch.sequence_parallel > 1:
+        split_attention(model, recipe.launch.sequence_parallel)
     if cfg.gradient_checkpointing:  # renamed activation_checkpointing_enable in transformers 5.x
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.config.use_cache = False  # a KV cache in training lets packed rows attend across rows

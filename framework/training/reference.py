@@ -140,7 +140,8 @@ def _cached_table(loaded: Any, prep: Any, accelerator: Any, score: Callable[[], 
 
 def _score_every_row(prep: Any, accelerator: Any, score: Scorer, role: str) -> Any:
     """Each rank scores its share of the first epoch's micro-batches (the same layout training, or
-    evaluation, uses, so the numbers equal live ones); the sum over ranks is the whole table."""
+    evaluation, uses, so the numbers equal live ones); the sum over ranks is the whole table. The ranks
+    of a sequence-parallel group score the same micro-batches together; their first writes them."""
     import torch
 
     from framework.training.steps import collate, to_device
@@ -150,13 +151,15 @@ def _score_every_row(prep: Any, accelerator: Any, score: Scorer, role: str) -> A
     rows = recipe.train.per_device_batch_size if role == "train" else \
         recipe.eval.per_device_batch_size or recipe.train.per_device_batch_size
     plan = prep.packing.plan(prep.data.lengths, rows, row_tokens, recipe.seed)
-    mine = shard(plan, accelerator.process_index, accelerator.num_processes)
+    mine = shard(plan, prep.groups.index, prep.groups.count)
     table = torch.zeros(len(prep.data.lengths), prep.objective.sequences_per_row, dtype=torch.float64, device=device)
     with progress_bar(f"reference log-probabilities ({role})", len(mine), unit="micro-batches") as advance:
         for micro_batch in mine:  # a rank that ran out scores a filler: ZeRO-3 needs every rank's forward
             batch = collate(prep, micro_batch, device)
             at = to_device({"rows": torch.tensor(batch.rows, dtype=torch.long)}, device)["rows"]
-            table.index_copy_(0, at, score(batch.tensors).double())
+            found = score(batch.tensors).double()
+            if prep.groups.counts:
+                table.index_copy_(0, at, found)
             advance(1)
     return accelerator.reduce(table, "sum").cpu()
 
@@ -173,6 +176,7 @@ def _key(recipe: Any, prep: Any, accelerator: Any, rows: int) -> str:
              "deepspeed": asdict(recipe.launch.deepspeed) if recipe.launch.deepspeed else None,
              "attention": prep.attention, "device": accelerator.device.type,
              "objective": recipe.objective.name, "batch": recipe.train.per_device_batch_size,
-             "packing": asdict(recipe.data.packing), "processes": accelerator.num_processes, "rows": rows}
+             "packing": asdict(recipe.data.packing), "processes": accelerator.num_processes, "rows": rows,
+             "sequence_parallel": recipe.launch.sequence_parallel}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -28,6 +28,7 @@ from framework.training.evaluation import EvalSet, eval_data, eval_set, record_s
 from framework.training.outputs import say, warn
 from framework.training.ownership import Claim, check_output_dir, note_total_steps, run_identity, take_output_dir
 from framework.training.reference import make_references
+from framework.training.sequence_parallel import Groups, make_groups
 from framework.types import RunInfo
 
 
@@ -45,20 +46,25 @@ class Prepared:
     attention: str = "sdpa"  # model.attn_implementation, `auto` resolved
     objective: Any = None  # the recipe's objective, built
     evaluation: Optional[EvalSet] = None  # the held-out rows, when the recipe has eval
+    groups: Groups = field(default_factory=Groups)  # the sequence-parallel groups (one process each by default)
 
     @property
     def token_capacity(self) -> int:
-        """The most tokens one micro-batch of this run (training or evaluation) holds: the same on every rank."""
+        """The most tokens one micro-batch of this run (training or evaluation) holds on one rank: the
+        same on every rank (a sequence-parallel rank holds its N-th of each row, rounded up)."""
         recipe = self.loaded.recipe
         rows = max(recipe.train.per_device_batch_size, recipe.eval and recipe.eval.per_device_batch_size or 0)
-        return rows * self.data.max_seq_length * self.objective.sequences_per_row
+        return rows * -(-self.data.max_seq_length * self.objective.sequences_per_row // self.groups.size)
 
 
 def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: int = 0,
-            world: int = 1) -> Prepared:
+            world: int = 1, groups: Optional[Groups] = None) -> Prepared:
     """Load the tokenizer and the data and plan the run: every data error is raised here.
-    `main_first()` gives a context in which the main process prepares (and caches) data first."""
+    `main_first()` gives a context in which the main process prepares (and caches) data first. Data is
+    dealt out to the sequence-parallel `groups` (one per process by default: rank of world)."""
     recipe = loaded.recipe
+    groups = groups or Groups(1, 0, rank, world)
+    rank, world = groups.index, groups.count
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     objective, packing = parts.objective(), parts.packing()
     _check_layout(objective, packing, recipe)
@@ -80,7 +86,7 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     plan = plan_batches(packing, data.lengths, recipe.train, row_tokens, recipe.seed, rank, world, padding_free)
     say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
         f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
-    prep = Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention, objective)
+    prep = Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention, objective, groups=groups)
     prep.evaluation = eval_set(prep, held, rank, world, held_rows)
     return prep
 
@@ -140,8 +146,8 @@ def start(loaded: LoadedRecipe) -> Run | None:
         warn(warning)
     preflight(recipe)
     accelerator = make_accelerator(recipe)
-    prep = prepare(loaded, parts, accelerator.local_main_process_first, accelerator.process_index,
-                   accelerator.num_processes)
+    groups = make_groups(accelerator.process_index, accelerator.num_processes, recipe.launch.sequence_parallel)
+    prep = prepare(loaded, parts, accelerator.local_main_process_first, groups=groups)
     claim = _check_output_dir(loaded, prep, accelerator.num_processes)
     if claim.finished is not None and recipe.checkpoint.resume == "auto":
         say(f"output_dir {display_path(claim.output_dir)} already holds this run, finished after "

@@ -16,6 +16,7 @@ from framework.launch.accelerator import is_deepspeed
 from framework.model.heads import trained_positions
 from framework.training.checkpoints import TrainerState, find_resume
 from framework.training.loss import scale_loss, trainable_tokens
+from framework.training.sequence_parallel import attach, split
 from framework.types import IGNORE_INDEX, Sample
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -58,26 +59,36 @@ class Batch:
     attention_pairs: int = 0  # sum of length^2 over the documents: what causal attention computes
     units: int = 0  # what train.loss_reduction divides by (the objective's: trainable tokens, pairs)
     rows: list[int] = field(default_factory=list)  # the data rows it holds, in order (for cached references)
+    whole_units: int = 0  # the micro-batch's units over its whole sequence-parallel group (for loss_reduction mean)
 
 
 def collate(prep: Any, micro_batch: Optional[MicroBatch], device: Any, reference: Any = None) -> Batch:
     """A micro-batch's tensors on the device; an empty one (None) when this rank has run out. Everything
     read from them (counts, where the trained tokens are, a cached reference's numbers) is taken here, on
-    the host, before the copy: the device is never asked."""
-    pad = prep.tokenizer.pad_token_id
+    the host, before the copy: the device is never asked. Under sequence parallelism the tensors are this
+    rank's part, and the counts the group's first rank's alone (see framework.training.sequence_parallel)."""
+    pad, groups = prep.tokenizer.pad_token_id, prep.groups
     rows = prep.data.take(micro_batch) if micro_batch is not None else [[Sample([pad], [IGNORE_INDEX])]]
     tensors = prep.objective.collate(rows, prep.packing, pad, prep.padding_free)
     tokens = int(tensors.pop("num_tokens")) if micro_batch is not None else 0  # the filler is not data
     pairs = sum(n ** 2 for row in rows for sample in row for n in (sample.sequences or [len(sample.input_ids)]))
+    units = prep.objective.units(rows, tensors)
     counts = (tokens, int(trainable_tokens(tensors["labels"])), tensors["input_ids"].numel(),
-              pairs if micro_batch is not None else 0, prep.objective.units(rows, tensors))
+              pairs if micro_batch is not None else 0, units)
     indices = [piece if isinstance(piece, int) else piece[0] for row in micro_batch or [] for piece in row]
-    tensors["trained_positions"] = trained_positions(tensors["labels"])
+    if groups.size > 1:
+        tensors = split(tensors, groups, pad, getattr(prep.objective, "label_keys", ()))
+        tensors["trained_positions"] = trained_positions(tensors["shift_labels"], shifted=True)
+        counts = counts if groups.counts else (0,) * len(counts)
+    else:
+        tensors["trained_positions"] = trained_positions(tensors["labels"])
     if reference is not None and reference.table is not None:
         tensors["reference_logps"] = reference.table[indices]
     on_device = to_device(tensors, device)
     on_device["token_capacity"] = prep.token_capacity  # a Python int: what ZeRO-3 sizes chunk counts by
-    return Batch(on_device, *counts, indices)
+    if groups.size > 1:
+        attach(on_device, groups, prep.attention)
+    return Batch(on_device, *counts, indices, whole_units=units)
 
 
 def to_device(tensors: dict[str, Any], device: Any) -> dict[str, Any]:
@@ -135,8 +146,8 @@ def forward_backward(run: Any, batch: Batch, step_units: Any, n_micro: int, last
         batch.tensors["reference_logps"] = run.reference.live(batch.tensors)
     with _accumulating(accelerator, run.model, last):
         loss_sum, metrics = run.loss(run.model, batch.tensors)
-        loss = scale_loss(loss_sum, batch.units, step_units, n_micro, train.loss_reduction,
-                          train.gradient_accumulation_steps, accelerator.num_processes)
+        loss = scale_loss(loss_sum, batch.whole_units, step_units, n_micro, train.loss_reduction,
+                          train.gradient_accumulation_steps, accelerator.num_processes, run.prep.groups.size)
         accelerator.backward(loss * _deepspeed_accumulation(accelerator, run.model))
     return loss_sum.detach(), {key: value.detach() for key, value in metrics.items()}
 
