@@ -7,7 +7,7 @@ computes the whole loss and its gradients alone) and split over the group (each 
 is scaled by the engine's `scale_loss` for each train.loss_reduction, and the gradients are then averaged
 over the ranks as DDP does, so a wrong factor shows as a wrong gradient.
 
-`--fault` breaks one thing on purpose, to show the comparison catches it: `double_shift` (labels shifted
+A case's fault breaks one thing on purpose, to show the comparison catches it: `double_shift` (labels shifted
 again by a loss that shifts them itself), `cross_document` (the whole-row mask ignores document
 boundaries), `no_share` (every rank reports a pair's whole loss: N times the gradient), `no_factor`
 (mean and sum reductions not multiplied by N).
@@ -15,11 +15,13 @@ boundaries), `no_share` (every rank reports a pair's whole loss: N times the gra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
 import zlib
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import torch
 import torch.distributed as dist
@@ -30,6 +32,7 @@ from framework.training import sequence_parallel, steps
 from framework.training.loss import scale_loss
 from framework.training.sequence_parallel import Groups, make_groups
 from framework.types import IGNORE_INDEX, Sample
+from plugins import dpo as dpo_module
 from plugins.dpo import dpo
 from plugins.losses import chunked_cross_entropy, cross_entropy
 from plugins.objectives import sft
@@ -111,7 +114,8 @@ def gradients(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
-def case(kind: str, attention: str, layout: str, objective: str, loss_name: str, groups: Groups) -> dict:
+def case(kind: str, attention: str, layout: str, objective: str, loss_name: str, groups: Groups,
+         no_factor: bool = False) -> dict:
     if attention == "flex_attention":  # no backward on the CPU: the loss without gradients (evaluation)
         return evaluation_case(kind, attention, layout, objective, loss_name, groups)
     n = groups.size
@@ -128,7 +132,7 @@ def case(kind: str, attention: str, layout: str, objective: str, loss_name: str,
             units = torch.tensor(float(batch.units), dtype=torch.float64)
             step_units = units.clone()
             dist.all_reduce(step_units, group=gs.group) if gs.size > 1 else None
-            factor = 1 if FAULT == "no_factor" else gs.size
+            factor = 1 if no_factor else gs.size
             world = gs.size
             scaled = scale_loss(loss_sum, batch.whole_units, step_units, 1, reduction, 1, world, factor)
             grads = gradients(model, scaled)
@@ -166,51 +170,40 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def break_on_purpose(fault: str) -> None:
-    """Each known sequence-parallel bug, put back in."""
-    if fault == "double_shift":
-        split = sequence_parallel.split
+def broken(fault: str | None):
+    """Each known sequence-parallel bug, put back in for one case (None: nothing broken)."""
+    split, mask = sequence_parallel.split, ulysses._whole_row_mask
 
-        def shifted_twice(*args, **kwargs):
-            out = split(*args, **kwargs)
-            labels = out["shift_labels"]
-            out["shift_labels"] = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], 1)
-            return out
+    def shifted_twice(*args, **kwargs):  # a loss that shifts the engine's shifted labels again
+        out = split(*args, **kwargs)
+        labels = out["shift_labels"]
+        out["shift_labels"] = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], 1)
+        return out
 
-        steps.split = shifted_twice
-    elif fault == "cross_document":
-        mask = ulysses._whole_row_mask
+    def one_document(shards, *args):  # positions taken as one document a row: documents see each other
+        whole, alone = shards.positions, shards.one_document_per_row
+        shards.positions, shards.one_document_per_row = torch.arange(whole.size(1)).expand_as(whole), True
+        try:
+            return mask(shards, *args)
+        finally:
+            shards.positions, shards.one_document_per_row = whole, alone
 
-        def one_document(shards, *args):
-            whole = shards.positions
-            shards.positions = torch.arange(whole.size(1)).expand_as(whole)
-            shards.one_document_per_row = True
-            try:
-                return mask(shards, *args)
-            finally:
-                shards.positions = whole
-
-        ulysses._whole_row_mask = one_document
-    elif fault == "no_share":
-        ulysses.rank_share.__code__ = (lambda batch: 1.0).__code__
-
-
-FAULT = None
+    patches = {"double_shift": patch.object(steps, "split", shifted_twice),
+               "cross_document": patch.object(ulysses, "_whole_row_mask", one_document),
+               "no_share": patch.object(dpo_module, "rank_share", lambda batch: 1.0)}
+    return patches.get(fault, contextlib.nullcontext())
 
 
 def main() -> None:
-    global FAULT
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cases", required=True, help="JSON list of [model, attention, layout, objective, loss]")
-    parser.add_argument("--fault", default=None)
+    parser.add_argument("--cases", required=True,
+                        help="JSON list of [model, attention, layout, objective, loss, fault or null]")
     args = parser.parse_args()
-    FAULT = args.fault
-    if FAULT:
-        break_on_purpose(FAULT)
     dist.init_process_group("gloo")
     groups = make_groups(dist.get_rank(), dist.get_world_size(), dist.get_world_size())
-    for spec in json.loads(args.cases):
-        result = case(*spec, groups)
+    for *spec, fault in json.loads(args.cases):
+        with broken(fault):
+            result = {**case(*spec, groups, fault == "no_factor"), "fault": fault}
         if dist.get_rank() == 0:
             print(json.dumps(result), flush=True)
     dist.destroy_process_group()
