@@ -171,6 +171,12 @@ def seqtune_register_losses() -> Factories:
     number of those tokens. The engine scales it (`train.loss_reduction`) and runs the backward, so
     reductions, packing, accumulation and DeepSpeed work for every loss. A fused kernel gets the
     final hidden states and the output layer from `framework.decoder_output(model, batch)`.
+
+    Under sequence parallelism (`launch.sequence_parallel`) a rank's batch holds its part of every row,
+    and `shift_labels` (the labels already shifted, once, on the whole row: position t's own label)
+    instead of `labels`, so a loss that shifts labels itself fails loudly rather than shifting twice.
+    `framework.trained_states(decoder_output(...), batch)` gives (hidden states, targets) either way.
+    Pass every MODEL_INPUTS key the batch has to the model: `sequence_parallel` reaches the attention.
     """
 
 

@@ -123,8 +123,10 @@ class Objective(Protocol):
     sequences_per_row: int  # sequences a data row trains (SFT 1, a preference pair 2): for the planner
     reference: str  # "none", "live" or "cached": what the engine provides as batch["reference_logps"]
     unit: str  # what train.loss_reduction divides by, as logs name it ("token", "pair")
-    # Optional: `sequence_names` (how `check --samples` labels a row's sequences) and `uses_token_loss`
-    # (False: the recipe's train.loss is not used, and setting it is warned about).
+    # Optional: `sequence_names` (how `check --samples` labels a row's sequences), `uses_token_loss`
+    # (False: the recipe's train.loss is not used, and setting it is warned about), `sequence_parallel`
+    # (True: it runs split over a group) and `label_keys` (its per-token keys about the predicted token,
+    # which the engine shifts with the labels when it splits rows).
 
     def encoder(self, tokenizer: Any, truncate: Any, max_seq_length: int, train_on: str, template: str,
                 untrainable: str) -> Any:

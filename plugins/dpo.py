@@ -100,6 +100,7 @@ def preference_loss(kind: str, policy, reference, counts, beta: float, label_smo
 # -- the objective ------------------------------------------------------------------------------
 
 class DPO:
+    sequence_parallel = True  # its loss and counts hold when rows are split over a group
     sequences_per_row = 2
     sequence_names = ("chosen", "rejected")  # how `seqtune check --samples` labels a pair's sequences
     label_keys = ("sequence_index",)  # per-token keys about the predicted token, shifted like the labels

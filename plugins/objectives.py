@@ -10,6 +10,7 @@ from framework import hookimpl, make_encoder, trainable_tokens
 
 
 class SFT:
+    sequence_parallel = True  # its loss and counts hold when rows are split over a group
     sequences_per_row = 1
     reference = "none"
     unit = "token"

@@ -68,6 +68,10 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     tokenizer = load_tokenizer(recipe, parts.registry.entries["chat_templates"])
     objective, packing = parts.objective(), parts.packing()
     _check_layout(objective, packing, recipe)
+    if recipe.launch.sequence_parallel > 1 and not getattr(objective, "sequence_parallel", False):
+        raise UserError(f"launch.sequence_parallel: objective {recipe.objective.name} does not declare that it runs "
+                        "split over a group (sequence_parallel = True, see hookspecs.seqtune_register_objectives); "
+                        "set launch.sequence_parallel: 1")
     if not getattr(objective, "uses_token_loss", True) and any(key == "train.loss" or key.startswith("train.loss.") for key in loaded.provenance):
         warn(f"train.loss: objective {recipe.objective.name} scores sequences itself and does not use it "
              "(its own options size the chunks); the memory plan still reads its chunking")

@@ -15,7 +15,7 @@ import torch
 from framework.model.ulysses import head_problem, kernel_problem, length_problem
 from framework.training.sequence_parallel import Groups, split
 from framework.types import IGNORE_INDEX
-from seqtune_testing import free_port
+from seqtune_testing import error_lines, free_port
 
 STEPS = Path(__file__).with_name("sequence_parallel_steps.py")
 LLAMAS = ("llama", "llama_one_kv")  # grouped kv-heads (4 heads, 2 kv), and one kv-head replicated for each rank
@@ -114,3 +114,19 @@ def test_the_checks_name_both_numbers():
     assert "3 key/value heads" in head_problem(12, 3, 2)
     assert kernel_problem("sdpa", 2) is None and "my_kernel" in kernel_problem("my_kernel", 2)
     assert length_problem(64, 4) is None and "24" in length_problem(24, 4) and "4 ways" in length_problem(24, 4)
+
+
+def test_an_objective_that_does_not_declare_it_is_refused_before_anything_runs(seqtune, tmp_path, monkeypatch):
+    """A third-party objective may keep per-token keys the engine would not split: it must say it can."""
+    (tmp_path / "plain_objective.py").write_text(
+        "from framework import hookimpl\nfrom plugins.objectives import SFT\n\n"
+        "class Plain(SFT):\n    sequence_parallel = False\n\n"
+        "@hookimpl\ndef seqtune_register_objectives():\n    return {'plain': Plain}\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    result = seqtune("check", "recipes/quickstart.yaml", "--samples", "1", "plugins=[plain_objective]",
+                     "objective=plain", "launch.num_processes=2", "launch.sequence_parallel=2",
+                     f"data.cache_dir={tmp_path / 'cache'}")
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [
+        "launch.sequence_parallel: objective plain does not declare that it runs split over a group (sequence_parallel "
+        "= True, see hookspecs.seqtune_register_objectives); set launch.sequence_parallel: 1"]
