@@ -2,6 +2,7 @@
 
     python bench/memory.py [--lengths 1024 2048 4096] [--hidden 128] [--layers 2]
     python bench/memory.py --model smollm2 [--lengths 512 1024 2048]
+    python bench/memory.py --sequence-parallel 2 [--lengths 4096]
 
 The model is a Gemma-2 (its 256,000-token vocabulary and final logit soft-capping) with a small
 hidden size and eager attention, or with `--model smollm2` the real SmolLM2-135M-Instruct (30 layers,
@@ -22,6 +23,11 @@ Variants: `cross_entropy` (unchunked), `chunked` (chunked_cross_entropy, the def
 peak (peak less the same run's peak with the loss left out) by at least 80%; the planner's total is
 within 15% of the measured peak in every row; the chunked step at most 10% slower than the
 unchunked. A row whose plan exceeds this machine's free memory is not run, and says so.
+
+`--sequence-parallel N` measures the chunked step split over N processes (torchrun, gloo: each holds 1/N of
+the row, all-to-alls around eager attention) against the same step in one process: each process's peak
+against the planner's (target: within 15%), and the per-token part (the peak less the same run's peak at
+64 tokens) against one process's (target: 1/N of it, plus the all-to-all copies).
 """
 from __future__ import annotations
 
@@ -91,6 +97,8 @@ def one_step(args: argparse.Namespace) -> None:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     ids = torch.randint(0, vocab, (1, args.length))
     batch = {"input_ids": ids, "labels": ids.clone()}
+    if args.split > 1:
+        batch = split_batch(model, batch, args.split)
     loss = getattr(losses, loss_name)() if loss_name else None
 
     def step() -> None:
@@ -107,10 +115,35 @@ def one_step(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     for _ in range(2):
         step()
-    print(json.dumps({"peak": peak, "seconds": (time.perf_counter() - started) / 2}))
+    found = {"peak": peak, "seconds": (time.perf_counter() - started) / 2}
+    if args.split > 1:  # every process's figures, printed by the first
+        import torch.distributed as dist
+
+        every = [None] * args.split
+        dist.all_gather_object(every, found)
+        found = {"peak": max(f["peak"] for f in every), "seconds": max(f["seconds"] for f in every)}
+        if dist.get_rank():
+            return
+    print(json.dumps(found))
 
 
-def planned(variant: str, length: int, args: argparse.Namespace) -> tuple[int, int]:
+def split_batch(model, batch: dict, n: int) -> dict:
+    """This process's part of the row, as the engine splits it (framework.training.sequence_parallel)."""
+    import torch.distributed as dist
+
+    from framework.model.heads import trained_positions
+    from framework.model.ulysses import split_attention
+    from framework.training.sequence_parallel import attach, make_groups, split
+
+    dist.init_process_group("gloo")
+    groups = make_groups(dist.get_rank(), n, n)
+    split_attention(model, n)
+    part = split(batch, groups, pad_token_id=0)
+    part["trained_positions"] = trained_positions(part["shift_labels"], shifted=True)
+    return attach(part, groups, "eager")
+
+
+def planned(variant: str, length: int, args: argparse.Namespace, split: int = 1) -> tuple[int, int]:
     """(total, logits + loss part) the planner gives the same CPU run."""
     from framework.estimation.memory import estimate_memory
     from framework.estimation.settings import MemorySettings
@@ -124,7 +157,7 @@ def planned(variant: str, length: int, args: argparse.Namespace) -> tuple[int, i
                               attn_implementation=attention(args),
                               optimizer_states=0, overhead_gib=0, overhead_fraction=0,
                               loss_chunk_tokens=chunk_tokens(shape.vocab_size) if chunked else None,
-                              loss_holds_head_gradient=chunked)
+                              loss_holds_head_gradient=chunked, sequence_parallel=split)
     estimate = estimate_memory(shape, settings)
     return estimate.total, estimate.logits
 
@@ -134,17 +167,48 @@ def available() -> int:
     return int(line.split()[1]) * 1024
 
 
-def measure(variant: str, length: int, args: argparse.Namespace) -> dict | None:
-    total, _ = planned(variant, length, args)
-    if total > 0.8 * available():
+def measure(variant: str, length: int, args: argparse.Namespace, split: int = 1) -> dict | None:
+    total, _ = planned(variant, length, args, split)
+    if total * split > 0.8 * available():
         return None
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, __file__, "--one", variant, "--length", str(length), "--hidden",
-                          str(args.hidden), "--layers", str(args.layers), "--model", args.model],
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable] if split == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={split}", f"--master_port={free_port()}"]
+    out = subprocess.run([*launcher, __file__, "--one", variant, "--length", str(length), "--hidden",
+                          str(args.hidden), "--layers", str(args.layers), "--model", args.model, "--split", str(split)],
                          capture_output=True, text=True, cwd=REPO, env=env)
     if out.returncode:
         raise SystemExit(f"{variant} at {length}: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sequence_parallel_rows(args: argparse.Namespace) -> None:
+    """One process against N sharing the row: peaks, plans, and the per-token part of each."""
+    gib, n, variant = 2**30, args.sequence_parallel, "chunked"
+    print("| max_seq_length | processes sharing the row | measured peak GiB (per process) | planned GiB "
+          "| planned / measured | per-token part GiB | per-token part / one process's |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for length in args.lengths:
+        alone = None
+        for split in (1, n):
+            got, small = measure(variant, length, args, split), measure(variant, 64, args, split)
+            total, _ = planned(variant, length, args, split)
+            if got is None:
+                print(f"| {length:,} | {split} | not run: planned {total / gib:.2f} GiB per process | {total / gib:.2f} | | | |")
+                continue
+            part = got["peak"] - small["peak"]
+            alone = part if split == 1 else alone
+            ratio = f"{part / alone:.2f}" if alone and split > 1 else ""
+            print(f"| {length:,} | {split} | {got['peak'] / gib:.3f} | {total / gib:.3f} | {total / got['peak']:.2f} "
+                  f"| {part / gib:.3f} | {ratio} |", flush=True)
 
 
 def main() -> None:
@@ -155,10 +219,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--one", choices=sorted(VARIANTS))
     parser.add_argument("--length", type=int)
+    parser.add_argument("--split", type=int, default=1, help=argparse.SUPPRESS)  # a --one step's processes
+    parser.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
+                        help="measure the chunked step split over N processes against one process")
     args = parser.parse_args()
     if args.one:
         args.variant = args.one
         return one_step(args)
+    if args.sequence_parallel > 1:
+        return sequence_parallel_rows(args)
     gib = 2**30
     print("| max_seq_length | loss | measured peak GiB | planned GiB | planned / measured | loss share GiB "
           "| planned loss GiB | step s |")

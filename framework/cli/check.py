@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import typer
 
-from framework.cli.common import GPU_HELP, OVERRIDES_HELP, RECIPE_HELP, console, show_warnings, user_errors
+from framework.cli.common import GPU_HELP, OVERRIDES_HELP, RECIPE_HELP, console, print_line, show_warnings, user_errors
 
 
 @user_errors
@@ -85,6 +85,7 @@ def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
                                    loss=parts.loss, documents_per_row=separates_documents(parts.packing()),
                                    objective=parts.objective())
     console.print(estimate_table(estimate, f"memory per GPU ({recipe.launch.num_processes} x {gpu_label(name, gib)})"))
+    _split_line(recipe.launch, estimate.settings)
     for line in [*estimate.notes, *([note] if note else [])]:
         console.print(f"note: {line}")
     fits = estimate.fits(gib)
@@ -92,6 +93,18 @@ def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:
     console.print(f"{verdict}: {estimate.total_gib:.1f} GiB of {gib:g} GiB per GPU at max_seq_length "
                   f"{estimate.settings['max_seq_length']:,}")
     return fits
+
+
+def _split_line(launch: Any, settings: dict) -> None:
+    """Under sequence parallelism, what each GPU holds of a row: the table's tokens are per GPU."""
+    n = launch.sequence_parallel
+    if n == 1:
+        return
+    share = -(-settings["max_seq_length"] // n)
+    groups = launch.num_processes // n
+    print_line(f"sequence parallelism: {n} processes share each row; each GPU holds {share:,} of its "
+               f"{settings['max_seq_length']:,} tokens (rows pad to a multiple of {n}); {groups} data-parallel "
+               f"group{'s' if groups != 1 else ''} of {n}")
 
 
 def register(app: typer.Typer) -> None:

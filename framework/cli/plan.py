@@ -21,8 +21,8 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
              help="Write PNG charts: memory per GPU against max_seq_length (with and without each memory saver) "
                   "to PATH, and the data's token-length histogram to PATH-lengths.png. Needs matplotlib.")) -> None:
     """A table over candidate max_seq_length values and the recipe's own (memory per GPU, fit, rows cut,
-    trainable tokens lost, packing efficiency) and a recommendation. Exit 1 when the recipe's own length
-    does not fit."""
+    trainable tokens lost, packing efficiency) and a recommendation; with several processes, the longest
+    length that fits with each launch.sequence_parallel. Exit 1 when the recipe's own length does not fit."""
     from framework.estimation.hardware import gpu_label, resolve_gpu
     from framework.model.loading import recipe_shape
     from framework.registry import load_and_bind
@@ -45,6 +45,7 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     keeping = _recommend(rows, sweep, gib, measured)
     _warn_cut(rows, keeping, len(measured or []))
     _savers(sweep, label, gib)
+    _sequence_parallel(sweep, label, gib)
     if plot:
         _plot(plot, sweep, name, label, gib, measured)
     own = sweep.estimate()
@@ -97,6 +98,16 @@ class _Sweep:
             found.append(("all of them", loss, {k: v for saver in found for k, v in saver[2].items()}))
         return found
 
+    def splits(self) -> list[tuple[str, Any, dict]]:
+        """(override, None, settings changes) of each launch.sequence_parallel above the recipe's that its
+        processes and its model allow."""
+        from framework.estimation.sequence_parallel import group_sizes, shape_problem
+
+        recipe = self.loaded.recipe
+        return [(f"launch.sequence_parallel={n}", None, {"sequence_parallel": n})
+                for n in group_sizes(recipe.launch.num_processes) if n > recipe.launch.sequence_parallel
+                and not shape_problem(self.shape, recipe.model.attn_implementation, n)]
+
     def rows(self, gib: float, samples: Any) -> list:
         """A row per candidate length and one for the recipe's own."""
         from framework.estimation.sweep import LengthRow, data_at, lengths_for
@@ -134,8 +145,10 @@ def _print(loaded: Any, rows: list, label: str, samples: Any) -> None:
     from framework.cli.histogram import terminal
 
     recipe = loaded.recipe
+    split = recipe.launch.sequence_parallel
     table = Table(title=f"{loaded.path} on {recipe.launch.num_processes} x {label}, "
-                        f"truncation {recipe.data.truncation.name}, packing {recipe.data.packing.name}",
+                        f"truncation {recipe.data.truncation.name}, packing {recipe.data.packing.name}"
+                        + (f", sequence_parallel {split}" if split > 1 else ""),
                   caption="* the recipe's max_seq_length")
     for column in ("length", "GiB per GPU", "fits", "rows cut", "rows dropped",
                    "trainable lost", "packing eff."):
@@ -220,11 +233,41 @@ def _savers(sweep: _Sweep, label: str, gib: float) -> None:
         print_line(f"  {override}: {f'{longest:,}' if longest else 'none'}")
 
 
+def _sequence_parallel(sweep: _Sweep, label: str, gib: float) -> None:
+    """The longest max_seq_length that fits with each launch.sequence_parallel the processes allow: N
+    processes share each row, so per-token memory divides by N while model states stay as they are."""
+    from rich.table import Table
+
+    from framework.estimation.memory import longest_fitting
+    from framework.estimation.sequence_parallel import group_sizes, shape_problem
+
+    launch, attention = sweep.loaded.recipe.launch, sweep.loaded.recipe.model.attn_implementation
+    sizes = group_sizes(launch.num_processes)
+    if len(sizes) == 1:
+        return  # one process: nothing to share a row with
+    table = Table(title=f"sequence parallelism: the longest max_seq_length that fits {launch.num_processes} x "
+                        f"{label}, to a multiple of 64", caption="* the recipe's launch.sequence_parallel")
+    for column in ("sequence_parallel", "data-parallel groups", "longest max_seq_length", "tokens per GPU"):
+        table.add_column(column, justify="right")
+    refused = []
+    for n in sizes:
+        problem = shape_problem(sweep.shape, attention, n)
+        longest = 0 if problem else longest_fitting(
+            lambda length: sweep.estimate(max_seq_length=length, sequence_parallel=n), gib)
+        refused += [f"  sequence_parallel {n}: {problem}"] if problem else []
+        cells = [f"{longest:,}", f"{-(-longest // n):,}"] if longest else ["-" if problem else "none", "-"]
+        table.add_row(f"{n}" + (" *" if n == launch.sequence_parallel else ""), f"{launch.num_processes // n}",
+                      *cells, style="bold" if n == launch.sequence_parallel else None)
+    console.print(table)
+    for line in refused:
+        print_line(line)
+
+
 def _remedies(max_seq_length: int, sweep: _Sweep, gib: float) -> None:
     from framework.estimation.sweep import REMEDIES
 
     print_line(f"at max_seq_length {max_seq_length:,} it does not fit; each change alone gives:")
-    for override, loss, changes in [*sweep.savers, *((o, None, c) for o, c in REMEDIES)]:
+    for override, loss, changes in [*sweep.savers, *((o, None, c) for o, c in REMEDIES), *sweep.splits()]:
         estimate = sweep.estimate(loss, **changes)
         print_line(f"  {override}: {estimate.total_gib:.1f} GiB ({'fits' if estimate.fits(gib) else 'does not fit'})")
 

@@ -110,14 +110,17 @@ def run_size(recipe: Any, parts: Any, packing: Any, plan: Any, lengths: list[int
     """Effective batch, tokens per optimizer step, steps and warmup steps, as (name, value) rows; what
     a plugin decides (warmup, how rows fill) is what it declares."""
     train, launch = recipe.train, recipe.launch
-    batch = train.per_device_batch_size * train.gradient_accumulation_steps * launch.num_processes
+    groups = launch.num_processes // launch.sequence_parallel  # the processes of a group share its rows
+    batch = train.per_device_batch_size * train.gradient_accumulation_steps * groups
+    over = (f"{launch.num_processes} processes" if launch.sequence_parallel == 1 else
+            f"{groups} data-parallel group{'s' if groups != 1 else ''} of {launch.sequence_parallel} processes")
     warmup = declared(parts.scheduler, "warmup_steps", plan.total_steps)
     warmup_text = f"{warmup:,}" if warmup is not None else \
         f"unknown (scheduler '{recipe.scheduler.name}' declares no warmup_steps)"
     tokens = sum(lengths) * len(plan.epochs) / max(plan.total_steps, 1)
     unit = "packed rows" if getattr(packing, "packs_rows", False) else "rows"
     return [("effective batch", f"{batch:,} {unit} ({train.per_device_batch_size} x "
-                                f"{train.gradient_accumulation_steps} accumulation x {launch.num_processes} processes)"),
+                                f"{train.gradient_accumulation_steps} accumulation x {over})"),
             ("tokens per optimizer step", f"{tokens:,.0f} on average"),
             ("optimizer steps", f"{plan.total_steps:,} ({len(plan.epochs)} epoch(s))"),
             ("warmup steps", warmup_text),

@@ -7,11 +7,13 @@ attention, no dropout, and fused attention kernels. See `layer_activation_bytes`
 """
 from __future__ import annotations
 
+from framework.estimation.sequence_parallel import dense_mask
 from framework.estimation.settings import GIB, MemorySettings
 from framework.estimation.shapes import ModelShape
 
 
-def layer_activation_bytes(shape: ModelShape, act_bytes: int, residual_bytes: int, attn: str) -> int:
+def layer_activation_bytes(shape: ModelShape, act_bytes: int, residual_bytes: int, attn: str,
+                           sequence_parallel: int = 1) -> int:
     """Bytes one decoder layer keeps for its backward, per token, without the s^2 attention term.
 
     After Korthikanti et al. (2022), section 4.1, which counts, for a GPT layer in 16-bit,
@@ -40,6 +42,10 @@ def layer_activation_bytes(shape: ModelShape, act_bytes: int, residual_bytes: in
     (only fp32 when e = 4), and another a·s²·e with Gemma2's attention soft-capping; see
     `eager_score_bytes`. Flash attention and sdpa's fused kernels keep no s² tensor.
 
+    Under sequence parallelism (N processes per row) the kernel holds whole rows for H/N heads: per
+    token of the process's own 1/N of the row, the same bytes as here, except that flash and flex
+    keep K/V for max(kv_heads, N) heads (key/value heads are replicated up to N).
+
     Checked against the bytes torch's saved-tensor hooks see in one forward of transformers' Llama,
     Qwen2, Gemma2 and OLMo2 layers (CPU, fp32 and bf16): equal for eager up to each norm's per-token
     rsqrt; sdpa without a padding mask keeps K/V for the KV heads only, 2·e·(q - k) less than counted.
@@ -52,7 +58,9 @@ def layer_activation_bytes(shape: ModelShape, act_bytes: int, residual_bytes: in
     norms = {"pre": 2 * pre_norm,
              "sandwich": 2 * pre_norm + 2 * post_norm,
              "post": 2 * post_norm + (4 + n) * (q + kv) + 2 * e * h}[shape.norm_layout]
-    kv_kept = kv if attn.startswith("flash_attention") or attn == "flex_attention" else q
+    kv_kept = q  # sdpa and eager repeat K/V for every query head
+    if attn.startswith("flash_attention") or attn == "flex_attention":
+        kv_kept = max(shape.num_kv_heads, sequence_parallel) * shape.head_dim
     attention = e * (q + 2 * kv_kept + q) + (4 * shape.num_heads if attn != "eager" else 0)
     mlp = 4 * e * inter
     return norms + attention + mlp
@@ -71,7 +79,8 @@ def eager_score_bytes(shape: ModelShape, act_bytes: int) -> int:
 
 
 def activations(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
-    """Activations kept for the backward, for micro_batch × max_seq_length tokens.
+    """Activations kept for the backward, for micro_batch × max_seq_length tokens (× 1/N of each
+    row's tokens under sequence parallelism, and the whole rows' mask, see sequence_parallel.py).
 
     A packed micro-batch row is exactly max_seq_length tokens, and an unpacked one at most that, so
     micro_batch × max_seq_length is exact for packing and the worst case without it. Per token: each
@@ -85,29 +94,45 @@ def activations(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
     # the residual stream: 16-bit when DeepSpeed casts the model, else the weights' dtype (autocast
     # adds 16-bit matmul outputs to fp32 residuals in fp32)
     r = 2 if (s.zero_stage is not None and s.half) else s.weight_bytes
-    h, tokens = shape.hidden_size, s.micro_batch * s.max_seq_length
+    h, tokens = shape.hidden_size, s.micro_batch * s.tokens_per_row
     lora_layer, lora_head = s.lora.activation_bytes(shape, e) if s.lora is not None else (0, 0)
-    per_layer = layer_activation_bytes(shape, e, r, s.attn_implementation) + lora_layer
+    per_layer = layer_activation_bytes(shape, e, r, s.attn_implementation, s.sequence_parallel) + lora_layer
     head = final_norm_bytes(shape, e, r) + lora_head  # the final RMSNorm; its output is the lm_head input
-    scores = 0
-    if s.attn_implementation == "eager":
-        scores = s.micro_batch * shape.num_heads * s.max_seq_length**2 * eager_score_bytes(shape, e)
+    scores = eager_scores(shape, s)
     if s.activation_offloading:  # what is saved waits in host memory: one layer's worth is in flight
         total = tokens * (per_layer + head) + scores
         kept = shape.num_layers * (r * h if s.gradient_checkpointing else per_layer)
-        how = (f"{tokens:,} tokens × (one layer's {per_layer:,} B + {head:,} B head); {tokens * kept / GIB:.2f} GiB "
+        how = (f"{tokens_text(s)} × (one layer's {per_layer:,} B + {head:,} B head); {tokens * kept / GIB:.2f} GiB "
                "offloaded to pinned host memory per process")
     elif s.gradient_checkpointing:
         total = tokens * (shape.num_layers * r * h + per_layer + head) + scores
-        how = (f"{tokens:,} tokens × ({shape.num_layers} layer inputs × {r * h:,} B + one layer's "
+        how = (f"{tokens_text(s)} × ({shape.num_layers} layer inputs × {r * h:,} B + one layer's "
                f"{per_layer:,} B + {head:,} B head)")
     else:
         total = tokens * (shape.num_layers * per_layer + head) + shape.num_layers * scores
-        how = f"{tokens:,} tokens × ({shape.num_layers} layers × {per_layer:,} B + {head:,} B head)"
+        how = f"{tokens_text(s)} × ({shape.num_layers} layers × {per_layer:,} B + {head:,} B head)"
     if scores:
         layers = 1 if (s.gradient_checkpointing or s.activation_offloading) else shape.num_layers
         how += f" + eager attention scores {layers} × {scores / GIB:.2f} GiB"
-    return total, how
+    mask, mask_how = dense_mask(shape, s)
+    return total + mask, how + mask_how
+
+
+def tokens_text(s: MemorySettings) -> str:
+    """The tokens one GPU holds, as the estimate's details say it."""
+    tokens = s.micro_batch * s.tokens_per_row
+    if s.sequence_parallel == 1:
+        return f"{tokens:,} tokens"
+    return f"{tokens:,} tokens per GPU ({s.micro_batch} × {s.tokens_per_row:,}: 1/{s.sequence_parallel} of each row)"
+
+
+def eager_scores(shape: ModelShape, s: MemorySettings) -> int:
+    """The s² scores one eager layer keeps: per row, its heads × its length², for whole (padded) rows
+    and 1/N of the heads under sequence parallelism."""
+    if s.attn_implementation != "eager":
+        return 0
+    heads = -(-shape.num_heads // s.sequence_parallel)
+    return s.micro_batch * heads * s.padded_length**2 * eager_score_bytes(shape, s.act_bytes)
 
 
 def logits(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
@@ -124,14 +149,14 @@ def logits(shape: ModelShape, s: MemorySettings) -> tuple[int, str]:
     """
     e, h, vocab = s.act_bytes, shape.hidden_size, shape.vocab_size
     per_entry = e + (e if shape.logit_softcapping else 0) + 4 + 4
-    tokens = s.micro_batch * s.max_seq_length
+    tokens = s.micro_batch * s.tokens_per_row  # under sequence parallelism: this process's share
     softcap = f" + {e} (soft-capping)" if shape.logit_softcapping else ""
     entry = f"{vocab:,} vocab × ({e} logits{softcap} + 4 fp32 upcast + 4 its gradient) B"
     if s.loss_chunk_tokens is None:
-        return tokens * vocab * per_entry, f"{tokens:,} tokens × {entry}"
+        return tokens * vocab * per_entry, f"{tokens_text(s)} × {entry}"
     chunk = min(tokens, s.loss_chunk_tokens)
     total = chunk * vocab * per_entry + tokens * 2 * e * h
-    how = f"one chunk of {chunk:,} tokens × {entry} + {tokens:,} tokens × 2 × {e * h:,} B hidden states and gradient"
+    how = f"one chunk of {chunk:,} tokens × {entry} + {tokens_text(s)} × 2 × {e * h:,} B hidden states and gradient"
     if s.loss_holds_head_gradient and s.lora is None and s.lora_trainable_params is None:
         grad_bytes = 2 if (s.zero_stage is not None and s.half) else s.weight_bytes
         total += vocab * h * (4 + grad_bytes)

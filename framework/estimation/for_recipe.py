@@ -2,8 +2,8 @@
 
 The model's shape comes from `shapes.load_shape`; max_seq_length, batch, processes, precision, dtype,
 DeepSpeed (its config_file's stage and offloading when set and readable), gradient checkpointing,
-attention, activation offloading, LoRA from their recipe keys; the optimizer's state tensors and the
-loss's chunking from what their plugins declare.
+attention, activation offloading, LoRA, sequence parallelism from their recipe keys; the optimizer's
+state tensors and the loss's chunking from what their plugins declare.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss:
         activation_offloading=recipe.model.activation_offloading and launch.device != "cpu",
         **loss_settings(loss, shape, zero_stage),
         attn_implementation=resolve(recipe.model.attn_implementation, documents_per_row, gpu=True),
+        sequence_parallel=launch.sequence_parallel,
         lora=LoraSpec.from_recipe(recipe.lora) if recipe.lora is not None else None,
         optimizer_states=optimizer_states,
         reference_copy=getattr(objective, "reference", "none") == "live" and recipe.lora is None)

@@ -8,6 +8,7 @@ how it was computed:
 - model states (weights, gradients, optimizer states) and working buffers: `model_states.py`, after
   the ZeRO paper (Rajbhandari et al., 2020);
 - activations and the logits/loss buffers: `activations.py`, after Korthikanti et al. (2022);
+- under sequence parallelism, the all-to-all copies around each attention kernel: `sequence_parallel.py`;
 - overhead: a fixed amount (CUDA context, workspaces) plus a share of the rest (fragmentation).
 """
 from __future__ import annotations
@@ -19,12 +20,14 @@ from typing import Any
 
 from framework.estimation.activations import activations, logits
 from framework.estimation.model_states import buffers, model_states, reference_weights
+from framework.estimation.sequence_parallel import all_to_all
 from framework.estimation.settings import GIB, MemorySettings
 from framework.estimation.shapes import ModelShape
 
 PART_LABELS = {"weights": "weights", "gradients": "gradients", "optimizer_states": "optimizer states",
                "activations": "activations", "logits": "logits + loss", "buffers": "buffers",
-               "overhead": "overhead"}
+               "all_to_all": "all-to-all buffers", "overhead": "overhead"}
+SHOWN_WHEN_USED = {"all_to_all"}  # a row only for runs that have it (sequence parallelism)
 
 
 @dataclass
@@ -39,6 +42,7 @@ class MemoryEstimate:
     logits: int
     buffers: int
     overhead: int
+    all_to_all: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -62,7 +66,7 @@ class MemoryEstimate:
     def rows(self) -> list[tuple[str, str, str]]:
         """(part, size in GiB, how it was computed) for a table, ending with the total."""
         rows = [(label, f"{getattr(self, part) / GIB:.2f} GiB", self.details.get(part, ""))
-                for part, label in PART_LABELS.items()]
+                for part, label in PART_LABELS.items() if getattr(self, part) or part not in SHOWN_WHEN_USED]
         return rows + [("total", f"{self.total_gib:.2f} GiB", "per GPU")]
 
 
@@ -79,8 +83,8 @@ def estimate_memory(shape: ModelShape, settings: MemorySettings) -> MemoryEstima
         states["weights"] += copy
         details["weights"] += f" + the frozen reference model: {how}"
     parts = {**states, "buffers": buffers(shape, settings, lora_params), "activations": activations(shape, settings),
-             "logits": logits(shape, settings)}
-    for name in ("buffers", "activations", "logits"):
+             "logits": logits(shape, settings), "all_to_all": all_to_all(shape, settings)}
+    for name in ("buffers", "activations", "logits", "all_to_all"):
         parts[name], details[name] = parts[name]
     rest = sum(parts.values())
     overhead = int(settings.overhead_gib * GIB) + math.ceil(settings.overhead_fraction * rest)

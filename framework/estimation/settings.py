@@ -22,7 +22,8 @@ class MemorySettings:
     `zero_stage` None means no DeepSpeed (DDP, or a single process). `lora` (or just its parameter
     count, `lora_trainable_params`) makes it a LoRA run: only the adapters train. `optimizer_states`
     is the number of full-size state tensors per trainable parameter (AdamW 2, SGD with momentum 1).
-    Overhead is `overhead_gib` plus `overhead_fraction` of the rest.
+    Overhead is `overhead_gib` plus `overhead_fraction` of the rest. `sequence_parallel` processes share
+    each row, each holding `tokens_per_row` of its tokens.
     """
 
     micro_batch: int
@@ -38,6 +39,7 @@ class MemorySettings:
     loss_chunk_tokens: Optional[int] = None
     loss_holds_head_gradient: bool = False
     attn_implementation: str = "sdpa"
+    sequence_parallel: int = 1
     lora: Optional[LoraSpec] = None
     lora_trainable_params: Optional[int] = None
     optimizer_states: int = 2
@@ -52,7 +54,7 @@ class MemorySettings:
         for name, values in allowed.items():
             if getattr(self, name) not in values:
                 raise ValueError(f"{name} must be one of {values}, got {getattr(self, name)!r}")
-        for name in ("micro_batch", "max_seq_length", "num_gpus"):
+        for name in ("micro_batch", "max_seq_length", "num_gpus", "sequence_parallel"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -72,6 +74,16 @@ class MemorySettings:
     def act_bytes(self) -> int:
         """The dtype matmuls compute in: 16-bit under mixed precision, else the weights' own."""
         return 2 if self.half else self.weight_bytes
+
+    @property
+    def tokens_per_row(self) -> int:
+        """The tokens of each row one process holds: rows pad to a multiple of sequence_parallel."""
+        return -(-self.max_seq_length // self.sequence_parallel)
+
+    @property
+    def padded_length(self) -> int:
+        """A whole row as the attention kernel sees it under sequence parallelism (padding included)."""
+        return self.tokens_per_row * self.sequence_parallel
 
     def trainable_lora(self, shape: ModelShape) -> Optional[int]:
         """The LoRA parameter count (None for full fine-tuning)."""

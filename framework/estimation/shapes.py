@@ -25,6 +25,9 @@ TIED_BY_DEFAULT = {"gemma": True, "gemma2": True, "gemma3": True, "gemma3_text":
 # "sandwich" (Gemma 2/3): before and after each; "post" (OLMo 2): after each, plus q/k norms.
 NORM_LAYOUT = {"gemma2": "sandwich", "gemma3": "sandwich", "gemma3_text": "sandwich",
                "olmo2": "post", "olmo3": "post"}
+# Models whose layers alternate sliding-window and full attention: two masks where a kernel takes a
+# dense one (one per window), as transformers and the sequence-parallel wrapper build them.
+ALTERNATING_WINDOWS = {"gemma2", "gemma3", "gemma3_text"}
 # Models whose positions are a learned embedding table: nothing exists past its last row. Rotary
 # (Llama, Qwen2, Gemma...) models run past max_position_embeddings, on positions never trained.
 LEARNED_POSITIONS = {"gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt"}
@@ -114,6 +117,11 @@ class ModelShape:
     @property
     def norm_layout(self) -> str:
         return NORM_LAYOUT.get(self.model_type, "pre")
+
+    @property
+    def attention_masks(self) -> int:
+        """How many different masks its layers attend with (one per attention window)."""
+        return 2 if self.model_type in ALTERNATING_WINDOWS else 1
 
     @property
     def norm_in_fp32(self) -> bool:

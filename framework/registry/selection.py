@@ -14,6 +14,7 @@ from framework.config.paths import check_paths, looks_local
 from framework.config.validate import Problems
 from framework.data.sources import check_first_row, pick_loader
 from framework.errors import UserError
+from framework.estimation.sequence_parallel import check_recipe as check_sequence_parallel
 from framework.model.tokenizer import is_template_source
 from framework.registry.factories import declared
 from framework.registry.manager import Registry, build_registry
@@ -52,11 +53,13 @@ def load_and_bind(path: str | os.PathLike, overrides: list[str] | tuple[str, ...
                   ) -> tuple[LoadedRecipe, Parts]:
     """The recipe and its plugins, or a UserError with every problem found in one pass: extends,
     overrides, interpolation, schema, combinations, plugin names, options and option values, local
-    paths that do not exist, and what each local source's first row says of its columns and format.
+    paths that do not exist, a split (launch.sequence_parallel) the model, kernel or length cannot take,
+    and what each local source's first row says of its columns and format.
     Checks that depend on a wrong key are skipped."""
     loaded, problems = read_recipe(path, overrides)
     parts = _bind(loaded, problems)
     check_paths(loaded.recipe, problems)
+    check_sequence_parallel(loaded.recipe, problems)  # here, so that train refuses before it launches
     if parts is not None:
         _check_first_rows(loaded, parts, problems)
     if problems.lines:

@@ -60,6 +60,7 @@ def test_the_flops_shape_reads_the_models_attention_width():
 def test_a_micro_batch_counts_attention_by_document_packed_or_padded(tiny_tokenizer):
     from types import SimpleNamespace
 
+    from framework.training.sequence_parallel import Groups
     from framework.training.steps import collate
     from plugins.objectives import SFT
     from plugins.packing import BestFitDecreasing, PadToLongest
@@ -71,7 +72,7 @@ def test_a_micro_batch_counts_attention_by_document_packed_or_padded(tiny_tokeni
     for packing, rows, padding_free in ((BestFitDecreasing(), [[0, 1, 2]], True),
                                         (PadToLongest(None), [[0], [1], [2]], False)):
         prep = SimpleNamespace(tokenizer=tiny_tokenizer, data=take, packing=packing, padding_free=padding_free,
-                               objective=SFT(), token_capacity=512)
+                               objective=SFT(), token_capacity=512, groups=Groups())
         batch = collate(prep, rows, "cpu")
         assert batch.attention_pairs == want  # not (sum of lengths)^2, nor padded length^2
         assert batch.tokens == sum(len(s.input_ids) for s in samples)
