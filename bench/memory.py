@@ -25,9 +25,10 @@ within 15% of the measured peak in every row; the chunked step at most 10% slowe
 unchunked. A row whose plan exceeds this machine's free memory is not run, and says so.
 
 `--sequence-parallel N` measures the chunked step split over N processes (torchrun, gloo: each holds 1/N of
-the row, all-to-alls around eager attention) against the same step in one process: each process's peak
-against the planner's (target: within 15%), and the per-token part (the peak less the same run's peak at
-64 tokens) against one process's (target: 1/N of it, plus the all-to-all copies).
+the row, all-to-alls around the attention kernel) against the same step in one process; `--model llama`
+(the synthetic model's sizes, Llama-shaped, sdpa) shows the split without Gemma-2 eager's dense masks: each process's peak
+against the planner's (target: within 15%), and what each token of the row costs a process (the peak's
+growth from half the length) against one process's (target: 1/N of it, plus the all-to-all copies).
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def config(args: argparse.Namespace) -> dict:
     if args.model == "smollm2":
         return json.loads((smollm2_folder() / "config.json").read_text())
     hidden, layers = args.hidden, args.layers
+    if args.model == "llama":  # the same sizes, Llama-shaped: sdpa's kernel (no dense mask) for one document a row
+        return {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": hidden, "intermediate_size": 4 * hidden,
+                "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 65536, "tie_word_embeddings": True}
     return {"model_type": "gemma2", "vocab_size": VOCAB, "hidden_size": hidden, "intermediate_size": 4 * hidden,
             "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
             "head_dim": hidden // 4, "query_pre_attn_scalar": hidden // 4, "max_position_embeddings": 8192,
@@ -67,7 +72,7 @@ def smollm2_folder() -> Path:
 
 
 def attention(args: argparse.Namespace) -> str:
-    return "sdpa" if args.model == "smollm2" else "eager"
+    return "eager" if args.model == "gemma2" else "sdpa"
 
 
 def status(key: str) -> int:
@@ -90,7 +95,7 @@ def one_step(args: argparse.Namespace) -> None:
                                                      dtype=torch.float32).train()
         Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here: loading's copies are gone
     else:
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config(args)), attn_implementation="eager",
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config(args)), attn_implementation=attention(args),
                                                  dtype=torch.float32).train()
     vocab = model.config.vocab_size
     if checkpointing:
@@ -98,7 +103,7 @@ def one_step(args: argparse.Namespace) -> None:
     ids = torch.randint(0, vocab, (1, args.length))
     batch = {"input_ids": ids, "labels": ids.clone()}
     if args.split > 1:
-        batch = split_batch(model, batch, args.split)
+        batch = split_batch(model, batch, args.split, attention(args))
     loss = getattr(losses, loss_name)() if loss_name else None
 
     def step() -> None:
@@ -127,7 +132,7 @@ def one_step(args: argparse.Namespace) -> None:
     print(json.dumps(found))
 
 
-def split_batch(model, batch: dict, n: int) -> dict:
+def split_batch(model, batch: dict, n: int, kernel: str) -> dict:
     """This process's part of the row, as the engine splits it (framework.training.sequence_parallel)."""
     import torch.distributed as dist
 
@@ -140,7 +145,7 @@ def split_batch(model, batch: dict, n: int) -> dict:
     split_attention(model, n)
     part = split(batch, groups, pad_token_id=0)
     part["trained_positions"] = trained_positions(part["shift_labels"], shifted=True)
-    return attach(part, groups, "eager")
+    return attach(part, groups, kernel)
 
 
 def planned(variant: str, length: int, args: argparse.Namespace, split: int = 1) -> tuple[int, int]:
@@ -191,29 +196,31 @@ def free_port() -> int:
 
 
 def sequence_parallel_rows(args: argparse.Namespace) -> None:
-    """One process against N sharing the row: peaks, plans, and the per-token part of each."""
+    """One process against N sharing the row: peaks, plans, and what each token of the row costs (the
+    peak's growth from half the length to the length: above a few hundred tokens the loss's chunk and
+    everything else fixed are the same in both)."""
     gib, n, variant = 2**30, args.sequence_parallel, "chunked"
     print("| max_seq_length | processes sharing the row | measured peak GiB (per process) | planned GiB "
-          "| planned / measured | per-token part GiB | per-token part / one process's |")
+          "| planned / measured | KiB per token of the row | per token / one process's |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for length in args.lengths:
         alone = None
         for split in (1, n):
-            got, small = measure(variant, length, args, split), measure(variant, 64, args, split)
+            got, half = measure(variant, length, args, split), measure(variant, length // 2, args, split)
             total, _ = planned(variant, length, args, split)
-            if got is None:
+            if got is None or half is None:
                 print(f"| {length:,} | {split} | not run: planned {total / gib:.2f} GiB per process | {total / gib:.2f} | | | |")
                 continue
-            part = got["peak"] - small["peak"]
-            alone = part if split == 1 else alone
-            ratio = f"{part / alone:.2f}" if alone and split > 1 else ""
+            per_token = (got["peak"] - half["peak"]) / (length - length // 2)
+            alone = per_token if split == 1 else alone
+            ratio = f"{per_token / alone:.2f}" if alone and split > 1 else ""
             print(f"| {length:,} | {split} | {got['peak'] / gib:.3f} | {total / gib:.3f} | {total / got['peak']:.2f} "
-                  f"| {part / gib:.3f} | {ratio} |", flush=True)
+                  f"| {per_token / 1024:.1f} | {ratio} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("gemma2", "smollm2"), default="gemma2")
+    parser.add_argument("--model", choices=("gemma2", "llama", "smollm2"), default="gemma2")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)

@@ -97,7 +97,10 @@ def _block_mask(document: Any, window: Optional[int]) -> Any:
         return keep & (q - k < window) if window is not None else keep
 
     rows, length = document.shape
-    return create_block_mask(allowed, rows, None, length, length, device=document.device)
+    # compiled (as transformers builds its own), the mask is made block by block; uncompiled, torch first
+    # materialises every rows x length x length entry. The CPU (tests) takes the uncompiled path.
+    return create_block_mask(allowed, rows, None, length, length, device=document.device,
+                             _compile=document.device.type == "cuda")
 
 
 def sequence_sum(values: Any, batch: dict) -> Any:
@@ -143,8 +146,8 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     if kv_heads % n:  # fewer key/value heads than processes: each is replicated for the ranks that share it
         key, value = key.repeat_interleave(n // kv_heads, dim=1), value.repeat_interleave(n // kv_heads, dim=1)
     query, key, value = (_to_heads(x, shards) for x in (query, key, value))
-    grouped = _Grouped(module, query.size(1) // key.size(1))
     kernel, kind = _kernel(module, shards.kernel)
+    grouped = _Grouped(module, query.size(1) // key.size(1), kind)
     kwargs.pop("position_ids", None)  # the rank's own: the kernel sees whole rows
     if kind.startswith("flash_attention"):
         out = _flash(kernel, grouped, query, key, value, shards, kwargs)
@@ -214,14 +217,26 @@ def _collectives() -> tuple[Any, Any]:
 
 
 class _Grouped:
-    """The attention module as the kernel sees it, with the query heads per key/value head of this
-    rank's share (replicated key/value heads change it); everything else is the module's."""
+    """The attention module as the kernel sees it: the query heads per key/value head of this rank's share
+    (replicated key/value heads change it), and a config naming the kernel itself (flash-attention's
+    wrapper picks its functions by that name); everything else is the module's."""
 
-    def __init__(self, module: Any, groups: int):
+    def __init__(self, module: Any, groups: int, kernel: str):
         self._module, self.num_key_value_groups = module, groups
+        self.config = _Named(module.config, kernel)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._module, name)
+
+
+class _Named:
+    """A config whose attention implementation is the kernel's own name, not the wrapper's."""
+
+    def __init__(self, config: Any, kernel: str):
+        self._config, self._attn_implementation = config, kernel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._config, name)
 
 
 def _kernel(module: Any, name: str) -> tuple[Callable, str]:

@@ -72,12 +72,14 @@ def split(tensors: dict[str, Any], groups: Groups, pad_token_id: int, label_keys
         shifted[:, :width - 1] = tensors[key][:, 1:]
         out[f"shift_{key}"] = shifted[:, part].contiguous()
     del out["labels"]  # a loss that shifts labels itself would shift them twice: it finds none
-    out.update(_layout(positions))
+    out.update(_layout(positions, width))
     return out
 
 
-def _layout(positions: Any) -> dict[str, Any]:
-    """The whole rows' positions, and every document's boundaries with all rows end to end (flash)."""
+def _layout(positions: Any, width: int) -> dict[str, Any]:
+    """The whole rows' positions, and every document's boundaries with all rows end to end (flash).
+    Rows that are one document each but for the padding to a multiple of N keep sdpa's mask-free causal
+    kernel: that padding comes after every real token, so what it attends to changes nothing trained."""
     import torch
 
     flat = positions.reshape(-1)
@@ -85,7 +87,7 @@ def _layout(positions: Any) -> dict[str, Any]:
     cu_seq_lens = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)
     return {"whole_positions": positions, "whole_cu_seq_lens": cu_seq_lens,
             "whole_max_length": int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max()),
-            "whole_one_document_per_row": len(starts) == positions.size(0)}
+            "whole_one_document_per_row": int((positions[:, :width] == 0).sum()) == positions.size(0)}
 
 
 def attach(on_device: dict[str, Any], groups: Groups, kernel: str) -> dict[str, Any]:

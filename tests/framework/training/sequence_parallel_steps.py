@@ -114,8 +114,37 @@ def gradients(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
+def varlen_flash(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+                 softcap=None, cu_seq_lens_q=None, max_length_q=None, **kwargs):
+    """What flash-attention's variable-length kernel computes (causal attention inside each document of one
+    row of documents end to end), in sdpa, standing in for flash_attention_2 on the CPU: the wrapper's
+    flattening, the whole rows' boundaries and the kernel's own name reach it as they would flash's."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    assert module.config._attn_implementation == "flash_attention_2" and query.size(0) == 1
+    assert attention_mask is None and sliding_window is None and cu_seq_lens_q is not None and max_length_q
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    out = torch.empty_like(query)
+    bounds = cu_seq_lens_q.tolist()
+    for start, stop in zip(bounds, bounds[1:]):
+        out[:, :, start:stop] = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:stop], key[:, :, start:stop], value[:, :, start:stop], is_causal=True, scale=scaling)
+    return out.transpose(1, 2), None
+
+
 def case(kind: str, attention: str, layout: str, objective: str, loss_name: str, groups: Groups,
          no_factor: bool = False) -> dict:
+    if attention == "flash_attention_2":  # the split model's kernel; the unsplit one runs sdpa
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        with patch.dict(ALL_ATTENTION_FUNCTIONS._global_mapping, {"flash_attention_2": varlen_flash}):
+            return {**exact_case(kind, "sdpa", layout, objective, loss_name, groups, no_factor, "flash_attention_2"),
+                    "attention": attention}
+    return exact_case(kind, attention, layout, objective, loss_name, groups, no_factor)
+
+
+def exact_case(kind: str, attention: str, layout: str, objective: str, loss_name: str, groups: Groups,
+               no_factor: bool = False, split_kernel: str | None = None) -> dict:
     if attention == "flex_attention":  # no backward on the CPU: the loss without gradients (evaluation)
         return evaluation_case(kind, attention, layout, objective, loss_name, groups)
     n = groups.size
@@ -125,7 +154,7 @@ def case(kind: str, attention: str, layout: str, objective: str, loss_name: str,
     for reduction in ("token_mean", "mean", "sum"):
         results = []
         for model, gs in ((whole_model, Groups()), (split_model, groups)):
-            prep = prep_for(objective, layout, attention, gs, rows)
+            prep = prep_for(objective, layout, split_kernel if gs.size > 1 and split_kernel else attention, gs, rows)
             batch = steps.collate(prep, [list(range(len(row))) for row in rows], "cpu")
             add_reference(batch, rows, objective)
             loss_sum, _ = prep.objective.loss(model, batch.tensors, token_loss)

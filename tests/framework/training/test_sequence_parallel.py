@@ -24,9 +24,12 @@ EVERY_CASE = [[model, "sdpa", layout, objective, "chunked"] for model in LLAMAS
              [["gemma2", "eager", layout, objective, "chunked"] for layout in ("none", "bfd", "padding_free")
               for objective in ("sft", "dpo")] + \
              [["llama", "sdpa", "bfd", "sft", "cross_entropy"], ["llama", "eager", "padding_free", "sft", "cross_entropy"],
-              ["llama", "flex_attention", "bfd", "sft", "chunked"], ["gemma2", "flex_attention", "padding_free", "dpo", "chunked"]]
+              ["llama", "flex_attention", "bfd", "sft", "chunked"], ["gemma2", "flex_attention", "padding_free", "dpo", "chunked"]] + \
+             [["llama", "flash_attention_2", "padding_free", "sft", "chunked"], ["llama", "flash_attention_2", "none", "sft", "chunked"],
+              ["llama_one_kv", "flash_attention_2", "bfd", "dpo", "chunked"]]  # flash's varlen kernel, emulated in sdpa
 FOUR_PROCESSES = [["llama_one_kv", "sdpa", "bfd", "dpo", "chunked"], ["llama", "sdpa", "padding_free", "sft", "chunked"],
-                  ["gemma2", "eager", "bfd", "sft", "chunked"], ["gemma2", "eager", "none", "dpo", "chunked"]]
+                  ["gemma2", "eager", "bfd", "sft", "chunked"], ["gemma2", "eager", "none", "dpo", "chunked"],
+                  ["llama", "flash_attention_2", "bfd", "sft", "chunked"]]
 # float64 models; gemma2 computes its norms in fp32 (its norm weights' gradients then differ at fp32 rounding)
 TOLERANCE = 1e-5
 
@@ -46,7 +49,8 @@ def split_steps(processes: int, cases: list) -> list[dict]:
 
 @pytest.mark.slow
 def test_a_step_split_over_two_processes_equals_the_unsplit_step_in_every_combination():
-    """Llama with grouped and with single kv-heads (sdpa, eager, flex), Gemma-2 (eager: soft-capped scores,
+    """Llama with grouped and with single kv-heads (sdpa, eager, flex, flash-attention's varlen kernel emulated
+    in sdpa: rows flattened into one, the whole rows' document boundaries), Gemma-2 (eager: soft-capped scores,
     a sliding window of 7 tokens, soft-capped logits); rows padded, packed (bfd) and padding-free; SFT and DPO;
     token_mean, mean and sum: loss and every gradient within 1e-5 (float64: most within 1e-15)."""
     for result in split_steps(2, EVERY_CASE):
@@ -105,6 +109,8 @@ def test_split_takes_positions_from_the_whole_row_and_the_padding_is_a_document_
     assert parts[0]["whole_positions"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 0]]
     assert parts[0]["whole_cu_seq_lens"].tolist() == [0, 4, 11, 12] and parts[0]["whole_max_length"] == 7
     assert not parts[0]["whole_one_document_per_row"]
+    one = split(collated(), Groups(2, 0, 0, 1), pad_token_id=0)  # 11 tokens padded to 12: still one document
+    assert one["whole_one_document_per_row"] and one["whole_cu_seq_lens"].tolist() == [0, 11, 12]
 
 
 def test_the_checks_name_both_numbers():
