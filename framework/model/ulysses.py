@@ -145,7 +145,7 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     n, kv_heads = shards.size, key.size(1)
     if kv_heads % n:  # fewer key/value heads than processes: each is replicated for the ranks that share it
         key, value = key.repeat_interleave(n // kv_heads, dim=1), value.repeat_interleave(n // kv_heads, dim=1)
-    query, key, value = (_to_heads(x, shards) for x in (query, key, value))
+    query, key, value = (_swap(x, shards) for x in (query, key, value))  # (rows, heads/N, tokens, d)
     kernel, kind = _kernel(module, shards.kernel)
     grouped = _Grouped(module, query.size(1) // key.size(1), kind)
     kwargs.pop("position_ids", None)  # the rank's own: the kernel sees whole rows
@@ -154,26 +154,18 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     else:
         mask = shards.mask(kind, kwargs.get("sliding_window"), query.dtype)
         out, _ = kernel(grouped, query, key, value, mask, **kwargs)
-    return _to_tokens(out, shards), None
+    return _swap(out, shards), None  # the kernel's (rows, tokens, heads/N, d) -> (rows, tokens/N, heads, d)
 
 
-def _to_heads(x: Any, shards: Shards) -> Any:
-    """(rows, heads, tokens/N, d) -> (rows, heads/N, tokens, d): rank j receives the j-th N-th of the
-    heads from every rank, each its own part of the tokens, in rank order."""
-    rows, heads, tokens, dim = x.shape
+def _swap(x: Any, shards: Shards) -> Any:
+    """(rows, A, B, d) -> (rows, A/N, N x B, d): rank j receives the j-th N-th of dimension 1 from every
+    rank and stacks them along dimension 2 in rank order. Before the kernel A is the heads and B this
+    rank's tokens; after it, A is the whole row's tokens and B this rank's heads: the same exchange."""
+    rows, a, b, dim = x.shape
     n = shards.size
-    send = x.reshape(rows, n, heads // n, tokens, dim).transpose(0, 1).contiguous()
-    received = _exchange(send, shards.group)  # (source rank = its part of the tokens, rows, heads/N, tokens/N, d)
-    return received.permute(1, 2, 0, 3, 4).reshape(rows, heads // n, n * tokens, dim)
-
-
-def _to_tokens(x: Any, shards: Shards) -> Any:
-    """The kernel's (rows, tokens, heads/N, d) -> (rows, tokens/N, heads, d), the inverse exchange."""
-    rows, tokens, heads, dim = x.shape
-    n = shards.size
-    send = x.reshape(rows, n, tokens // n, heads, dim).transpose(0, 1).contiguous()
-    received = _exchange(send, shards.group)  # (source rank = its part of the heads, rows, tokens/N, heads/N, d)
-    return received.permute(1, 2, 0, 3, 4).reshape(rows, tokens // n, n * heads, dim)
+    send = x.reshape(rows, n, a // n, b, dim).transpose(0, 1).contiguous()
+    received = _exchange(send, shards.group)  # (source rank, rows, A/N, B, d)
+    return received.permute(1, 2, 0, 3, 4).reshape(rows, a // n, n * b, dim)
 
 
 def _exchange(send: Any, group: Any) -> Any:
