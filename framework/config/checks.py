@@ -31,6 +31,9 @@ def _model(recipe: Recipe) -> Iterator[Problem]:
         yield "model", "set exactly one of model.name_or_path (load weights) or model.config (random init)"
     if model.config is not None and "model_type" not in model.config:
         yield "model.config", "needs a model_type (e.g. llama, qwen2, gemma2)"
+    if model.quantization is not None and recipe.lora is None:
+        yield ("model.quantization", "a 4-bit base is frozen and trains only through LoRA adapters (QLoRA): add a "
+               "lora section (lora: {r: 16}), or remove model.quantization")
     if recipe.tokenizer.name_or_path is None and model.name_or_path is None:
         yield "tokenizer.name_or_path", "missing: a model built from model.config has no tokenizer of its own"
 

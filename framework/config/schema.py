@@ -38,6 +38,14 @@ class Component:
 
 
 @dataclass
+class QuantizationConfig:
+    method: Literal["nf4", "fp4"] = opt("nf4", "4-bit data type of the base's linear weights: NF4 (QLoRA's) or FP4.")
+    double_quant: bool = opt(True, "Quantize the quantization constants too (QLoRA's double quantization).")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = opt(
+        "bfloat16", "dtype each 4-bit weight is dequantized to for its matmul, and of a merged model.")
+
+
+@dataclass
 class ModelConfig:
     name_or_path: Optional[str] = opt(None, "Hub id or local directory of a pretrained model.")
     config: Optional[dict] = opt(
@@ -55,6 +63,9 @@ class ModelConfig:
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
     activation_offloading: bool = opt(False, "Keep what the forward saves for the backward in pinned CPU memory, "
                                       "not on the GPU (with gradient_checkpointing: the layer inputs). GPU only.")
+    quantization: Optional[QuantizationConfig] = opt(
+        None, "Load the base's linear layers in 4 bits (QLoRA: bitsandbytes, `pip install 'seqtune[qlora]'`); "
+        "the base is frozen, so it needs a lora section.")
 
 
 @dataclass
