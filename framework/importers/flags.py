@@ -191,8 +191,7 @@ COMMON: dict[str, Handler] = {
     "resume_from_checkpoint": to("checkpoint.resume"), "logging_steps": number("logging.every_steps"),
     "with_tracking": keep, "report_to": keep, "wandb_project_name": keep, "wandb_entity": keep,
     "use_lora": keep, "lora_rank": keep, "lora_alpha": keep, "lora_dropout": keep,
-    "use_qlora": unsupported("4-bit QLoRA is not supported; --use_lora trains a LoRA adapter on full-precision "
-                             "weights"),
+    "use_qlora": keep,
     "use_8bit_optimizer": unsupported("bitsandbytes optimizers are not built in; use a plugin optimizer"),
     "use_liger_kernel": unsupported("the chunked loss (the default train.loss) gives the same memory saving exactly"),
     "low_cpu_mem_usage": unsupported("transformers 5 always loads weights without a first random copy"),

@@ -136,14 +136,18 @@ def _loggers(draft: Draft) -> None:
 
 
 def _lora(draft: Draft) -> None:
-    use = _raw(draft, "use_lora")
-    if use is None or not as_bool(use, "--use_lora"):
+    use, qlora = _raw(draft, "use_lora"), _raw(draft, "use_qlora")
+    qlora = qlora is not None and as_bool(qlora, "--use_qlora")
+    if not qlora and (use is None or not as_bool(use, "--use_lora")):  # a 4-bit base trains only through LoRA
         return
     lora = {"r": int(as_number(_raw(draft, "lora_rank", ["64"])[0], "--lora_rank")),
             "alpha": float(as_number(_raw(draft, "lora_alpha", ["16"])[0], "--lora_alpha")),
             "dropout": float(as_number(_raw(draft, "lora_dropout", ["0.1"])[0], "--lora_dropout"))}
     draft.set("lora", lora, "--use_lora --lora_rank --lora_alpha --lora_dropout (open-instruct's defaults where "
                             "not given; all linear layers)")
+    if qlora:  # finetune.py's BitsAndBytesConfig, as it writes it
+        draft.set("model.quantization", {"method": "nf4", "double_quant": True, "compute_dtype": "bfloat16"},
+                  "--use_qlora (open-instruct's 4-bit base: NF4, double quantization, bf16 compute)")
 
 
 def _launch(draft: Draft, command: Command) -> None:

@@ -136,8 +136,10 @@ def test_what_each_real_command_covers_is_carried_over(tmp_path):
     assert (lora.lora.r, lora.lora.alpha, lora.launch.deepspeed.zero_stage) == (64, 16.0, 3)
     assert [c.name for c in lora.logging.loggers] == ["rich", "jsonl", "tensorboard"]
     assert lora.data.mixture[0].source == "oasst1_data.jsonl"  # --train_file: every row of one file
-    _, warnings, _ = imported_fixture("llama2-70b-qlora", tmp_path)
-    assert any(w.startswith("--use_qlora: not carried over") for w in warnings)
+    qlora, warnings, _ = imported_fixture("llama2-70b-qlora", tmp_path)
+    assert qlora.lora.r == 64 and qlora.model.quantization.method == "nf4"
+    assert (qlora.model.quantization.double_quant, qlora.model.quantization.compute_dtype) == (True, "bfloat16")
+    assert not any("--use_qlora" in w for w in warnings)
     dpo, _, _ = imported_fixture("tulu3-llama31-70b-dpo-offload", tmp_path)
     assert dpo.objective.name == "dpo" and dpo.launch.deepspeed.offload_optimizer
     machines, _, _ = imported_fixture("tulu3-llama31-70b-sft", tmp_path)
