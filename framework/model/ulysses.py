@@ -97,10 +97,17 @@ def _block_mask(document: Any, window: Optional[int]) -> Any:
         return keep & (q - k < window) if window is not None else keep
 
     rows, length = document.shape
-    # compiled (as transformers builds its own), the mask is made block by block; uncompiled, torch first
-    # materialises every rows x length x length entry. The CPU (tests) takes the uncompiled path.
-    return create_block_mask(allowed, rows, None, length, length, device=document.device,
-                             _compile=document.device.type == "cuda")
+    # compiled, the mask is made block by block; uncompiled, torch first materialises every
+    # rows x length x length entry. The CPU (tests) takes the uncompiled path.
+    build = _compiled(create_block_mask) if document.device.type == "cuda" else create_block_mask
+    return build(allowed, rows, None, length, length, device=document.device)
+
+
+@cache
+def _compiled(function: Callable) -> Callable:
+    import torch
+
+    return torch.compile(function)
 
 
 def sequence_sum(values: Any, batch: dict) -> Any:
