@@ -31,11 +31,34 @@ def _model(recipe: Recipe) -> Iterator[Problem]:
         yield "model", "set exactly one of model.name_or_path (load weights) or model.config (random init)"
     if model.config is not None and "model_type" not in model.config:
         yield "model.config", "needs a model_type (e.g. llama, qwen2, gemma2)"
-    if model.quantization is not None and recipe.lora is None:
-        yield ("model.quantization", "a 4-bit base is frozen and trains only through LoRA adapters (QLoRA): add a "
-               "lora section (lora: {r: 16}), or remove model.quantization")
+    if model.quantization is not None:
+        yield from _quantization(recipe)
     if recipe.tokenizer.name_or_path is None and model.name_or_path is None:
         yield "tokenizer.name_or_path", "missing: a model built from model.config has no tokenizer of its own"
+
+
+def _quantization(recipe: Recipe) -> Iterator[Problem]:
+    """What a 4-bit base (QLoRA) needs: LoRA adapters to train, bitsandbytes, and full-precision weights
+    (read from the model's config.json where it is at hand: a local folder, the hub cache, model.config)."""
+    from framework.model.quantization import installed, prequantized, prequantized_problem
+
+    if recipe.lora is None:
+        yield ("model.quantization", "a 4-bit base is frozen and trains only through LoRA adapters (QLoRA): add a "
+               "lora section (lora: {r: 16}), or remove model.quantization")
+    if not installed():
+        yield "model.quantization", "needs the bitsandbytes package: pip install 'seqtune[qlora]'"
+    if recipe.model.name_or_path is None:
+        return
+    from framework.errors import UserError
+    from framework.estimation.shapes import model_config
+
+    try:
+        config, _ = model_config(recipe.model)
+    except UserError:
+        return  # not at hand here (not downloaded yet): training checks the config it loads
+    method = prequantized(config)
+    if method is not None:
+        yield "model.name_or_path", prequantized_problem(recipe.model.name_or_path, method)
 
 
 def _kernel(recipe: Recipe) -> Iterator[Problem]:

@@ -12,9 +12,10 @@ from framework.model.ulysses import split_attention
 
 def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None, attention: str | None = None) -> Any:
     """Pretrained weights from name_or_path (or from a checkpoint being resumed), or a random init
-    from model.config; `attention`: the kernel to use (default: the recipe's, `auto` as for unpacked rows)."""
+    from model.config; `attention`: the kernel to use (default: the recipe's, `auto` as for unpacked rows).
+    With model.quantization, the base's linear layers in 4 bits (framework.model.quantization)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     cfg = recipe.model
     dtype = getattr(torch, cfg.dtype)
@@ -23,12 +24,14 @@ def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None, 
     if checkpoint is not None:
         model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=cfg.trust_remote_code,
                                                      **common)
+    elif cfg.quantization is not None:
+        from framework.model.quantization import load_quantized
+
+        plain = (lambda: random_init(recipe, tokenizer, dtype)) if cfg.config is not None else None
+        model = load_quantized(recipe, plain, common)
     elif cfg.config is not None:
-        options = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-                   "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
-                   **cfg.config}
-        config = AutoConfig.for_model(**options)
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code, **common)
+        model = AutoModelForCausalLM.from_config(_config(recipe, tokenizer), trust_remote_code=cfg.trust_remote_code,
+                                                 **common)
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -45,6 +48,26 @@ def build_model(recipe: Recipe, tokenizer: Any, checkpoint: Path | None = None, 
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.config.use_cache = False  # a KV cache in training lets packed rows attend across rows
     return model
+
+
+def _config(recipe: Recipe, tokenizer: Any) -> Any:
+    """model.config as a transformers config; vocab_size and special token ids default to the tokenizer's."""
+    from transformers import AutoConfig
+
+    options = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+               **recipe.model.config}
+    return AutoConfig.for_model(**options)
+
+
+def random_init(recipe: Recipe, tokenizer: Any, dtype: Any) -> Any:
+    """The model.config model as from_config initialises it in float32 (the same weights for the same seed),
+    built by its class directly: under ZeRO-3, from_config would build it partitioned inside
+    deepspeed.zero.Init, and a base to quantize must be whole."""
+    from transformers import AutoModelForCausalLM
+
+    config = _config(recipe, tokenizer)
+    return AutoModelForCausalLM._model_mapping[type(config)](config).to(dtype)
 
 
 def param_groups(model: Any) -> list[dict]:

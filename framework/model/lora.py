@@ -22,7 +22,7 @@ def apply_lora(model: Any, cfg: Any) -> Any:
     the adapter weights. `cfg` is the recipe's `lora:` section (r, alpha, dropout, target_modules).
     """
     try:
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, TaskType
     except ImportError:
         raise UserError(MISSING_PEFT) from None
 
@@ -30,15 +30,21 @@ def apply_lora(model: Any, cfg: Any) -> Any:
     try:
         config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha,
                             lora_dropout=cfg.dropout, target_modules=targets)
-        with warnings.catch_warnings():
-            # peft probes the deprecated is_gradient_checkpointing; the warning is not the user's to fix
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            peft_model = get_peft_model(model, config)
+        peft_model = _wrapped(model, config)
     except ValueError as exc:  # peft's checks of r, dropout and the targets: one line for the user
         raise UserError(_peft_problem(exc, model)) from None
     _inputs_require_grad(peft_model.get_base_model())
     _absolute_base(peft_model)
     return peft_model
+
+
+def _wrapped(model: Any, config: Any) -> Any:
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        # peft probes the deprecated is_gradient_checkpointing; the warning is not the user's to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def _absolute_base(model: Any) -> None:
@@ -117,9 +123,11 @@ def _is_checkpointing(model: Any) -> bool:
 
 def trainable_summary(model: Any) -> dict:
     """Trainable and total parameter counts, and the trainable share (for the log and run info)."""
+    from framework.model.quantization import parameter_count
+
     trainable = total = 0
     for param in model.parameters():
-        count = getattr(param, "ds_numel", param.numel())  # ZeRO-3 leaves a partition (often empty) here
+        count = parameter_count(param)  # whole under ZeRO-3; a packed 4-bit weight counts its weights
         total += count
         trainable += count if param.requires_grad else 0
     return {"trainable": trainable, "total": total, "trainable_fraction": trainable / total if total else 0.0}
@@ -149,16 +157,22 @@ def save_merged(model: Any, tokenizer: Any, folder: Path, state_dict: dict | Non
 
 def merged_model(model: Any, state_dict: dict) -> Any:
     """The base model with the adapter folded in, on the host, built from `state_dict`: the same model
-    and adapter made on the meta device, given copies of the weights, then merged by peft."""
+    and adapter made on the meta device, given copies of the weights, then merged by peft. A 4-bit base
+    (QLoRA) is merged dequantized, into a full-precision model in model.quantization.compute_dtype."""
     import torch
-    from peft import get_peft_model
 
     base = model.get_base_model()
+    config = copy.deepcopy(base.config)
+    if getattr(base, "is_loaded_in_4bit", False):
+        from framework.model.quantization import dequantized, unquantized_config
+
+        dtype = base.config.quantization_config.bnb_4bit_compute_dtype
+        config, state_dict = unquantized_config(config, dtype), dequantized(model, state_dict, dtype)
     # The class itself, not from_config: under ZeRO-3 that would partition the new model across ranks
     # (a collective only the main process, which alone saves, would enter).
     with torch.device("meta"):
-        skeleton = type(base)(copy.deepcopy(base.config))
-        adapted = get_peft_model(skeleton, copy.deepcopy(model.peft_config[model.active_adapter]))
+        skeleton = type(base)(config)
+        adapted = _wrapped(skeleton, copy.deepcopy(model.peft_config[model.active_adapter]))
     live = {tensor.data_ptr() for tensor in model.state_dict().values()}  # the run's own: never merged into
     host = {key: value.detach().to("cpu", copy=value.data_ptr() in live) for key, value in state_dict.items()}
     adapted.load_state_dict(host, strict=False, assign=True)

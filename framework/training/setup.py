@@ -19,6 +19,7 @@ from framework.model.attention import dense_mask_warning, on_gpu, resolve, separ
 from framework.model.loading import build_model, check_positions, param_groups
 from framework.model.lora import apply_lora, load_lora_weights, trainable_summary
 from framework.model.offload import Offloader, offloading
+from framework.model.quantization import parameter_count
 from framework.model.tokenizer import load_tokenizer
 from framework.registry import Parts, bind_parts
 from framework.training.checkpoints import TrainerState, find_resume
@@ -270,7 +271,7 @@ def fingerprint(identity: dict[str, str], plan: BatchPlan) -> str:
 def run_info(run: Run) -> RunInfo:
     """What the lifecycle hooks learn about the run at its start."""
     prep, recipe = run.prep, run.loaded.recipe
-    parameters = sum(getattr(p, "ds_numel", p.numel()) for p in run.model.parameters())  # ZeRO-3's are partitions
+    parameters = sum(parameter_count(p) for p in run.model.parameters())  # ZeRO-3's partitions, 4-bit weights whole
     return RunInfo(run_name=recipe.run_name, output_dir=recipe.output_dir, recipe=run.loaded.data,
                    total_steps=prep.plan.total_steps, steps_per_epoch=prep.plan.steps_per_epoch[0],
                    num_rows=len(prep.data.dataset), num_parameters=parameters, start_step=run.state.step,
