@@ -1,6 +1,7 @@
 """SmolLM2-135M-Instruct fine-tuned by seqtune and by TRL's SFTTrainer, side by side, on the CPU.
 
     python bench/real_model.py [--steps 15] [--repeats 2] [--modes padded packed] [--rows 600]
+    python bench/real_model.py --adapters [--steps 15] [--repeats 2]
 
 One invocation runs both tools on the same model folder (scripts/prepare_smollm2.py), the same rows
 (single-turn quickstart tasks: a user question and the assistant's answer, the answer trained), the
@@ -19,6 +20,10 @@ Equal work, with two differences each tool chose: TRL packs a micro-batch's sequ
 padding-free row (a 1,024-token row whose attention mask is block-diagonal), seqtune keeps its 8
 rows of 128; and TRL computes two metrics every step (entropy, token accuracy). Data order differs
 (each tool shuffles with its own generator), so losses agree only roughly.
+
+`--adapters` runs seqtune alone: recipes/smollm2/lora.yaml against recipes/smollm2/qlora.yaml (the same
+rank-16 adapters on the base loaded in 4 bits), packed, same rows and steps. Target: QLoRA's seconds per
+step at most 1.3x LoRA's.
 """
 from __future__ import annotations
 
@@ -49,14 +54,14 @@ def write_rows(path: Path, rows: int) -> None:
     path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in single[:rows]))
 
 
-def run_seqtune(model: Path, data: Path, out: Path, steps: int, packed: bool) -> dict:
+def run_seqtune(model: Path, data: Path, out: Path, steps: int, packed: bool, recipe: str = "sft.yaml") -> dict:
     overrides = [f"output_dir={out}", f"model.name_or_path={model}", f"data.mixture=[{{source: {data}, fraction: 1.0}}]",
                  f"data.packing={'bfd' if packed else 'none'}", f"train.per_device_batch_size={BATCH}",
                  f"train.max_steps={steps}", "train.epochs=100", "train.clip_grad_norm=1.0",
                  f"optimizer.lr={LR}", "scheduler={name: constant}", "logging.every_steps=1",
                  "logging.loggers=[jsonl]"]
     seqtune = Path(sys.executable).with_name("seqtune")
-    peak = measured([str(seqtune), "train", str(REPO / "recipes/smollm2/sft.yaml"), *overrides])
+    peak = measured([str(seqtune), "train", str(REPO / "recipes/smollm2" / recipe), *overrides])
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logs, summary = lines[:-1], lines[-1]["summary"]
     return {"step_s": (logs[-1]["time"] - logs[0]["time"]) / (len(logs) - 1),
@@ -128,12 +133,32 @@ def report(results: dict[tuple[str, str], list[dict]]) -> None:
               f"peak memory {ours['peak_gb'] / theirs['peak_gb']:.2f}x (target <= 1.00x)")
 
 
+def adapters(model: Path, data: Path, tmp: Path, args: argparse.Namespace) -> None:
+    """seqtune's LoRA recipe against its QLoRA recipe (the same adapters on a 4-bit base), packed."""
+    results: dict[str, list[dict]] = {}
+    for repeat in range(args.repeats):
+        for recipe in ("lora.yaml", "qlora.yaml"):
+            result = run_seqtune(model, data, tmp / f"{recipe}-{repeat}", args.steps, True, recipe)
+            results.setdefault(recipe, []).append(result)
+            print(f"{recipe:10} run {repeat + 1}: " + json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
+    print("\n| recipe | s/step | tokens/s | peak RSS (GB) | loss step 1 -> last |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    mean = {recipe: {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]} for recipe, runs in results.items()}
+    for recipe, m in mean.items():
+        print(f"| {recipe} | {m['step_s']:.2f} | {m['tokens_per_s']:,.0f} | {m['peak_gb']:.2f} | "
+              f"{m['first_loss']:.3f} -> {m['last_loss']:.3f} |")
+    print(f"QLoRA/LoRA time per step {mean['qlora.yaml']['step_s'] / mean['lora.yaml']['step_s']:.2f}x (target <= 1.3x), "
+          f"peak memory {mean['qlora.yaml']['peak_gb'] / mean['lora.yaml']['peak_gb']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rows", type=int, default=600, help="enough for --steps packed steps")
     parser.add_argument("--modes", nargs="+", choices=("padded", "packed"), default=["padded", "packed"])
+    parser.add_argument("--adapters", action="store_true",
+                        help="instead: seqtune's recipes/smollm2/lora.yaml against qlora.yaml (packed)")
     parser.add_argument("--trl-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_child:
@@ -143,6 +168,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "rows.jsonl"
         write_rows(data, args.rows)
+        if args.adapters:
+            return adapters(model, data, Path(tmp), args)
         for repeat in range(args.repeats):
             for mode in args.modes:
                 for tool, run in (("seqtune", run_seqtune), ("TRL", run_trl)):
