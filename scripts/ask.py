@@ -33,8 +33,31 @@ def load(model_dir: str):
     if (Path(model_dir) / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
-        return tokenizer, AutoPeftModelForCausalLM.from_pretrained(model_dir).eval()
+        # a QLoRA run's adapter is scored on the 4-bit base it trained on (its recipe says how)
+        quantized = quantization(Path(model_dir))
+        extra = {"quantization_config": quantized} if quantized is not None else {}
+        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, **extra).eval()
+        for module in model.modules():  # as training computes it (framework.model.quantization.load_quantized)
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        return tokenizer, model
     return tokenizer, AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+
+def quantization(model_dir: Path):
+    """The BitsAndBytesConfig of the run's model.quantization (its saved recipe.yaml), or None."""
+    import yaml
+
+    recipe = model_dir / "recipe.yaml"
+    section = (yaml.safe_load(recipe.read_text()) or {}).get("model", {}).get("quantization") if recipe.is_file() else None
+    if not section:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=section.get("method", "nf4"),
+                              bnb_4bit_use_double_quant=section.get("double_quant", True),
+                              bnb_4bit_compute_dtype=getattr(torch, section.get("compute_dtype", "bfloat16")))
 
 
 def answers(tokenizer, model, questions=QUESTIONS, max_new_tokens: int = 16) -> list[str]:
