@@ -1,7 +1,7 @@
 """Peak memory of one training step on the CPU, measured against the planner, for the loss variants.
 
     python bench/memory.py [--lengths 1024 2048 4096] [--hidden 128] [--layers 2]
-    python bench/memory.py --model smollm2 [--lengths 512 1024 2048]
+    python bench/memory.py --model smollm2 [--lengths 512 1024 2048] [--variants LoRA QLoRA]
     python bench/memory.py --sequence-parallel 2 [--lengths 4096]
 
 The model is a Gemma-2 (its 256,000-token vocabulary and final logit soft-capping) with a small
@@ -19,10 +19,15 @@ Two more steps are timed. Next to it, the planner's total for the same CPU run (
 states, no CUDA context or fragmentation overhead), and its `logits + loss` part.
 
 Variants: `cross_entropy` (unchunked), `chunked` (chunked_cross_entropy, the default), and
-`chunked + checkpointing`. Targets (the Gemma-2 rows): at 2,048 tokens the chunked loss cuts the loss's share of the
-peak (peak less the same run's peak with the loss left out) by at least 80%; the planner's total is
-within 15% of the measured peak in every row; the chunked step at most 10% slower than the
-unchunked. A row whose plan exceeds this machine's free memory is not run, and says so.
+`chunked + checkpointing`; on SmolLM2 also the chunked step with a rank-16 LoRA adapter on every linear
+layer (peft, no dropout) over the fp32 model (`LoRA`) and over the model loaded in 4 bits by bitsandbytes
+(`QLoRA`: NF4, double quantization, fp32 compute: bf16 matmuls are 20-50x slower on this CPU), each
+with and without checkpointing (`--variants` picks variants by their first word). Targets (the Gemma-2
+rows): at 2,048 tokens the chunked loss cuts the loss's share of the peak (peak less the same run's peak
+with the loss left out) by at least 80%; the planner's total is within 15% of the measured peak in every
+row; the chunked step at most 10% slower than the unchunked. QLoRA's rows: the plan within 15% of the
+measured peak, and the peak below LoRA's. A row whose plan exceeds this machine's free memory is not run,
+and says so.
 
 `--sequence-parallel N` measures the chunked step split over N processes (torchrun, gloo: each holds 1/N of
 the row, all-to-alls around the attention kernel) against the same step in one process; `--model llama`
@@ -33,6 +38,7 @@ growth from half the length) against one process's (target: 1/N of it, plus the 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -45,7 +51,12 @@ sys.path.insert(0, str(REPO))
 
 VOCAB = 256_000
 VARIANTS = {"cross_entropy": ("cross_entropy", False), "chunked": ("chunked_cross_entropy", False),
-            "chunked + checkpointing": ("chunked_cross_entropy", True), "no loss": (None, False)}
+            "chunked + checkpointing": ("chunked_cross_entropy", True), "no loss": (None, False),
+            **{f"{adapter} chunked{more}": ("chunked_cross_entropy", bool(more))
+               for adapter in ("LoRA", "QLoRA") for more in ("", " + checkpointing")}}
+FULL = ("cross_entropy", "chunked", "chunked + checkpointing")
+ADAPTED = tuple(name for name in VARIANTS if name.split()[0] in ("LoRA", "QLoRA"))  # SmolLM2 only
+LORA_RANK = 16
 
 
 def config(args: argparse.Namespace) -> dict:
@@ -89,17 +100,19 @@ def one_step(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     loss_name, checkpointing = VARIANTS[args.variant]
+    if args.variant in ADAPTED:  # their libraries' code is resident before the baseline, as torch's is
+        for library in ("bitsandbytes", "peft"):
+            importlib.import_module(library)
     before = status("VmRSS")
     if args.model == "smollm2":
-        model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), attn_implementation="sdpa",
-                                                     dtype=torch.float32).train()
+        model = load_smollm2(args.variant, checkpointing)
         Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here: loading's copies are gone
     else:
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config(args)), attn_implementation=attention(args),
                                                  dtype=torch.float32).train()
+        if checkpointing:
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     vocab = model.config.vocab_size
-    if checkpointing:
-        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     ids = torch.randint(0, vocab, (1, args.length))
     batch = {"input_ids": ids, "labels": ids.clone()}
     if args.split > 1:
@@ -132,6 +145,46 @@ def one_step(args: argparse.Namespace) -> None:
     print(json.dumps(found))
 
 
+def load_smollm2(variant: str, checkpointing: bool):
+    """SmolLM2 in fp32, or in 4 bits for QLoRA, with a LoRA adapter for the LoRA and QLoRA variants,
+    as the engine loads it (checkpointing enabled before the adapter, inputs made to require grad)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = None
+    if variant.startswith("QLoRA"):
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), attn_implementation="sdpa", dtype=torch.float32,
+                                                 quantization_config=quantization).train()
+    if checkpointing:
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    if variant in ADAPTED:
+        from peft import LoraConfig, get_peft_model
+
+        model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
+                                                 target_modules="all-linear")).train()
+    own_memory(model)
+    return model
+
+
+def own_memory(model) -> None:
+    """Copy the tensors that are still views of the checkpoint's memory-mapped file into the process's own
+    memory, so that the mapping closes: a 4-bit load reads every page of the fp32 file, which stays
+    resident (0.4 GiB for SmolLM2) while the unquantized weights keep the mapping open, and would count
+    in the peak as if it were tensors."""
+    import gc
+
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if getattr(tensor, "quant_state", None) is None:
+                tensor.data = tensor.data.clone()
+    gc.collect()
+
+
 def split_batch(model, batch: dict, n: int, kernel: str) -> dict:
     """This process's part of the row, as the engine splits it (framework.training.sequence_parallel)."""
     import torch.distributed as dist
@@ -150,7 +203,9 @@ def split_batch(model, batch: dict, n: int, kernel: str) -> dict:
 
 def planned(variant: str, length: int, args: argparse.Namespace, split: int = 1) -> tuple[int, int]:
     """(total, logits + loss part) the planner gives the same CPU run."""
+    from framework.estimation.adapters import ALL_LINEAR, LoraSpec
     from framework.estimation.memory import estimate_memory
+    from framework.estimation.quantization import QuantSpec
     from framework.estimation.settings import MemorySettings
     from framework.estimation.shapes import ModelShape
     from plugins.losses import chunk_tokens
@@ -158,11 +213,14 @@ def planned(variant: str, length: int, args: argparse.Namespace, split: int = 1)
     loss_name, checkpointing = VARIANTS[variant]
     chunked = loss_name == "chunked_cross_entropy"
     shape = ModelShape.from_config(config(args))
+    adapted = variant in ADAPTED
     settings = MemorySettings(micro_batch=1, max_seq_length=length, gradient_checkpointing=checkpointing,
                               attn_implementation=attention(args),
                               optimizer_states=0, overhead_gib=0, overhead_fraction=0,
                               loss_chunk_tokens=chunk_tokens(shape.vocab_size) if chunked else None,
-                              loss_holds_head_gradient=chunked, sequence_parallel=split)
+                              loss_holds_head_gradient=chunked, sequence_parallel=split,
+                              lora=LoraSpec(LORA_RANK, ALL_LINEAR) if adapted else None,
+                              quantization=QuantSpec(compute_dtype="float32") if variant.startswith("QLoRA") else None)
     estimate = estimate_memory(shape, settings)
     return estimate.total, estimate.logits
 
@@ -224,6 +282,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", metavar="WORD", help="only the variants whose first word is one of "
+                        "these (cross_entropy, chunked, LoRA, QLoRA); default: all the model has")
     parser.add_argument("--one", choices=sorted(VARIANTS))
     parser.add_argument("--length", type=int)
     parser.add_argument("--split", type=int, default=1, help=argparse.SUPPRESS)  # a --one step's processes
@@ -239,16 +299,18 @@ def main() -> None:
     print("| max_seq_length | loss | measured peak GiB | planned GiB | planned / measured | loss share GiB "
           "| planned loss GiB | step s |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    variants = [v for v in FULL + (ADAPTED if args.model == "smollm2" else ())
+                if args.variants is None or v.split()[0] in args.variants]
     for length in args.lengths:
-        base = measure("no loss", length, args)
-        for variant in ("cross_entropy", "chunked", "chunked + checkpointing"):
+        base = measure("no loss", length, args) if set(variants) & set(FULL[:2]) else None
+        for variant in variants:
             total, loss_part = planned(variant, length, args)
             got = measure(variant, length, args)
             if got is None:
                 print(f"| {length:,} | {variant} | not run: planned {total / gib:.2f} GiB, more than 80% of the "
                       f"{available() / gib:.1f} GiB free here | {total / gib:.2f} | | | {loss_part / gib:.2f} | |")
                 continue
-            share = (got["peak"] - base["peak"]) / gib if base and variant != "chunked + checkpointing" else None
+            share = (got["peak"] - base["peak"]) / gib if base and variant in FULL[:2] else None
             print(f"| {length:,} | {variant} | {got['peak'] / gib:.2f} | {total / gib:.2f} | "
                   f"{total / got['peak']:.2f} | {'' if share is None else f'{share:.2f}'} | {loss_part / gib:.2f} | "
                   f"{got['seconds']:.2f} |", flush=True)

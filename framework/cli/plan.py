@@ -98,6 +98,16 @@ class _Sweep:
             found.append(("all of them", loss, {k: v for saver in found for k, v in saver[2].items()}))
         return found
 
+    def quantize(self) -> list[tuple[str, Any, dict]]:
+        """(override, None, settings changes) of a 4-bit base (QLoRA) for a LoRA recipe whose base is not
+        quantized yet: a remedy, not a saver, since rounding the base's weights changes the results."""
+        from framework.estimation.quantization import QuantSpec
+
+        recipe = self.loaded.recipe
+        if recipe.lora is None or recipe.model.quantization is not None:
+            return []
+        return [("model.quantization={method: nf4}", None, {"quantization": QuantSpec()})]
+
     def splits(self) -> list[tuple[str, Any, dict]]:
         """(override, None, settings changes) of each launch.sequence_parallel above the recipe's that its
         processes and its model allow."""
@@ -267,7 +277,8 @@ def _remedies(max_seq_length: int, sweep: _Sweep, gib: float) -> None:
     from framework.estimation.sweep import REMEDIES
 
     print_line(f"at max_seq_length {max_seq_length:,} it does not fit; each change alone gives:")
-    for override, loss, changes in [*sweep.savers, *((o, None, c) for o, c in REMEDIES), *sweep.splits()]:
+    for override, loss, changes in [*sweep.savers, *((o, None, c) for o, c in REMEDIES), *sweep.quantize(),
+                                    *sweep.splits()]:
         estimate = sweep.estimate(loss, **changes)
         print_line(f"  {override}: {estimate.total_gib:.1f} GiB ({'fits' if estimate.fits(gib) else 'does not fit'})")
 

@@ -2,8 +2,8 @@
 
 The model's shape comes from `shapes.load_shape`; max_seq_length, batch, processes, precision, dtype,
 DeepSpeed (its config_file's stage and offloading when set and readable), gradient checkpointing,
-attention, activation offloading, LoRA, sequence parallelism from their recipe keys; the optimizer's
-state tensors and the loss's chunking from what their plugins declare.
+attention, activation offloading, LoRA, a 4-bit base (QLoRA), sequence parallelism from their recipe
+keys; the optimizer's state tensors and the loss's chunking from what their plugins declare.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 from framework.config.schema import DeepSpeedConfig, choices
 from framework.estimation.adapters import LoraSpec
 from framework.estimation.memory import MemoryEstimate, estimate_memory
+from framework.estimation.quantization import QuantSpec
 from framework.estimation.settings import MemorySettings
 from framework.estimation.shapes import ModelShape, load_shape
 from framework.model.attention import resolve, separates_documents
@@ -51,6 +52,7 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss:
         attn_implementation=resolve(recipe.model.attn_implementation, documents_per_row, gpu=True),
         sequence_parallel=launch.sequence_parallel,
         lora=LoraSpec.from_recipe(recipe.lora) if recipe.lora is not None else None,
+        quantization=QuantSpec.from_recipe(recipe.model.quantization) if recipe.model.quantization else None,
         optimizer_states=optimizer_states,
         reference_copy=getattr(objective, "reference", "none") == "live" and recipe.lora is None)
     if sequences > 1:

@@ -21,12 +21,15 @@ the ZeRO-3 weight partitions in CPU memory.
 
 LoRA: the base weights are frozen (no gradients, no optimizer states); only the adapter's parameters
 have them. Without DeepSpeed peft keeps adapters in fp32 (it upcasts 16-bit ones) — 4 + 4 + 8 bytes
-each; DeepSpeed casts them with the model. ZeRO-3 partitions frozen weights too.
+each; DeepSpeed casts them with the model. ZeRO-3 partitions frozen weights too. QLoRA
+(`model.quantization`) stores the frozen base's linear layers in 4 bits with their quantization
+constants (quantization.py); the rest of the base and the adapters are as with LoRA.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+from framework.estimation.quantization import base_bytes
 from framework.estimation.settings import GIB, MemorySettings
 from framework.estimation.shapes import ModelShape
 
@@ -49,15 +52,24 @@ def _states_text(count: int) -> str:
     return f"{count} state{'s' if count != 1 else ''}"
 
 
+def _base(shape: ModelShape, s: MemorySettings, p: int, dtype: str) -> tuple[int, str]:
+    """The base model's weights at p bytes a parameter (`dtype`), or as a 4-bit base stores them: bytes,
+    and how."""
+    if s.quantization is None:
+        return shape.num_parameters * p, f"{shape.num_parameters:,} × {p} B ({dtype})"
+    return base_bytes(shape, s.quantization, p, dtype)
+
+
 def _ddp_states(shape: ModelShape, s: MemorySettings, lora_params: Optional[int]) -> tuple[States, Details]:
     psi, w, lora = shape.num_parameters, s.weight_bytes, lora_params is not None
     trainable = lora_params if lora else psi
     a = 4 if lora else w  # bytes per trainable parameter
-    states = {"weights": psi * w + (trainable * a if lora else 0), "gradients": trainable * a,
+    base, how = _base(shape, s, w, s.weights_dtype)
+    states = {"weights": base + (trainable * a if lora else 0), "gradients": trainable * a,
               "optimizer_states": trainable * a * s.optimizer_states}
     where = "every GPU (DDP)" if s.num_gpus > 1 else "one process"
     learned = f"{trainable:,} {'LoRA ' if lora else ''}params"
-    details = {"weights": f"{psi:,} × {w} B ({s.weights_dtype}) on {where}"
+    details = {"weights": f"{how} on {where}"
                           + (f" + {trainable:,} LoRA params × 4 B (fp32)" if lora else ""),
                "gradients": f"{learned} × {a} B",
                "optimizer_states": f"{learned} × {_states_text(s.optimizer_states)} × {a} B "
@@ -71,16 +83,19 @@ def _zero_states(shape: ModelShape, s: MemorySettings, lora_params: Optional[int
     trainable = lora_params if lora else psi
     p = 2 if s.half else s.weight_bytes
     k, k_text = _zero_optimizer_bytes(s, p)
-    bytes_ = {"weights": (psi + (trainable if lora else 0)) * p, "gradients": trainable * p,
+    base, how = _base(shape, s, p, {"bf16": "bfloat16", "fp16": "float16"}.get(s.precision, s.weights_dtype))
+    bytes_ = {"weights": base + (trainable * p if lora else 0), "gradients": trainable * p,
               "optimizer_states": trainable * k}
     split = {part: "" for part in bytes_}
     for part, from_stage in (("optimizer_states", 1), ("gradients", 2), ("weights", 3)):
         if stage >= from_stage:
             bytes_[part], split[part] = -(-bytes_[part] // s.num_gpus), f" / {s.num_gpus} GPUs"
     _offload(s, bytes_, split, notes)
-    what = f"{psi:,} params" + (f" + {trainable:,} LoRA params" if lora else "")
+    what = f"{psi:,} params" + (f" + {trainable:,} LoRA params" if lora else "") + f" × {p} B"
+    if s.quantization is not None:
+        what = f"{how} + {trainable:,} LoRA params × {p} B"
     learned = f"{trainable:,} {'LoRA ' if lora else ''}params"
-    details = {"weights": f"{what} × {p} B{split['weights']} (ZeRO-{stage})",
+    details = {"weights": f"{what}{split['weights']} (ZeRO-{stage})",
                "gradients": f"{learned} × {p} B{split['gradients']}",
                "optimizer_states": f"{learned} × {k_text}{split['optimizer_states']}"}
     return bytes_, details
@@ -117,21 +132,30 @@ def buffers(shape: ModelShape, s: MemorySettings, lora_params: Optional[int]) ->
       (accelerate leaves gradient_as_bucket_view off).
     - Autocast with fp32 weights: the 16-bit copy of every matmul weight made in the forward is kept
       for the backward (all of them at the end of the forward). With LoRA and gradient checkpointing,
-      frozen weights' copies live one layer at a time.
+      frozen weights' copies live one layer at a time; 4-bit weights have none (bitsandbytes
+      dequantizes them itself), so only the output layer's is left.
+    - Autocast with LoRA: the 16-bit copy of every fp32 adapter weight; autocast caches the casts of
+      trainable leaf tensors until the forward ends, so all of them are held at once.
+    - A 4-bit base: the largest weight dequantized for its matmul (quantization.QuantSpec.working_copy).
     - ZeRO-2/3: two reduce buckets of hidden² elements (accelerate's "auto" reduce_bucket_size).
     - ZeRO-3: the parameters gathered for the module being computed (at most the embedding matrix)
       plus the next layer, prefetched.
     """
     found: list[tuple[int, str]] = []
     vocab_matrix, lora = shape.vocab_size * shape.hidden_size, lora_params is not None
+    if s.quantization is not None:
+        size = s.quantization.working_copy(shape)
+        found.append((size, f"one 4-bit weight dequantized to {s.quantization.compute_dtype} {size / GIB:.2f} GiB"))
     if s.zero_stage is None:
         if s.num_gpus > 1:
             size = (lora_params * 4) if lora else shape.num_parameters * s.weight_bytes
             found.append((size, f"DDP gradient buckets {size / GIB:.2f} GiB"))
         if s.half and s.weight_bytes == 4:
-            layers = 1 if (lora and s.gradient_checkpointing) else shape.num_layers
+            layers = 0 if s.quantization else 1 if (lora and s.gradient_checkpointing) else shape.num_layers
             size = 2 * (layers * shape.layer_matmul_parameters() + vocab_matrix)
             found.append((size, f"autocast 16-bit weight copies {size / GIB:.2f} GiB"))
+        if s.half and lora:
+            found.append((2 * lora_params, f"autocast 16-bit adapter copies {2 * lora_params / GIB:.2f} GiB"))
         return sum(size for size, _ in found), "; ".join(text for _, text in found) or "none"
     p = 2 if s.half else s.weight_bytes
     if s.zero_stage >= 2:

@@ -6,6 +6,7 @@ from typing import Optional
 
 from framework.config.schema import DeepSpeedConfig, LaunchConfig, ModelConfig, choices
 from framework.estimation.adapters import LoraSpec
+from framework.estimation.quantization import QuantSpec
 from framework.estimation.shapes import ModelShape
 
 GIB = 2**30
@@ -20,10 +21,11 @@ class MemorySettings:
 
     `precision` is accelerate's mixed_precision; `weights_dtype` the dtype the weights are loaded in;
     `zero_stage` None means no DeepSpeed (DDP, or a single process). `lora` (or just its parameter
-    count, `lora_trainable_params`) makes it a LoRA run: only the adapters train. `optimizer_states`
-    is the number of full-size state tensors per trainable parameter (AdamW 2, SGD with momentum 1).
-    Overhead is `overhead_gib` plus `overhead_fraction` of the rest. `sequence_parallel` processes share
-    each row, each holding `tokens_per_row` of its tokens.
+    count, `lora_trainable_params`) makes it a LoRA run: only the adapters train; `quantization` loads
+    the base's linear layers in 4 bits (QLoRA, with LoRA only). `optimizer_states` is the number of
+    full-size state tensors per trainable parameter (AdamW 2, SGD with momentum 1). Overhead is
+    `overhead_gib` plus `overhead_fraction` of the rest. `sequence_parallel` processes share each row,
+    each holding `tokens_per_row` of its tokens.
     """
 
     micro_batch: int
@@ -42,6 +44,7 @@ class MemorySettings:
     sequence_parallel: int = 1
     lora: Optional[LoraSpec] = None
     lora_trainable_params: Optional[int] = None
+    quantization: Optional[QuantSpec] = None  # a 4-bit base (QLoRA): needs lora
     optimizer_states: int = 2
     reference_copy: bool = False  # a frozen copy of the model beside it (DPO's live reference without LoRA)
     overhead_gib: float = DEFAULT_OVERHEAD_GIB
@@ -58,6 +61,8 @@ class MemorySettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.quantization is not None and self.lora is None and self.lora_trainable_params is None:
+            raise ValueError("quantization needs lora: a 4-bit base is frozen and trains through adapters")
         if min(self.optimizer_states, self.overhead_gib, self.overhead_fraction) < 0:
             raise ValueError("optimizer_states, overhead_gib and overhead_fraction must not be negative")
 

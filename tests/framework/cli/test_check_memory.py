@@ -51,12 +51,15 @@ def test_an_unknown_gpu_is_an_error_before_any_output(seqtune):
     assert "did you mean one of: a100-40, a100-80?" in result.stderr
 
 
-@pytest.mark.parametrize("recipe, exit_code", [(TULU, 1), ("recipes/tulu3/gemma2-2b-sft-long-context.yaml", 0)])
+@pytest.mark.parametrize("recipe, exit_code", [(TULU, 1), ("recipes/tulu3/gemma2-2b-sft-long-context.yaml", 0),
+                                               ("recipes/llama3.1-8b-qlora.yaml", 0)])
 def test_planning_the_seed_recipes_needs_neither_torch_nor_a_download(repo, recipe, exit_code):
-    """The seed recipe does not fit 3090s at its length; its long-context form, split 4 ways, does."""
+    """The seed recipe does not fit 3090s at its length; its long-context form, split 4 ways, does, and
+    so does the QLoRA recipe (bitsandbytes and peft are not imported to plan it)."""
     code = ("import sys; from framework.cli import app\n"
             f"try: app(['check', '{recipe}', '--gpu', '3090'])\n"
             f"except SystemExit as e: assert (e.code or 0) == {exit_code}, e.code\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'peft', 'bitsandbytes')"
+            " if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr

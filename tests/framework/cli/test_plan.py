@@ -143,3 +143,21 @@ def test_with_gradient_checkpointing_the_seed_recipe_fits_8192_tokens_on_a_3090(
     # the unchunked recipe's "all of them" switches to the chunked loss too: the same longest length
     assert longest(unchunked, "all of them") == longest(chunked, "all of them") > longest(unchunked, "as the recipe is")
     assert longest(chunked, "all of them") >= longest(chunked, "model.gradient_checkpointing=true")
+
+
+def test_the_qlora_recipe_fits_16384_tokens_on_one_3090_offline(seqtune):
+    """Llama-3.1-8B with its linear layers in 4 bits, rank-64 adapters, checkpointing and the chunked
+    loss: its own 16,384 tokens fit 24 GiB; the same recipe with a bf16 base stops far short."""
+    def largest(stdout: str) -> int:
+        line = next(line for line in stdout.splitlines() if line.startswith("largest max_seq_length that fits"))
+        return int(line.split(": ")[-1].rstrip(")").replace(",", ""))  # the multiple of 64 when shown
+
+    qlora = seqtune("plan", "recipes/llama3.1-8b-qlora.yaml", "--gpu", "3090")
+    assert qlora.returncode == 0, qlora.stderr
+    assert table_rows(qlora.stdout)["16,384 *"][2] == "yes" and largest(qlora.stdout) >= 16_384
+    bf16 = seqtune("plan", "recipes/llama3.1-8b-qlora.yaml", "--gpu", "3090", "model.quantization=null")
+    assert bf16.returncode == 1 and largest(bf16.stdout) < 8192
+    assert "model.quantization={method: nf4}: 20.6 GiB (fits)" in bf16.stdout  # the remedy a LoRA recipe gets
+    check = seqtune("check", "recipes/llama3.1-8b-qlora.yaml", "--gpu", "3090")
+    assert check.returncode == 0 and check.stdout.strip().splitlines()[-1].startswith("fits: ")
+    assert "linear params × 4 bits" in check.stdout
