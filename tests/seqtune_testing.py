@@ -134,3 +134,42 @@ def run_machines(args: Sequence[str], cache_dirs: Sequence[Path], envs: Sequence
             os.killpg(proc.pid, signal.SIGKILL)
     return [subprocess.CompletedProcess(p.args, p.wait(), (logs / f"machine{r}.out").read_text(),
                                         (logs / f"machine{r}.err").read_text()) for r, p in enumerate(procs)]
+
+
+# A plugin (write it to a module on PYTHONPATH, list it in `plugins:`) that stops a run once, with SIGTERM
+# after step 2, when STOP_ONCE names a file that is not there yet (it creates it): the run then resumes.
+STOP_PLUGIN = '''import os, signal
+from framework import hookimpl
+
+@hookimpl
+def seqtune_step_end(step):
+    if step == 2 and os.environ.get("STOP_ONCE") and not os.path.exists(os.environ["STOP_ONCE"]):
+        open(os.environ["STOP_ONCE"], "w").close()
+        os.kill(os.getpid(), signal.SIGTERM)
+'''
+
+
+def stoppable_run(folder: Path) -> tuple[list[str], dict[str, str]]:
+    """(overrides, environment) of a run with STOP_PLUGIN (written to `folder`) and a checkpoint every 2 steps."""
+    (folder / "stop_plugin.py").write_text(STOP_PLUGIN)
+    return ["plugins=[stop_plugin]", "checkpoint.every=2"], {"PYTHONPATH": str(folder)}
+
+
+def train_cli(recipe: str, out: Path, *overrides: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`seqtune train recipe output_dir=out *overrides` run from the repository, with extra environment."""
+    return subprocess.run([str(SEQTUNE), "train", recipe, f"output_dir={out}", *overrides], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def trained_cli(recipe: str, out: Path, *overrides: str, env: Mapping[str, str] | None = None) -> Path:
+    """The same, which must succeed; its output_dir."""
+    result = train_cli(recipe, out, *overrides, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def logged(out: Path) -> list[dict]:
+    """The logged windows and evaluations of a run (metrics.jsonl; its last line is the summary)."""
+    import json
+
+    return [r for line in (out / "metrics.jsonl").read_text().splitlines() if "step" in (r := json.loads(line))]

@@ -132,7 +132,6 @@ ODD = {"model_type": "qwen2", "vocab_size": 300, "hidden_size": 72, "intermediat
                                          (QuantSpec("fp4", False, "float32"), "float32"), (QuantSpec(), "bfloat16")],
                          ids=["nf4-double-fp32", "fp4-fp32", "nf4-double-bf16"])
 def test_every_part_matches_a_model_quantized_by_bitsandbytes(config, spec, dtype, tmp_path):
-    pytest.importorskip("bitsandbytes")
     model = quantized(config, tmp_path / "model", spec, dtype)
     got, planned = measured_parts(model), base_parts(ModelShape.from_config(config), spec, {"float32": 4}.get(dtype, 2))
     rotary = got.pop("buffers")
@@ -143,7 +142,6 @@ def test_every_part_matches_a_model_quantized_by_bitsandbytes(config, spec, dtyp
 @pytest.mark.slow
 def test_smollm2_quantized_matches_the_plan_tensor_by_tensor(smollm2):
     """SmolLM2-135M-Instruct (30 layers, tied 49,152-token embeddings) loaded in 4 bits: each part."""
-    pytest.importorskip("bitsandbytes")
     import json
 
     import torch

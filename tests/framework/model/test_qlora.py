@@ -15,7 +15,7 @@ from framework.model.loading import build_model, param_groups
 from framework.model.lora import apply_lora, merged_model, trainable_summary
 from framework.model.quantization import storage_dtype
 
-bnb = pytest.importorskip("bitsandbytes")
+import bitsandbytes as bnb  # noqa: E402  (the test extra installs it: a missing one fails)
 
 MODEL = ("{config: {model_type: llama, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, "
          "num_attention_heads: 2, num_key_value_heads: 1, tie_word_embeddings: true}}")

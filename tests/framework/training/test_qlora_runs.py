@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,34 +12,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seqtune_testing import REPO, SEQTUNE, error_lines, load_script, max_difference
-
-pytest.importorskip("bitsandbytes")
+from seqtune_testing import (REPO, SEQTUNE, error_lines, load_script, logged, max_difference, stoppable_run, train_cli,
+                             trained_cli)
 
 ROWS = "data.mixture=[{source: recipes/quickstart/data/train.jsonl, count: 96}]"
 QLORA = ["model.quantization={compute_dtype: float32}", "lora={r: 4, alpha: 8, dropout: 0.0, merge: true}"]
 COMMON = ["train.max_steps=3", "train.per_device_batch_size=4", "train.loss_reduction=token_mean",
           "optimizer={name: sgd, lr: 0.1}", "scheduler=constant", "logging.loggers=[jsonl]", "launch.device=cpu"]
-STOP_PLUGIN = '''import os, signal
-from framework import hookimpl
-
-@hookimpl
-def seqtune_step_end(step):
-    if step == 2 and os.environ.get("STOP_ONCE") and not os.path.exists(os.environ["STOP_ONCE"]):
-        open(os.environ["STOP_ONCE"], "w").close()
-        os.kill(os.getpid(), signal.SIGTERM)
-'''
 
 
 def train(recipe: str, out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SEQTUNE), "train", recipe, f"output_dir={out}", *COMMON, *overrides], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    return train_cli(recipe, out, *COMMON, *overrides, env=env)
 
 
 def trained(recipe: str, out: Path, *overrides: str, env: dict | None = None) -> Path:
-    result = train(recipe, out, *overrides, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return trained_cli(recipe, out, *COMMON, *overrides, env=env)
 
 
 def adapter(out: Path) -> dict[str, torch.Tensor]:
@@ -54,7 +40,7 @@ def adapter_difference(want: Path, got: Path) -> float:
 
 
 def records(out: Path) -> list[dict]:
-    return [r for line in (out / "metrics.jsonl").read_text().splitlines() if "step" in (r := json.loads(line))]
+    return logged(out)
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +54,8 @@ def base(tmp_path_factory) -> list[str]:
 def stoppable(tmp_path_factory, base) -> tuple[list[str], dict]:
     """One process accumulating 2 micro-batches, a checkpoint every 2 steps, and a plugin that stops it
     once (SIGTERM after step 2) when asked; evaluated on the quickstart's held-out rows after the last step."""
-    plugin_dir = tmp_path_factory.mktemp("plugin")
-    (plugin_dir / "stop_plugin.py").write_text(STOP_PLUGIN)
-    args = [ROWS, *base, *QLORA, "train.gradient_accumulation_steps=2", "plugins=[stop_plugin]", "checkpoint.every=2"]
-    return args, {"PYTHONPATH": str(plugin_dir)}
+    stopping, env = stoppable_run(tmp_path_factory.mktemp("plugin"))
+    return [ROWS, *base, *QLORA, "train.gradient_accumulation_steps=2", *stopping], env
 
 
 @pytest.fixture(scope="module")

@@ -10,41 +10,25 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from seqtune_testing import REPO, SEQTUNE, max_difference
+from seqtune_testing import logged, max_difference, stoppable_run, train_cli, trained_cli
 
 ROWS = "data.mixture=[{source: recipes/quickstart/data/train.jsonl, count: 96}]"
 COMMON = ["train.max_steps=3", "train.per_device_batch_size=4", "train.loss_reduction=token_mean",
           "optimizer={name: sgd, lr: 0.5}", "scheduler=constant", "logging.loggers=[jsonl]", "launch.device=cpu",
           "data.packing=bfd", "eval.every_steps=2"]
 SPLIT = ["launch.num_processes=2", "launch.sequence_parallel=2"]
-STOP_PLUGIN = '''import os, signal
-from framework import hookimpl
-
-@hookimpl
-def seqtune_step_end(step):
-    if step == 2 and os.environ.get("STOP_ONCE") and not os.path.exists(os.environ["STOP_ONCE"]):
-        open(os.environ["STOP_ONCE"], "w").close()
-        os.kill(os.getpid(), signal.SIGTERM)
-'''
 
 
 def train(recipe: str, out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    result = subprocess.run([str(SEQTUNE), "train", recipe, f"output_dir={out}", *COMMON, *overrides], cwd=REPO,
-                            capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
-    return result
+    return train_cli(recipe, out, *COMMON, *overrides, env=env)
 
 
 def trained(recipe: str, out: Path, *overrides: str, env: dict | None = None) -> Path:
-    result = train(recipe, out, *overrides, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return trained_cli(recipe, out, *COMMON, *overrides, env=env)
 
 
 def records(out: Path) -> list[dict]:
-    """The logged windows and evaluations (metrics.jsonl; its last line is the summary)."""
-    return [r for line in (out / "metrics.jsonl").read_text().splitlines() if "step" in (r := json.loads(line))]
+    return logged(out)
 
 
 def evaluations(out: Path) -> list[float]:
@@ -72,10 +56,8 @@ def unsplit(tmp_path_factory, base) -> Path:
 @pytest.fixture(scope="module")
 def stoppable(tmp_path_factory, base) -> tuple[list[str], dict]:
     """The split run's arguments, with a plugin that stops it once (SIGTERM after step 2) when asked."""
-    plugin_dir = tmp_path_factory.mktemp("plugin")
-    (plugin_dir / "stop_plugin.py").write_text(STOP_PLUGIN)
-    args = [ROWS, *base, *SPLIT, "train.gradient_accumulation_steps=2", "plugins=[stop_plugin]", "checkpoint.every=2"]
-    return args, {"PYTHONPATH": str(plugin_dir)}
+    stopping, env = stoppable_run(tmp_path_factory.mktemp("plugin"))
+    return [ROWS, *base, *SPLIT, "train.gradient_accumulation_steps=2", *stopping], env
 
 
 @pytest.fixture(scope="module")
