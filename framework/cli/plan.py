@@ -23,6 +23,7 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     """A table over candidate max_seq_length values and the recipe's own (memory per GPU, fit, rows cut,
     trainable tokens lost, packing efficiency) and a recommendation; with several processes, the longest
     length that fits with each launch.sequence_parallel. Exit 1 when the recipe's own length does not fit."""
+    from framework.cli.plan_launch import gpus_table, sequence_parallel_table
     from framework.estimation.hardware import gpu_label, resolve_gpu
     from framework.model.loading import recipe_shape
     from framework.registry import load_and_bind
@@ -33,19 +34,22 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
         from framework.report.plots import check_png
 
         check_png(plot)  # before minutes of measuring, not after
-    loaded, parts = load_and_bind(recipe, overrides or [])
+    loaded, parts = load_and_bind(recipe, overrides or [], absent_ok=True)
+    for line in parts.absent.values():  # the plan is for the machine that has them
+        print_line(f"[yellow]not on this machine[/]: {escape(line)}")
     show_warnings(parts.registry.warnings)
     states, note = optimizer_state_tensors(parts.optimizer, loaded.recipe.optimizer.name)
     show_warnings([note] if note else [])
     sweep = _Sweep(loaded, parts, recipe_shape(loaded.recipe, parts.registry), states)
-    measured = _samples(loaded, parts, samples)
+    measured = _samples(loaded, parts, samples) if not _data_absent(parts.absent) else None
     rows = sweep.rows(gib, measured)
     label = gpu_label(name, gib)
     _print(loaded, rows, label, measured)
     keeping = _recommend(rows, sweep, gib, measured)
     _warn_cut(rows, keeping, len(measured or []))
     _savers(sweep, label, gib)
-    _sequence_parallel(sweep, label, gib)
+    sequence_parallel_table(sweep, label, gib)
+    gpus_table(sweep, name, gib)
     if plot:
         _plot(plot, sweep, name, label, gib, measured)
     own = sweep.estimate()
@@ -149,6 +153,13 @@ def _samples(loaded: Any, parts: Any, count: int):
         return None
 
 
+def _data_absent(absent: dict[str, str]) -> bool:
+    if any(key.startswith(("data.", "tokenizer.")) for key in absent):
+        print_line("[yellow]data columns skipped[/]: the data or the tokenizer is not on this machine")
+        return True
+    return False
+
+
 def _print(loaded: Any, rows: list, label: str, samples: Any) -> None:
     from rich.table import Table
 
@@ -241,36 +252,6 @@ def _savers(sweep: _Sweep, label: str, gib: float) -> None:
     for override, loss, changes in [("as the recipe is", None, {}), *savers]:
         longest = longest_fitting(lambda n: sweep.estimate(loss, max_seq_length=n, **changes), gib)
         print_line(f"  {override}: {f'{longest:,}' if longest else 'none'}")
-
-
-def _sequence_parallel(sweep: _Sweep, label: str, gib: float) -> None:
-    """The longest max_seq_length that fits with each launch.sequence_parallel the processes allow: N
-    processes share each row, so per-token memory divides by N while model states stay as they are."""
-    from rich.table import Table
-
-    from framework.estimation.memory import longest_fitting
-    from framework.estimation.sequence_parallel import group_sizes, shape_problem
-
-    launch, attention = sweep.loaded.recipe.launch, sweep.loaded.recipe.model.attn_implementation
-    sizes = group_sizes(launch.num_processes)
-    if len(sizes) == 1:
-        return  # one process: nothing to share a row with
-    table = Table(title=f"sequence parallelism: the longest max_seq_length that fits {launch.num_processes} x "
-                        f"{label}, to a multiple of 64", caption="* the recipe's launch.sequence_parallel")
-    for column in ("sequence_parallel", "data-parallel groups", "longest max_seq_length", "tokens per GPU"):
-        table.add_column(column, justify="right")
-    refused = []
-    for n in sizes:
-        problem = shape_problem(sweep.shape, attention, n)
-        longest = 0 if problem else longest_fitting(
-            lambda length: sweep.estimate(max_seq_length=length, sequence_parallel=n), gib)
-        refused += [f"  sequence_parallel {n}: {problem}"] if problem else []
-        cells = [f"{longest:,}", f"{-(-longest // n):,}"] if longest else ["-" if problem else "none", "-"]
-        table.add_row(f"{n}" + (" *" if n == launch.sequence_parallel else ""), f"{launch.num_processes // n}",
-                      *cells, style="bold" if n == launch.sequence_parallel else None)
-    console.print(table)
-    for line in refused:
-        print_line(line)
 
 
 def _remedies(max_seq_length: int, sweep: _Sweep, gib: float) -> None:

@@ -25,7 +25,7 @@ def check_paths(recipe: Recipe, problems: Problems) -> None:
         wanted.append(("launch.deepspeed.config_file", recipe.launch.deepspeed.config_file, "file", bool))
     for key, value, what, is_path in wanted:
         if value and not problems.touches(key) and is_path(value) and not Path(value).expanduser().exists():
-            problems.add(key, f"no such {what}: {value} (relative paths are from the working directory)")
+            problems.add_absent(key, f"no such {what}: {value} (relative paths are from the working directory)")
     _check_custom_code(recipe, problems)
 
 

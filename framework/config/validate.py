@@ -32,11 +32,18 @@ class Problems:
         self.lines: list[str] = []
         self.invalid: set[str] = set()
         self.check_required = check_required  # false while a parent file is unreadable
+        self.absent: dict[str, str] = {}  # key -> line: a local path missing here (it may exist where it trains)
 
     def add(self, path: str, message: str) -> object:
         self.lines.append(f"{self.where(path)}: {path or '<recipe>'}: {message}")
         self.invalid.add(path)
         return _INVALID
+
+    def add_absent(self, path: str, message: str) -> None:
+        """A local path the recipe names that does not exist on this machine: a problem for `check` and
+        `train`; `plan` can do without it (it plans another machine's run)."""
+        self.add(path, message)
+        self.absent[path] = self.lines[-1]
 
     def touches(self, *paths: str) -> bool:
         """Whether any of the paths, a key inside one, or one of their parents has a problem."""

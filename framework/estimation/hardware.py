@@ -98,3 +98,14 @@ def resolve_gpu(spec: str) -> tuple[str, float]:
 def gpu_label(name: str, gib: float) -> str:
     """A resolved --gpu in words: `NVIDIA GeForce RTX 3090 (24 GiB)`, or `24 GiB GPU` for --gpu 24."""
     return f"{gib:g} GiB GPU" if name == ANY_GPU else f"{name} ({gib:g} GiB)"
+
+
+def gpu_sizes(extra_gib: float | None = None) -> dict[float, list[str]]:
+    """The known GPUs by memory size, smallest first ({24: ['3090', '4090'], ...}); `extra_gib`, a
+    --gpu given by its memory alone, added as a size of its own."""
+    sizes: dict[float, list[str]] = {}
+    for key, gpu in GPUS.items():
+        sizes.setdefault(gpu.memory_gib, []).append(key)
+    if extra_gib is not None:
+        sizes.setdefault(extra_gib, [])
+    return dict(sorted(sizes.items()))

@@ -106,3 +106,15 @@ def longest_fitting(estimate_at: Callable[[int], MemoryEstimate], gpu_gib: float
         else:
             hi = mid - 1
     return lo * multiple_of
+
+
+def fewest_fitting(estimate_at: Callable[[int], MemoryEstimate], gpu_gib: float, *, multiple_of: int = 1,
+                   limit: int = 64) -> tuple[int, MemoryEstimate] | None:
+    """The fewest processes, a multiple of `multiple_of` up to `limit`, whose GPUs of `gpu_gib` each fit
+    `estimate_at(processes)`, and that estimate; None if none do. Counted up, not bisected: one process
+    needs no gradient buckets (less than two under DDP), ZeRO-3 on one keeps whole layers gathered."""
+    for count in range(multiple_of, limit + 1, multiple_of):
+        estimate = estimate_at(count)
+        if estimate.fits(gpu_gib):
+            return count, estimate
+    return None

@@ -212,7 +212,9 @@ def _find_config(name: str, revision: str, cache_dir: Optional[str | Path]) -> t
             raise UserError(f"model.name_or_path: the directory {name} has no config.json")
         return _read_json(path), str(path)
     if looks_local(name):
-        raise UserError(f"model.name_or_path: no such directory: {name}")
+        raise UserError(f"model.name_or_path: no such directory: {name}; the memory plan needs the model's shape: "
+                        "run it where that folder is, or name the model's hub id (model.name_or_path=org/name as "
+                        f"an override; shapes bundled for: {', '.join(bundled_models())})")
     cached = _from_hf_cache(name, revision, cache_dir)
     if cached is not None:
         return _read_json(Path(cached)), f"{name} (Hugging Face cache)"

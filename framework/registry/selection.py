@@ -4,7 +4,7 @@ paths, the header and first row of its local data) in one pass."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,6 +38,7 @@ class Parts:
     objective: Callable
     eval_loaders: list[Callable]  # eval.mixture's, as loaders/formats are data.mixture's
     eval_formats: list[Callable]
+    absent: dict[str, str] = field(default_factory=dict)  # key -> line: local paths missing here (`absent_ok`)
 
 
 def bind_parts(loaded: LoadedRecipe) -> Parts:
@@ -49,19 +50,23 @@ def bind_parts(loaded: LoadedRecipe) -> Parts:
     return parts
 
 
-def load_and_bind(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()
+def load_and_bind(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), absent_ok: bool = False
                   ) -> tuple[LoadedRecipe, Parts]:
     """The recipe and its plugins, or a UserError with every problem found in one pass: extends,
     overrides, interpolation, schema, combinations, plugin names, options and option values, local
     paths that do not exist, a split (launch.sequence_parallel) the model, kernel or length cannot take,
     and what each local source's first row says of its columns and format.
-    Checks that depend on a wrong key are skipped."""
+    Checks that depend on a wrong key are skipped. `absent_ok`: local paths missing here are not
+    problems but `parts.absent` (a plan for the machine that has them)."""
     loaded, problems = read_recipe(path, overrides)
     parts = _bind(loaded, problems)
     check_paths(loaded.recipe, problems)
     check_sequence_parallel(loaded.recipe, problems)  # here, so that train refuses before it launches
     if parts is not None:
         _check_first_rows(loaded, parts, problems)
+    if absent_ok and parts is not None:
+        parts.absent = problems.absent
+        problems.lines = [line for line in problems.lines if line not in problems.absent.values()]
     if problems.lines:
         raise UserError(problems.lines)
     return loaded, parts
@@ -111,7 +116,7 @@ def _sources(entries, key: str, registry: Registry, problems: Problems) -> tuple
             # only its shape (an extension like `qa.cvs`) says it is a file: a hub name could look like it
             hub = f"; a hub dataset of this name needs {at}.loader=hub" if loader is None and not \
                 looks_local(entry.source) else ""
-            problems.add(f"{at}.source", f"no such file or folder: {entry.source} (relative paths are from the "
+            problems.add_absent(f"{at}.source", f"no such file or folder: {entry.source} (relative paths are from the "
                                          f"working directory{hub})")
         elif loader is None:
             problems.add(f"{at}.source", f"cannot tell how to load '{entry.source}' from its name; set {at}.loader")

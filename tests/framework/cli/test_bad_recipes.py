@@ -199,8 +199,11 @@ def test_every_mistake_of_a_recipe_shows_in_the_first_run(here, command):
     args = ["--gpu", "24"] if command == "plan" else []
     (here / "recipe.yaml").write_text(MANY)
     result = CliRunner().invoke(app, [command, "recipe.yaml", *overrides, *args])
-    lines = assert_refused(result, MANY_EXPECTED, here)
-    assert len(lines) == len(MANY_EXPECTED), lines  # and nothing spurious
+    # a plan is for the machine that has the recipe's files: paths missing here are not its problems
+    absent = ("no such file or folder", "no such checkpoint folder")
+    expected = [line for line in MANY_EXPECTED if command != "plan" or not any(a in line for a in absent)]
+    lines = assert_refused(result, expected, here)
+    assert len(lines) == len(expected), lines  # and nothing spurious
 
 
 def test_a_wrong_key_hides_no_other_check_and_causes_none(here):

@@ -161,3 +161,43 @@ def test_the_qlora_recipe_fits_16384_tokens_on_one_3090_offline(seqtune):
     check = seqtune("check", "recipes/llama3.1-8b-qlora.yaml", "--gpu", "3090")
     assert check.returncode == 0 and check.stdout.strip().splitlines()[-1].startswith("fits: ")
     assert "linear params × 4 bits" in check.stdout
+
+
+def gpu_rows(stdout: str) -> dict[str, list[str]]:
+    """The GPU table's rows by their memory cell (`80 GiB`, or `24 GiB *` for --gpu's size); a GPU
+    list wrapped over two lines leaves a continuation row without one, left out."""
+    block = stdout.split("GPUs: the fewest")[1].split("GiB per GPU in brackets")[0]
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in block.splitlines() if line.count("│") >= 4]
+    return {cells[1]: cells for cells in rows if cells[1]}
+
+
+def test_the_imported_70b_qlora_command_is_planned_on_gpus_of_each_size(seqtune, tmp_path):
+    """open-instruct's Tulu 2 QLoRA script names its model and data by paths of its author's machine:
+    the plan says they are not here, asks for the model's hub id, and with it says how many GPUs of
+    each size the run needs (the fewest that fit, as the recipe is and with ZeRO-3)."""
+    from framework.config import load_recipe
+    from framework.estimation.for_recipe import estimate_for_recipe
+
+    recipe = tmp_path / "llama2-70b-qlora.yaml"
+    imported = seqtune("import", "open-instruct", "--script", "tests/fixtures/open_instruct/llama2-70b-qlora.sh",
+                       "-o", recipe)
+    assert imported.returncode == 0, imported.stderr
+    unknown = seqtune("plan", recipe, "--gpu", "a100-80")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "model.name_or_path: no such directory: ../hf_llama2_models/70B" in unknown.stderr
+    assert "model.name_or_path=org/name" in unknown.stderr and "meta-llama/Llama-2-70b-hf" in unknown.stderr
+
+    hub_id = "model.name_or_path=meta-llama/Llama-2-70b-hf"
+    planned = seqtune("plan", recipe, "--gpu", "3090", hub_id)
+    assert planned.returncode == 1, planned.stderr  # 8 x 3090 as the recipe is: no
+    absent = [line for line in planned.stdout.splitlines() if line.startswith("not on this machine")]
+    assert [line.split(": ")[2] for line in absent] == ["data.mixture[0].source", "tokenizer.name_or_path"]
+    assert "data columns skipped" in planned.stdout
+    rows = gpu_rows(planned.stdout)
+    assert rows["24 GiB *"][2].startswith("none") and rows["24 GiB *"][3].startswith("none")
+    assert rows["40 GiB"][2].startswith("none") and rows["80 GiB"][2].startswith("1 (")
+    # ZeRO-3 partitions the 4-bit weights and the adapters' states: the fewest A100-40s that fit
+    count = int(rows["40 GiB"][3].split()[0])
+    loaded = load_recipe(recipe, [hub_id])
+    at = [estimate_for_recipe(loaded, num_gpus=n, zero_stage=3) for n in (count - 1, count)]
+    assert not at[0].fits(40) and at[1].fits(40) and rows["40 GiB"][3] == f"{count} ({at[1].total_gib:.1f})"

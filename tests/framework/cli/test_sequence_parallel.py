@@ -100,7 +100,7 @@ def test_check_gpu_shows_each_gpus_share_of_a_row(seqtune):
 def split_table(stdout: str) -> dict[str, int]:
     """The sequence parallelism table of `plan`: its longest max_seq_length by sequence_parallel (`4 *`
     for the recipe's own)."""
-    block = stdout.split("sequence parallelism:")[1]
+    block = stdout.split("sequence parallelism:")[1].split("GPUs: the fewest")[0]
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in block.splitlines() if line.count("│") == 5]
     return {cells[0]: int(cells[2].replace(",", "")) for cells in rows}
 

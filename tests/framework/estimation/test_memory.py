@@ -54,22 +54,24 @@ def test_bundled_configs_count_the_published_parameter_totals(name, billions, tm
     assert "bundled" in shape.source
 
 
-def test_bundled_configs_are_the_five_models_with_their_real_shapes(tmp_path):
+def test_bundled_configs_are_the_six_models_with_their_real_shapes(tmp_path):
     assert bundled_models() == ["Qwen/Qwen2.5-7B", "allenai/Llama-3.1-Tulu-3-8B-SFT", "allenai/OLMo-2-1124-7B",
-                                "google/gemma-2-2b", "meta-llama/Llama-3.1-8B"]
+                                "google/gemma-2-2b", "meta-llama/Llama-2-70b-hf", "meta-llama/Llama-3.1-8B"]
     fields = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
               "vocab_size", "tie_word_embeddings")
     expected = {"google/gemma-2-2b": (2304, 9216, 26, 8, 4, 256, 256000, True),
                 "meta-llama/Llama-3.1-8B": (4096, 14336, 32, 32, 8, 128, 128256, False),
                 "Qwen/Qwen2.5-7B": (3584, 18944, 28, 28, 4, 128, 152064, False),
                 "allenai/OLMo-2-1124-7B": (4096, 11008, 32, 32, 32, 128, 100352, False),
-                "allenai/Llama-3.1-Tulu-3-8B-SFT": (4096, 14336, 32, 32, 8, 128, 128264, False)}
+                "allenai/Llama-3.1-Tulu-3-8B-SFT": (4096, 14336, 32, 32, 8, 128, 128264, False),
+                "meta-llama/Llama-2-70b-hf": (8192, 28672, 80, 64, 8, 128, 32000, False)}
     for name, values in expected.items():
         shape = bundled(name, tmp_path)
         assert tuple(getattr(shape, f) for f in fields) == values, name
     gemma, qwen = bundled("google/gemma-2-2b", tmp_path), bundled("Qwen/Qwen2.5-7B", tmp_path)
     assert gemma.logit_softcapping and gemma.attn_softcapping and gemma.norm_layout == "sandwich"
     assert qwen.qkv_bias and not qwen.o_bias
+    assert bundled("meta-llama/Llama-2-70b-hf", tmp_path).num_parameters == 68_976_648_192  # "70B": 68.98B
     for path in sorted(BUNDLED_CONFIGS.glob("*.json")):  # each says which public config it mirrors
         source = json.loads(path.read_text())["_source"]
         assert "https://huggingface.co/" + path.stem.replace("__", "/") in source
@@ -451,3 +453,21 @@ def test_estimation_imports_no_torch(repo):
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     count, loaded = result.stdout.strip().split(" ", 1)
     assert int(count) >= 8 and loaded == "[]", result.stderr
+
+
+def test_fewest_fitting_counts_up_past_a_dip_and_keeps_the_multiple():
+    from framework.estimation.memory import GIB, fewest_fitting
+
+    class At:  # an estimate whose memory per GPU is given for each count of processes
+        def __init__(self, gib: float):
+            self.gib = gib
+
+        def fits(self, gpu_gib: float) -> bool:
+            return self.gib * GIB <= gpu_gib * GIB
+
+    # one process needs less than two (no DDP buckets), then ZeRO divides by the processes
+    memory = {1: 30, 2: 50, 3: 40, 4: 30, 5: 24, 6: 20}
+    assert fewest_fitting(lambda n: At(memory[n]), 35, limit=6)[0] == 1
+    assert fewest_fitting(lambda n: At(memory[n] + 10), 35, limit=6)[0] == 5
+    assert fewest_fitting(lambda n: At(memory[n] + 10), 35, multiple_of=2, limit=6)[0] == 6
+    assert fewest_fitting(lambda n: At(memory[n]), 10, limit=6) is None
