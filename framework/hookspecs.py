@@ -185,7 +185,9 @@ def seqtune_register_objectives() -> Factories:
     """Training objectives (`objective: {name: sft}`, the default, or `dpo`); a factory returns a
     `framework.types.Objective`, which owns what differs between objectives:
 
-    * **encoding**: `encoder(...)` returns the preprocessing pass's `encode(rows, where)`. Rows are
+    * **encoding**: `encoder(...)` returns the preprocessing pass's `encode(rows, where)`; its
+      `train_on` is data.train_on with `auto` resolved to the objective's `train_on` attribute (SFT:
+      every assistant turn; DPO: each side's final one), so one recipe key says what is trained. Rows are
       formatted rows `(messages, text, rejected)` (from a format returning a `framework.Pair`: the chosen
       conversation and the rejected one; else rejected is None); it returns the cache columns of `framework.data.tokenize.COLUMNS`. A row of several
       sequences (a pair) is stored end to end with their lengths in `sequences`.

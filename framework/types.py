@@ -126,7 +126,8 @@ class Objective(Protocol):
     # Optional: `sequence_names` (how `check --samples` labels a row's sequences), `uses_token_loss`
     # (False: the recipe's train.loss is not used, and setting it is warned about), `sequence_parallel`
     # (True: it runs split over a group) and `label_keys` (its per-token keys about the predicted token,
-    # which the engine shifts with the labels when it splits rows).
+    # which the engine shifts with the labels when it splits rows), `train_on` (what data.train_on: auto
+    # means for it: "assistant" when not declared).
 
     def encoder(self, tokenizer: Any, truncate: Any, max_seq_length: int, train_on: str, template: str,
                 untrainable: str) -> Any:

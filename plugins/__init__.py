@@ -12,6 +12,7 @@ BUILTIN = (
     "plugins.losses",
     "plugins.objectives",
     "plugins.dpo",
+    "plugins.preference",
     "plugins.loggers",
     "plugins.trackers",
 )

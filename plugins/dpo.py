@@ -1,85 +1,59 @@
-"""Preference tuning: the `dpo` objective and the preference row formats.
+"""Preference tuning: the `dpo` objective (its row formats: plugins/preference.py).
 
 A pair is two conversations with the same prompt turns that differ in their final assistant turn.
-Each side is encoded with the chat template, only its final assistant turn trained, and stored end
-to end (chosen, then rejected) as one row of two sequences. A pair longer than max_seq_length on a
-side is cut by `data.truncation`: `right` (or `left`, `turns`) cuts the shared prompt from the left
-first, keeping at least half of max_seq_length of it, then both responses from the right; `drop`
-drops the pair; `raise` stops at it. A pair with a side left without a trained token is dropped and
-counted (`data.untrainable`).
+Each side is encoded with the chat template and stored end to end (chosen, then rejected) as one row
+of two sequences. Trained: each side's final assistant turn (`data.train_on: auto`, as TRL), or every
+assistant turn (`assistant`, as open-instruct: the shared earlier turns then count in averaged losses).
+A pair longer than max_seq_length on a side is cut by `data.truncation`: `right` (or `left`, `turns`)
+cuts the shared context from the left first, keeping at least half of max_seq_length of it, then both
+responses from the right; `drop` drops the pair; `raise` stops at it. A pair with a side left without
+a trained token is dropped and counted (`data.untrainable`).
 
 In a micro-batch both sides of every pair run in one forward: as two documents of one packed row
-(bfd), or as two rows (no packing, chosen rows first). The loss compares each side's summed
-log-probability of its trained tokens under the model being trained (the policy) with the frozen
-starting model (the reference), which the engine provides live or from a cache (`reference`):
+(bfd), or as two rows (no packing, chosen rows first). The loss compares each side's log-probability
+of its trained tokens (summed, or averaged over them: `logps`) under the model being trained (the
+policy) with the frozen starting model (the reference), which the engine provides live or from a
+cache (`reference`):
 
 * `sigmoid`: -log sigmoid(beta * h) (the DPO paper), where h = (policy - reference)(chosen) -
   (policy - reference)(rejected); with `label_smoothing` e, (1 - e) of that plus e of -log sigmoid(-beta * h)
   (conservative DPO);
-* `ipo`: (h - 1 / (2 beta))^2 (IPO);
+* `ipo`: (h - 1 / (2 beta))^2 (IPO), on averaged log-probabilities by default as TRL computes it
+  (`logps: sum` is the paper's form);
 * `hinge`: max(0, 1 - beta * h) (SLiC);
-* `dpo_norm`: `sigmoid` on log-probabilities averaged over each side's trained tokens (open-instruct's
-  choice for Tulu 3);
+* `dpo_norm`: `sigmoid` on averaged log-probabilities (open-instruct's choice for Tulu 3);
 * `simpo`: -log sigmoid(beta * (avg policy(chosen) - avg policy(rejected)) - gamma), with label
   smoothing as `sigmoid`: no reference at all (SimPO).
 
 Rewards are beta * (policy - reference) of a side (beta * policy for simpo), on the loss's
-normalisation; rewards/accuracy counts a pair whose chosen reward is higher as 1 and a tie as 1/2 (at
-the first step every pair ties: 0.5, not 0). `train.loss_reduction` divides by pairs.
+normalisation; rewards/accuracy counts the pairs whose chosen reward is higher, a tie as 0 (as TRL and
+open-instruct: the first step, where the model is its own reference, reads 0). `train.loss_reduction`
+divides by pairs.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Annotated, Literal
 
-from framework import (EMPTY, IGNORE_INDEX, Bounds, Pair, Sample, UserError, add_row, encode_rows, hookimpl,
+from framework import (EMPTY, IGNORE_INDEX, Bounds, Sample, UserError, add_row, encode_rows, hookimpl,
                        rank_share, sequence_sum, target_values, trained_index, trained_token_logps)
-from plugins.formats import check_messages
 
-NORMALISED = ("dpo_norm", "simpo")  # losses on log-probabilities averaged over a side's trained tokens
+# Losses on each side's log-probability averaged over its trained tokens by default (`logps: auto`):
+# dpo_norm and simpo by definition, ipo as TRL computes it (the IPO paper sums)
+AVERAGED = ("ipo", "dpo_norm", "simpo")
 Loss = Literal["sigmoid", "ipo", "hinge", "dpo_norm", "simpo"]
-
-
-# -- formats ------------------------------------------------------------------------------------
-
-def preference(row: dict) -> Pair:
-    """`chosen` and `rejected`: message lists with the same prompt turns (Tulu 3's and UltraFeedback's
-    preference sets)."""
-    return _pair(check_messages(row.get("chosen"), "chosen"), check_messages(row.get("rejected"), "rejected"))
-
-
-def preference_text(row: dict) -> Pair:
-    """`prompt`, `chosen` and `rejected` strings: one user turn and the two answers."""
-    texts = {}
-    for column in ("prompt", "chosen", "rejected"):
-        if not isinstance(row.get(column), str) or not row[column]:
-            raise ValueError(f"needs a non-empty string column '{column}'")
-        texts[column] = row[column]
-    prompt = [{"role": "user", "content": texts["prompt"]}]
-    return Pair(prompt + [{"role": "assistant", "content": texts["chosen"]}],
-                prompt + [{"role": "assistant", "content": texts["rejected"]}])
-
-
-def _pair(chosen: list[dict], rejected: list[dict]) -> Pair:
-    for side, messages in (("chosen", chosen), ("rejected", rejected)):
-        if not messages or messages[-1]["role"] != "assistant":
-            raise ValueError(f"'{side}' must end with an assistant turn (the answer the pair compares)")
-    if chosen[:-1] != rejected[:-1]:
-        at = next((k for k, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)) - 1)
-        raise ValueError(f"chosen and rejected differ before their final assistant turn (message {at}); the "
-                         "two sides of a pair share their prompt turns")
-    return Pair(chosen, rejected)
 
 
 # -- the loss -----------------------------------------------------------------------------------
 
 def preference_loss(kind: str, policy, reference, counts, beta: float, label_smoothing: float = 0.0,
-                    gamma: float = 0.0):
+                    gamma: float = 0.0, averaged: bool | None = None):
     """Per pair: (loss, chosen reward, rejected reward). `policy` and `reference` are (pairs, 2) summed
-    log-probabilities of (chosen, rejected), `counts` their trained tokens; reference None for simpo."""
+    log-probabilities of (chosen, rejected), `counts` their trained tokens; reference None for simpo.
+    `averaged`: divide each side's by its trained tokens first (None: as `logps: auto` does)."""
     import torch.nn.functional as F
 
-    if kind in NORMALISED:
+    if kind in AVERAGED if averaged is None else averaged:
         policy = policy / counts
         reference = None if reference is None else reference / counts
     if kind == "simpo":
@@ -107,23 +81,25 @@ class DPO:
     uses_token_loss = False  # it scores sequences with trained_token_logps (memory_mib), not train.loss
     unit = "pair"
 
+    train_on = "last_assistant"  # data.train_on: auto; `assistant` scores every assistant turn (open-instruct)
+
     def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float, reference: str,
-                 memory_mib: float):
+                 memory_mib: float, logps: str = "auto"):
         self.kind, self.beta, self.label_smoothing, self.gamma = loss, beta, label_smoothing, gamma
+        self.averaged = loss in AVERAGED if logps == "auto" else logps == "mean"
         self.reference = ("none" if loss == "simpo" else "cached") if reference == "auto" else reference
         self.memory_mib = memory_mib
 
     def encoder(self, tokenizer, truncate, max_seq_length, train_on, template, untrainable):
         if train_on == "all":
-            raise UserError("data.train_on: all: objective dpo trains the final assistant turn of each side of a "
-                            "pair; remove data.train_on (or set last_assistant)")
+            raise UserError("data.train_on: all: objective dpo trains the assistant turns of each side of a pair: "
+                            "remove data.train_on (the final turn), or set assistant (every assistant turn)")
         cut = _cut_rule(truncate)
 
         def encode(rows, where):
             _refuse_single(rows, where)
             sides = [messages for chosen, _, rejected in rows for messages in (chosen, rejected)]
-            encoded = encode_rows(tokenizer, sides, [None] * len(sides), "last_assistant", lambda k: where(k // 2),
-                                  template)
+            encoded = encode_rows(tokenizer, sides, [None] * len(sides), train_on, lambda k: where(k // 2), template)
             out = defaultdict(list)
             for i in range(len(rows)):
                 chosen, rejected = encoded[2 * i], encoded[2 * i + 1]
@@ -179,10 +155,10 @@ class DPO:
         reference = batch.get("reference_logps")
         reference = None if reference is None else reference.to(policy.dtype)
         losses, chosen, rejected = preference_loss(self.kind, policy, reference, counts, self.beta,
-                                                   self.label_smoothing, self.gamma)
+                                                   self.label_smoothing, self.gamma, self.averaged)
         sides = policy.detach()
         metrics = {"rewards/chosen": chosen.sum(), "rewards/rejected": rejected.sum(),
-                   "rewards/accuracy": ((chosen > rejected).sum() + 0.5 * (chosen == rejected).sum()), "rewards/margin": (chosen - rejected).sum(),
+                   "rewards/accuracy": (chosen > rejected).sum(), "rewards/margin": (chosen - rejected).sum(),
                    "logps/chosen": sides[:, 0].sum(), "logps/rejected": sides[:, 1].sum()}
         # Every rank of a sequence-parallel group holds the same pairs: each reports its share
         share = rank_share(batch)
@@ -249,13 +225,16 @@ def _kept(chosen: Sample, rejected: Sample, max_seq_length: int, cut: str, where
 
 
 def _prompt_length(chosen: Sample, rejected: Sample) -> int:
-    """The shared untrained tokens both sides start with."""
-    n = 0
+    """The context both sides share, which a cut shortens from the left: their common tokens up to the
+    last untrained one (the final turn's header). Earlier assistant turns, trained under data.train_on:
+    assistant, are the same on both sides: shared context too."""
+    common = shared = 0
     for a, b, la, lb in zip(chosen.input_ids, rejected.input_ids, chosen.labels, rejected.labels):
-        if a != b or la != IGNORE_INDEX or lb != IGNORE_INDEX:
+        if a != b or la != lb:
             break
-        n += 1
-    return n
+        common += 1
+        shared = common if la == IGNORE_INDEX else shared
+    return shared
 
 
 def _cut(side: Sample, start: int, max_seq_length: int) -> Sample:
@@ -267,13 +246,15 @@ def _cut(side: Sample, start: int, max_seq_length: int) -> Sample:
 def dpo(*, loss: Loss = "sigmoid", beta: Annotated[float, Bounds(gt=0)] = 0.1,
         label_smoothing: Annotated[float, Bounds(ge=0, lt=0.5)] = 0.0, gamma: Annotated[float, Bounds(ge=0)] = 0.0,
         reference: Literal["auto", "live", "cached", "none"] = "auto",
-        memory_mib: Annotated[float, Bounds(gt=0)] = 512) -> DPO:
+        logps: Literal["auto", "sum", "mean"] = "auto", memory_mib: Annotated[float, Bounds(gt=0)] = 512) -> DPO:
     """Direct preference optimisation and its variants (see the module). `reference`: auto is cached,
-    or none for simpo; `memory_mib` bounds one chunk's logits when scoring sequences."""
-    return DPO(loss, beta, label_smoothing, gamma, reference, memory_mib)
+    or none for simpo; `logps`: each side's log-probability summed over its trained tokens or averaged
+    (auto: averaged for ipo, dpo_norm and simpo, as the reference implementations do); `memory_mib`
+    bounds one chunk's logits when scoring sequences."""
+    return DPO(loss, beta, label_smoothing, gamma, reference, memory_mib, logps)
 
 
-def _check(*, loss, reference, label_smoothing, gamma, **_):
+def _check(*, loss, reference, label_smoothing, gamma, logps="auto", **_):
     if loss == "simpo" and reference in ("live", "cached"):
         yield "reference", "simpo is reference-free: leave reference unset (or none)"
     if loss != "simpo" and reference == "none":
@@ -282,10 +263,11 @@ def _check(*, loss, reference, label_smoothing, gamma, **_):
         yield "gamma", "gamma is SimPO's target margin: set loss: simpo, or remove gamma"
     if label_smoothing and loss in ("ipo", "hinge"):
         yield "label_smoothing", f"loss {loss} has no label smoothing: use sigmoid, dpo_norm or simpo"
+    if logps == "sum" and loss in ("dpo_norm", "simpo"):
+        yield "logps", f"loss {loss} averages each side's log-probability by definition: for sums, use sigmoid"
+    if logps == "mean" and loss == "sigmoid":
+        yield "logps", "sigmoid on averaged log-probabilities is loss: dpo_norm; set that instead"
 
-
-preference.columns = ("chosen", "rejected")  # declared: `seqtune check` names the missing ones
-preference_text.columns = ("prompt", "chosen", "rejected")
 dpo.check = _check
 dpo.sequences_per_row = 2
 
@@ -294,7 +276,3 @@ dpo.sequences_per_row = 2
 def seqtune_register_objectives():
     return {"dpo": dpo}
 
-
-@hookimpl
-def seqtune_register_dataset_formats():
-    return {"preference": preference, "preference_text": preference_text}

@@ -14,6 +14,7 @@ class SFT:
     sequences_per_row = 1
     reference = "none"
     unit = "token"
+    train_on = "assistant"  # data.train_on: auto
 
     def encoder(self, tokenizer, truncate, max_seq_length, train_on, template, untrainable):
         return make_encoder(tokenizer, truncate, max_seq_length, train_on, template, untrainable)

@@ -16,7 +16,7 @@ def test_dpo_on_the_quickstart_model_learns_to_prefer_right_answers(seqtune, tmp
                     f"tokenizer.name_or_path={sft}", "logging.loggers=[jsonl]")
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     logs = [r for r in map(json.loads, (dpo / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert logs[0]["rewards/accuracy"] < 0.7 and logs[-1]["rewards/accuracy"] >= 0.9  # from about 0.5
+    assert logs[0]["rewards/accuracy"] < 0.7 and logs[-1]["rewards/accuracy"] >= 0.9  # from below 0.5 (the first step ties: 0)
     assert logs[-1]["loss"] < logs[0]["loss"] / 2
 
     from seqtune_testing import load_script

@@ -147,7 +147,7 @@ def _samples(loaded: Any, parts: Any, count: int):
 
     try:
         tokenizer = load_tokenizer(loaded.recipe, parts.registry.entries["chat_templates"])
-        return untruncated_sample(loaded.recipe, parts.loaders, parts.formats, tokenizer, count)
+        return untruncated_sample(loaded.recipe, parts.loaders, parts.formats, tokenizer, count, parts.objective())
     except UserError as exc:
         print_line(f"[yellow]data columns skipped[/]: {escape(exc.problems[0])}")
         return None

@@ -104,8 +104,9 @@ class DataConfig:
                                 factory=lambda: Component("right"))
     packing: Component = opt(None, "How rows are grouped into micro-batches.",
                              factory=lambda: Component("none"))
-    train_on: Literal["assistant", "last_assistant", "all"] = opt(
-        "assistant", "Which tokens are trained: every assistant turn, only the last one, or all tokens.")
+    train_on: Literal["auto", "assistant", "last_assistant", "all"] = opt(
+        "auto", "Which tokens are trained: every assistant turn, only the last one, or all tokens; auto is the "
+        "objective's own (sft: every assistant turn; dpo: each side's final one).")
     num_workers: int = opt(1, "Processes used for tokenization.", minimum=1)
     mix_dir: Optional[str] = opt(None, "If set, the mixed untokenized rows and their stats go here.")
     cache_dir: Optional[str] = opt(None, "Where preprocessed rows are cached; default $SEQTUNE_CACHE "

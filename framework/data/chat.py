@@ -2,7 +2,11 @@
 
 Templates rarely carry `{% generation %}` markers, so the assistant spans are found from the
 template itself: the text of messages[:i] (with the generation prompt) and of messages[:i+1] are
-prefixes of the whole rendering, and the characters between them are assistant turn i.
+prefixes of the whole rendering, and the characters between them are assistant turn i. Where the
+generation prompt is not such a prefix because the template separates turns only once another
+follows (tulu ends the conversation's last assistant turn at eos, and puts a newline after it when
+another comes), the turn starts after the generation prompt's header found in the whole text, past
+that separating whitespace (untrained); any other difference rejects the row with a TemplateError.
 
 The rendering is then tokenized piece by piece, cut at the span edges, so no token can straddle
 a trained and an untrained piece: the trained tokens are exactly the tokens of each assistant turn
@@ -66,18 +70,54 @@ def assistant_spans(tokenizer: Any, messages: list[dict], renderer: Renderer | N
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(render(messages[:i], generation_prompt=True))
-        prefixes.append(render(messages[: i + 1]))
-        # The template's separator after the end-of-turn token is never generated: not trained.
-        spans.append((start, len(prefixes[-1].rstrip())))
+        prompt, upto = render(messages[:i], generation_prompt=True), render(messages[: i + 1])
+        # After an assistant turn, the turns before are that turn's own rendering: no extra render
+        before = prefixes[-1] if i and messages[i - 1]["role"] == "assistant" else None
+        start = _turn_start(render, messages, i, prompt, upto, before)
+        prefixes.append(upto)
+        # The template's separator after the end-of-turn token is never generated: not trained (an
+        # empty turn with no end-of-turn marker is an empty span, not one ending inside its header).
+        spans.append((start, max(start, len(upto.rstrip()))))
     # A conversation that ends with an assistant turn is its own last prefix: no extra render.
     ends_with_assistant = bool(messages) and messages[-1]["role"] == "assistant"
     text = prefixes[-1] if ends_with_assistant else render(messages)
-    for (start, _), prefix in zip(spans, prefixes):
-        if start > len(prefix) or not text.startswith(prefix):
-            raise TemplateError("the chat template renders an assistant turn differently inside the "
-                                "whole conversation, so the label mask cannot be computed")
+    for prefix in prefixes:
+        if not text.startswith(prefix):
+            raise TemplateError("the chat template renders an assistant turn differently inside the whole "
+                                f"conversation ({_difference(prefix, text)}), so the label mask cannot be computed")
     return text, spans
+
+
+def _turn_start(render: Renderer, messages: list[dict], i: int, prompt: str, upto: str, before: str | None) -> int:
+    """Where assistant turn i's content starts in `upto` (the rendering of messages[:i+1]), given `prompt`
+    (messages[:i] with the generation prompt) and `before` (messages[:i], rendered here when None)."""
+    if upto.startswith(prompt):
+        return len(prompt)
+    # Rendered only here: a prefix-stable template (most rows) never needs it
+    before = render(messages[:i]) if before is None else before
+    if not prompt.startswith(before):
+        raise TemplateError(f"the chat template renders the turns before messages[{i}] differently with a generation "
+                            f"prompt ({_difference(before, prompt, 'the prompt has')}), so the label mask cannot be "
+                            "computed")
+    if not upto.startswith(before):
+        raise TemplateError(f"the chat template renders the turns before messages[{i}] differently once it follows "
+                            f"({_difference(before, upto)}), so the label mask cannot be computed")
+    header = prompt[len(before):]
+    # Only whitespace may separate the turns before from the header; the header's own leading
+    # whitespace is the end of that run (its first visible character starts the header either way)
+    visible = header.lstrip()
+    gap = len(upto) - len(upto[len(before):].lstrip())
+    if not visible or not upto.startswith(visible, gap) or not upto[len(before):gap].endswith(header[:-len(visible)]):
+        raise TemplateError(f"the chat template's generation prompt before messages[{i}] is not how the conversation "
+                            f"continues ({_difference(prompt, upto)}), so the label mask cannot be computed")
+    return gap + len(visible)
+
+
+def _difference(part: str, whole: str, whole_name: str = "the whole conversation has", context: int = 24) -> str:
+    """Where `part` stops being a prefix of `whole`, as a short excerpt of each (one line: repr)."""
+    at = next((k for k, (a, b) in enumerate(zip(part, whole)) if a != b), min(len(part), len(whole)))
+    begin = max(0, at - context)
+    return f"...{part[begin:at + context]!r} where {whole_name} ...{whole[begin:at + context]!r}"
 
 
 def _rendered(renderer: Renderer, messages: list[dict], train_on: TrainOn) -> tuple[str, list[tuple[int, int]]]:

@@ -81,12 +81,12 @@ def prepare_data(recipe: Recipe, loaders: list[Callable], formats: list[Callable
     max_seq_length = recipe.data.max_seq_length
     with main_first or contextlib.nullcontext(), _quiet_datasets():
         fingerprints, loaded = _fingerprints(recipe, loaders)
-        path = cache_root(recipe.data.cache_dir) / _key(recipe, fingerprints, tokenizer, max_seq_length)
+        path = cache_root(recipe.data.cache_dir) / _key(recipe, fingerprints, tokenizer, max_seq_length, objective)
         reader = functools.partial(_reader, recipe, loaders, formats, loaded)
         cached = load_cached(path)
         from_cache = cached is not None
         if not from_cache:
-            settings = (tokenizer, truncate, max_seq_length, recipe.data.train_on, template_name(recipe),
+            settings = (tokenizer, truncate, max_seq_length, train_on_for(recipe, objective), template_name(recipe),
                         recipe.data.untrainable)
             encode = objective.encoder(*settings) if objective is not None else make_encoder(*settings)
             _build(path, reader, encode, recipe, max_seq_length)
@@ -141,9 +141,10 @@ def _remedy(report: Report) -> str:
 
 
 def untruncated_sample(recipe: Recipe, loaders: list[Callable], formats: list[Callable], tokenizer: Any,
-                       count: int) -> list[Sample]:
+                       count: int, objective: Any = None) -> list[Sample]:
     """Up to `count` rows of the recipe's mixture (a seeded sample), encoded whole: no cut, no cache. A
-    preference pair is its longer side, the one max_seq_length bounds."""
+    preference pair is its longer side, the one max_seq_length bounds; `objective` (the recipe's,
+    built) says what data.train_on: auto trains."""
     import random
 
     with _quiet_datasets():
@@ -153,7 +154,7 @@ def untruncated_sample(recipe: Recipe, loaders: list[Callable], formats: list[Ca
     sample = Reader(MixturePlan(reader.plan.source[picked], reader.plan.index[picked], []), reader.sources)
     samples = []
     for rows, where, _, _ in sample.batches(0, len(picked)):
-        train_on, template = recipe.data.train_on, template_name(recipe)
+        train_on, template = train_on_for(recipe, objective), template_name(recipe)
         encoded = encode_rows(tokenizer, [m for m, _, _ in rows], [t for _, t, _ in rows], train_on, where, template)
         pairs = [k for k, (_, _, rejected) in enumerate(rows) if rejected is not None]
         others = encode_rows(tokenizer, [rows[k][2] for k in pairs], [None] * len(pairs), train_on,
@@ -201,11 +202,18 @@ def _quiet_datasets():
             ds_logging.enable_progress_bar()
 
 
-def _key(recipe: Recipe, fingerprints: list[str], tokenizer: Any, max_seq_length: int) -> str:
+def train_on_for(recipe: Recipe, objective: Any) -> str:
+    """data.train_on, with auto resolved to what the objective trains (`Objective.train_on`; sft's when
+    there is none: every assistant turn)."""
+    own = recipe.data.train_on
+    return getattr(objective, "train_on", "assistant") if own == "auto" else own
+
+
+def _key(recipe: Recipe, fingerprints: list[str], tokenizer: Any, max_seq_length: int, objective: Any) -> str:
     data = recipe.data
     sources = [{"source": e.source, "loader": e.loader, "split": e.split, "format": e.format,
                 "columns": e.columns, "fraction": e.fraction, "count": e.count, "fingerprint": fp}
                for e, fp in zip(data.mixture, fingerprints)]
     return cache_key({"sources": sources, "seed": recipe.seed, "tokenizer": tokenizer_fingerprint(tokenizer),
                       "max_seq_length": max_seq_length, "truncation": vars(data.truncation),
-                      "train_on": data.train_on, "untrainable": data.untrainable, "objective": recipe.objective.name})
+                      "train_on": train_on_for(recipe, objective), "untrainable": data.untrainable, "objective": recipe.objective.name})

@@ -181,6 +181,7 @@ def _dpo(draft: Draft, command: Command) -> None:
     draft.set("objective", objective, f"{Path(command.script).name} --dpo_loss_type {kind} --dpo_beta {beta:g}")
     for entry in draft.values.get("data.mixture", []):
         entry["format"] = "preference"
+    draft.set("data.train_on", "assistant", "open-instruct's preference tokenization trains every assistant turn")
     if "train.loss_reduction" in draft.comments and draft.comments["train.loss_reduction"].startswith("--reduce_loss"):
         draft.warnings.append("--reduce_loss: ignored by open-instruct's DPO scripts (they average over pairs)")
     draft.set("train.loss_reduction", "mean", "the DPO scripts' losses.mean() per micro-batch")

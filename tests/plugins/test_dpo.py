@@ -3,13 +3,17 @@ per-token computation, the preference formats, and how a pair is encoded, cut an
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+import plugins.chat_templates
+
 from framework import IGNORE_INDEX, Pair, Sample, UserError
 from framework.data.tokenize import CODES
-from plugins.dpo import dpo, preference, preference_loss, preference_text
+from plugins.dpo import dpo, preference_loss
+from plugins.preference import preference, preference_text
 from plugins.packing import BestFitDecreasing, PadToLongest
 from plugins.truncation import drop, refuse, right
 from seqtune_testing import trained_runs
@@ -37,7 +41,9 @@ def test_each_loss_is_its_closed_form():
     assert loss_of("sigmoid", 0.1)[0] == pytest.approx(softplus(-0.2), abs=1e-12)
     assert loss_of("sigmoid", 0.1, label_smoothing=0.1)[0] == pytest.approx(
         0.9 * softplus(-0.2) + 0.1 * softplus(0.2), abs=1e-12)
-    assert loss_of("ipo", 0.1)[0] == pytest.approx((2 - 1 / 0.2) ** 2, abs=1e-12)  # 9
+    # ipo on averaged log-probabilities (TRL's): h = (-10 + 11) / 4 - (-12 + 11) / 2 = 0.75; summed (the paper's): 2
+    assert loss_of("ipo", 0.1)[0] == pytest.approx((0.75 - 1 / 0.2) ** 2, abs=1e-12)  # 18.0625
+    assert loss_of("ipo", 0.1, averaged=False)[0] == pytest.approx((2 - 1 / 0.2) ** 2, abs=1e-12)  # 9
     assert loss_of("hinge", 0.1)[0] == pytest.approx(1 - 0.1 * 2, abs=1e-12)  # 0.8
     assert loss_of("hinge", 1.0)[0] == 0.0  # past the margin
     # dpo_norm: per-token means, chosen -10/4 vs -11/4, rejected -12/2 vs -11/2: h = 0.25 + 0.5 = 0.75
@@ -61,6 +67,9 @@ def test_options_that_do_not_go_together_are_recipe_errors():
     assert "compares with a reference" in problems(reference="none")["reference"]
     assert "SimPO" in problems(gamma=0.5)["gamma"]
     assert "no label smoothing" in problems(loss="ipo", label_smoothing=0.1)["label_smoothing"]
+    assert "by definition" in problems(loss="dpo_norm", logps="sum")["logps"]
+    assert "loss: dpo_norm" in problems(logps="mean")["logps"]
+    assert problems(loss="ipo", logps="sum") == {} and problems(loss="hinge", logps="mean") == {}
     assert problems() == {} and problems(loss="simpo", gamma=0.5) == {}
     assert dpo().reference == "cached" and dpo(loss="simpo").reference == "none"
 
@@ -88,7 +97,7 @@ def test_a_malformed_pair_says_why(row, reason):
 # -- encoding -----------------------------------------------------------------------------------
 
 def encode(tokenizer, rows, max_seq_length=128, truncate=right, **settings):
-    settings = {"train_on": "assistant", "template": "the chat template", "untrainable": "drop", **settings}
+    settings = {"train_on": "last_assistant", "template": "the chat template", "untrainable": "drop", **settings}
     encoder = dpo().encoder(tokenizer, truncate, max_seq_length, settings["train_on"], settings["template"],
                             settings["untrainable"])
     return encoder([(p.chosen, None, p.rejected) for p in rows], lambda i: f"pairs.jsonl:{i + 1}")
@@ -281,3 +290,125 @@ def test_check_samples_shows_each_side_of_a_pair_under_its_name(repo, tmp_path, 
     assert f"[chosen: {len(chosen.input_ids)} tokens, {chosen.num_trainable} trained]" in text
     assert f"[rejected: {len(rejected.input_ids)} tokens, {rejected.num_trainable} trained]" in text
     assert text.index("[chosen") < text.index("[rejected")
+
+
+# -- parity with TRL and open-instruct: their formulas, computed here from per-token log-probabilities --
+
+def scored(objective, model, reference_model, tokenizer, out):
+    """(loss, metrics) of every encoded pair, one micro-batch, the reference from `reference_model`."""
+    rows = [[Sample(out["input_ids"][i], out["labels"][i], tuple(out["sequences"][i]))] for i in range(len(out["length"]))]
+    batch = objective.collate(rows, BestFitDecreasing(), tokenizer.pad_token_id, False)
+    with torch.no_grad():
+        batch["reference_logps"] = objective.sequence_logps(reference_model, batch)
+    return objective.loss(model, batch, token_loss=None)
+
+
+def side_logps(model, ids, labels) -> tuple[float, int]:
+    """A sequence's summed log-probability of its trained tokens and how many there are, directly."""
+    return direct_logp(model, ids, labels), sum(label != IGNORE_INDEX for label in labels[1:])
+
+
+def test_ipo_by_default_is_trls_on_averaged_log_ratios(tiny_tokenizer):
+    """TRL divides each side's log-probability by its completion tokens before IPO's squared loss:
+    ((pi_c - ref_c) / n_c - (pi_r - ref_r) / n_r - 1 / (2 beta))^2; `logps: sum` is the paper's form."""
+    pair = Pair([USER, {"role": "assistant", "content": "t a c t a c t a c"}], [USER, BAD])  # sides of unequal length
+    out = encode(tiny_tokenizer, [pair])
+    model, reference = tiny_model(len(tiny_tokenizer)), tiny_model(len(tiny_tokenizer))
+    with torch.no_grad():
+        for p in reference.parameters():  # another starting model: the log-ratios are not 0
+            p.add_(0.05 * torch.randn_like(p))
+    (pc, nc), (pr, nr) = [side_logps(model, *side) for side in sides(out, 0)]
+    (rc, _), (rr, _) = [side_logps(reference, *side) for side in sides(out, 0)]
+    assert nc != nr
+    beta = 0.5
+    trl = ((pc - rc) / nc - (pr - rr) / nr - 1 / (2 * beta)) ** 2
+    paper = ((pc - rc) - (pr - rr) - 1 / (2 * beta)) ** 2
+    assert scored(dpo(loss="ipo", beta=beta), model, reference, tiny_tokenizer, out)[0].item() == pytest.approx(trl, rel=1e-9)
+    assert scored(dpo(loss="ipo", beta=beta, logps="sum"), model, reference, tiny_tokenizer, out)[0].item() == \
+        pytest.approx(paper, rel=1e-9)
+    assert abs(trl - paper) > 0.01
+
+
+def test_a_tie_counts_0_in_the_reward_accuracy_as_in_trl_and_open_instruct(tiny_tokenizer):
+    """(chosen_rewards > rejected_rewards).float().mean(): the first step, where the model is its own
+    reference, reads 0 for every pair."""
+    out = encode(tiny_tokenizer, [Pair([USER, GOOD], [USER, BAD]), Pair([USER, BAD], [USER, GOOD])])
+    model = tiny_model(len(tiny_tokenizer))
+    _, metrics = scored(dpo(), model, model, tiny_tokenizer, out)
+    assert metrics["rewards/margin"].item() == 0 and metrics["rewards/accuracy"].item() == 0
+
+
+def tulu_tokenizer(tiny_tokenizer):
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (Path(plugins.chat_templates.__file__).parent / "tulu.jinja").read_text()
+    return tokenizer
+
+
+def open_instruct_encoding(tokenizer, messages) -> tuple[list[int], list[int]]:
+    """open-instruct's preference tokenization (dataset_transformation.py): the whole conversation
+    tokenized once; each non-assistant message masked, from the end of the conversation before it to its
+    own end (with the generation prompt when an assistant turn follows); everything else trained."""
+    def length(upto: list[dict], gen: bool = False) -> int:
+        text = tokenizer.apply_chat_template(upto, tokenize=False, add_generation_prompt=gen)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    labels = list(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            start = 0 if i == 0 else length(messages[:i])
+            end = length(messages[:i + 1], i + 1 < len(messages) and messages[i + 1]["role"] == "assistant")
+            labels[start:end] = [IGNORE_INDEX] * (end - start)
+    return ids, labels
+
+
+MULTI_TURN = [USER, GOOD, {"role": "user", "content": "Uppercase: dog"}]
+MULTI_PAIR = Pair(MULTI_TURN + [{"role": "assistant", "content": "DOG"}],
+                  MULTI_TURN + [{"role": "assistant", "content": "dog dog"}])
+
+
+def test_train_on_assistant_scores_every_turn_as_open_instruct_and_dpo_norm_computes_its_numbers(tiny_tokenizer):
+    """The Tulu 3 DPO recipe (tulu template, dpo_norm, data.train_on: assistant) on a multi-turn pair:
+    the same token ids and trained tokens as open-instruct's tokenization, and its dpo_norm loss from
+    per-token log-probabilities averaged over every assistant turn."""
+    tokenizer = tulu_tokenizer(tiny_tokenizer)
+    out = encode(tokenizer, [MULTI_PAIR], train_on="assistant")
+    model, reference = tiny_model(len(tokenizer)), tiny_model(len(tokenizer))
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    theirs = [open_instruct_encoding(tokenizer, side) for side in (MULTI_PAIR.chosen, MULTI_PAIR.rejected)]
+    assert [list(side) for side in sides(out, 0)] == [list(side) for side in theirs]
+    assert all(len(trained_runs(labels)) == 2 for _, labels in theirs)  # both assistant turns
+    beta = 5.0
+    (pc, nc), (pr, nr) = [side_logps(model, *side) for side in theirs]
+    (rc, _), (rr, _) = [side_logps(reference, *side) for side in theirs]
+    want = softplus(-beta * ((pc - rc) / nc - (pr - rr) / nr))  # -log sigmoid(beta h) on the averages
+    loss, _ = scored(dpo(loss="dpo_norm", beta=beta), model, reference, tokenizer, out)
+    assert loss.item() == pytest.approx(want, rel=1e-9)
+    final_only, _ = scored(dpo(loss="dpo_norm", beta=beta), model, reference, tokenizer, encode(tokenizer, [MULTI_PAIR]))
+    assert abs(final_only.item() - want) > 1e-3  # the default (TRL's: the final turn) is another number
+
+
+def test_under_summed_losses_the_shared_turns_cancel(tiny_tokenizer):
+    model, reference = tiny_model(len(tiny_tokenizer)), tiny_model(len(tiny_tokenizer))
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    every, last = [scored(dpo(beta=0.5), model, reference, tiny_tokenizer, encode(tiny_tokenizer, [MULTI_PAIR], train_on=t))
+                   for t in ("assistant", "last_assistant")]
+    assert every[0].item() == pytest.approx(last[0].item(), rel=1e-9)
+    assert every[1]["logps/chosen"].item() < last[1]["logps/chosen"].item()  # more tokens scored
+
+
+def test_a_long_multi_turn_pair_loses_its_shared_history_first_and_keeps_both_answers(tiny_tokenizer):
+    history = [{"role": "user", "content": " ".join(["cat dog"] * 30)}, {"role": "assistant", "content": "ok " * 30}]
+    pair = Pair(history + MULTI_PAIR.chosen[-2:], history + MULTI_PAIR.rejected[-2:])
+    full = encode(tiny_tokenizer, [pair], max_seq_length=1000, train_on="assistant")
+    (chosen_ids, _), (rejected_ids, _) = sides(full, 0)
+    limit = max(len(chosen_ids), len(rejected_ids)) - 40  # 40 tokens of the shared history too many
+    (kept_ids, _), (kept_rejected, _) = sides(encode(tiny_tokenizer, [pair], max_seq_length=limit,
+                                                      train_on="assistant"), 0)
+    assert kept_ids == chosen_ids[40:] and kept_rejected == rejected_ids[40:]  # both answers whole
