@@ -142,6 +142,8 @@ def test_what_each_real_command_covers_is_carried_over(tmp_path):
     assert not any("--use_qlora" in w for w in warnings)
     dpo, _, _ = imported_fixture("tulu3-llama31-70b-dpo-offload", tmp_path)
     assert dpo.objective.name == "dpo" and dpo.launch.deepspeed.offload_optimizer
+    # open-instruct's preference tokenization trains every assistant turn; so does the shipped Tulu 3 recipe
+    assert dpo.data.train_on == "assistant" == load_recipe(REPO / "recipes/tulu3/llama3.1-8b-dpo.yaml").recipe.data.train_on
     machines, _, _ = imported_fixture("tulu3-llama31-70b-sft", tmp_path)
     assert machines.launch.num_machines > 1 and machines.launch.main_process_port == 29400
     zero2, _, _ = imported_fixture("olmoe-1b-sft-zero2-mason", tmp_path)
