@@ -18,6 +18,14 @@ Two kinds of hooks:
   every option (set or defaulted) that yields `(option, message)` pairs (`""` for the whole plugin),
   e.g. `("fused", "set fused or foreach to true, not both")`. Both run when the recipe is bound, in
   the same pass as every other recipe problem, and each problem names the file and key.
+* **Options that name plugins.** A factory may take other plugins as options, as objective grpo takes
+  its `rewards:` and `generator:`: it declares them as `factory.plugin_options = {option: family}`
+  (`{"rewards": "rewards", "generator": "generators"}`) and annotates them as the raw YAML they are
+  (`rewards: list[Any]`, `generator: Any = "transformers"`). Each component (a name, or a mapping with
+  `name` and that plugin's options) is bound as the family's own selections are, in the same pass, its
+  problems named by key (`objective.rewards[1].pattern`), and the factory receives the bound factories
+  instead: a list for a list, and for the `rewards` family a `framework.BoundReward(name, weight,
+  factory)` each, its `weight` (a number above 0, default 1) taken from the component.
 * **Lifecycle hooks** (`seqtune_train_*`, `seqtune_log`, ...) are observer calls made by the engine
   on the main process only. The logger objects a recipe selects are registered as plugins for the
   run, so loggers and callbacks see the same calls and never reach into the loop.
@@ -47,6 +55,12 @@ losses             ()                                           loss(model, batc
 loggers            (output_dir: str)                            an object with lifecycle hookimpls
 objectives         ()                                           a `framework.types.Objective`: see
                                                                 seqtune_register_objectives
+rewards            ()                                           reward(completions, answers, prompts)
+                                                                -> one float per completion: see
+                                                                seqtune_register_rewards
+generators         ()                                           an object with generate(model,
+                                                                prompts, ...): see
+                                                                seqtune_register_generators
 =================  ===========================================  =====================================
 
 `seqtune_register_chat_templates` is the one family of plain values: `{name: jinja_source}`.
@@ -80,6 +94,12 @@ losses             factory.chunk_tokens -> int                tokens whose full-
                    (zero_stage, options)                      from forward to backward (False)
 objectives         Objective.sequences_per_row, .reference    on the object the factory returns: see
                                                               `framework.types.Objective`
+rewards            factory.needs_answer -> bool (options)     it compares with the row's reference
+                                                              answer: a prompt row without one is
+                                                              refused (True)
+                   factory.correctness -> bool (options)      it scores 1 for a correct answer and 0
+                                                              otherwise: the engine logs its mean as
+                                                              an accuracy (False)
 =================  =========================================  ========================================
 """
 from __future__ import annotations
@@ -182,7 +202,7 @@ def seqtune_register_losses() -> Factories:
 
 @hookspec
 def seqtune_register_objectives() -> Factories:
-    """Training objectives (`objective: {name: sft}`, the default, or `dpo`); a factory returns a
+    """Training objectives (`objective: {name: sft}`, the default, `dpo`, or `grpo`); a factory returns a
     `framework.types.Objective`, which owns what differs between objectives:
 
     * **encoding**: `encoder(...)` returns the preprocessing pass's `encode(rows, where)`; its
@@ -202,8 +222,54 @@ def seqtune_register_objectives() -> Factories:
     * **the loss**: `loss(model, batch, token_loss)` returns the summed loss over the micro-batch's
       units and a dict of metric sums over them (the engine divides them by the units of the logging
       window, over every rank, and logs them by name). `token_loss` is the recipe's train.loss plugin.
+    * **online RL** (optional): an objective with `rollout(model, tensors, tokenizer, seed, where) ->
+      tensors` generates before it learns. The engine gives it each micro-batch's collated prompts on the
+      CPU, the model unwrapped, a seed fixed by the run's seed, step, rank and micro-batch, and `where`
+      naming each row for errors; it returns the micro-batch its loss reads (framework/training/rollout.py).
+      Its rows are prompts: formatted `(messages, answer, None)` from a format returning a
+      `framework.Prompt`. Its generator and rewards are options naming plugins (see the top of this file).
+      `iterations` (default 1): optimizer steps on each generation (the batch plan repeats each step's
+      micro-batches; from the second on, `batch["old_logps"]` holds the sampling policy's per-token
+      log-probabilities). `loss` may read `batch["tokens_per_completion"]` (the step's trained tokens
+      over its units, over all ranks) to normalise by tokens while the engine divides by units.
+    * **recipe checks** (optional): `recipe_problems(recipe) -> [(key, problem)]`, what it cannot run
+      with (GRPO: packing, ZeRO-3, ...); `check` and `train` refuse them, one line each.
     * **planning**: `sequences_per_row` (sequences per data row: 1, or 2 for a pair) scales the
-      planner's tokens per row, and a packed row holds max_seq_length x that many tokens.
+      planner's tokens per row, and a packed row holds max_seq_length x that many tokens; `generation`
+      (`{num_generations, max_new_tokens, batch_size}`) adds the generation phase's KV cache.
+    """
+
+
+@hookspec
+def seqtune_register_rewards() -> Factories:
+    """Rewards that score completions (objective grpo's `rewards: [{name: last_number, weight: 1.0}]`).
+
+    Each reward is built once (`BoundReward.reward`): `factory(**options)` returns `reward(completions,
+    answers, prompts) -> list[float]`, called on each rank's batches of completions as text: `answers[i]`
+    is completion i's prompt row's reference answer (None when the row has none) and `prompts[i]` the
+    prompt as the model read it (its chat template's rendering, special tokens as text). It returns one finite number per completion. A reward that raises,
+    returns another count or a non-finite score stops the run with one line naming the reward and the
+    row (`framework.score_rewards`); a row without an answer is refused when the reward declares
+    `needs_answer` (the default). A reward that scores 1 for a correct answer and 0 otherwise declares
+    `correctness = True`, and the engine logs its mean as an accuracy. An option whose value is wrong
+    in itself (a pattern that does not compile, a function that does not import) belongs in
+    `factory.check`, so the recipe's check names it.
+    """
+
+
+@hookspec
+def seqtune_register_generators() -> Factories:
+    """Generation engines that sample completions for online RL (objective grpo's `generator:`).
+
+    `factory(**options)` is called once, before training, and returns an object with
+    `generate(model, prompts, *, num_generations, max_new_tokens, temperature, top_p, eos_token_ids,
+    pad_token_id, seed) -> list[list[int]]`: `prompts` are token ids (the chat template applied, its
+    generation prompt included), `model` the policy being trained. It returns `len(prompts) *
+    num_generations` completions' token ids, prompt i's at `i * num_generations` to `(i + 1) *
+    num_generations - 1`, each ending at its first token of `eos_token_ids` (kept) or cut at
+    `max_new_tokens`, without padding. `seed` (None: unseeded) makes sampling repeatable. The built-in
+    `transformers` calls the model's own `generate`; a faster engine (vLLM) replaces it behind this one
+    method.
     """
 
 

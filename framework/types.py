@@ -1,10 +1,11 @@
 """Small types shared by the engine and plugins (part of the public surface)."""
 from __future__ import annotations
 
+import functools
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 if TYPE_CHECKING:
     import torch
@@ -114,6 +115,52 @@ class Pair:
 
     chosen: list[dict]
     rejected: list[dict]
+
+
+@dataclass
+class Prompt:
+    """What a prompt format returns for one row (online RL, objective grpo): the conversation to
+    complete, ending before the answer, and the reference answer rewards compare completions with
+    (None when the rewards need none). Formatted as the row (messages, answer, None)."""
+
+    messages: list[dict]
+    answer: Optional[str] = None
+
+
+@dataclass
+class BoundReward:
+    """One entry of an objective's `rewards:` option, bound (hookspecs: options that name plugins): its
+    registered name, its weight in the sum, and its factory with the recipe's options applied.
+    `framework.score_rewards` scores with a list of them."""
+
+    name: str
+    weight: float
+    factory: Callable[[], Any]
+
+    @functools.cached_property
+    def reward(self) -> Callable[[list[str], list[Optional[str]], list[str]], list[float]]:
+        """The reward itself, built (its factory called) once, when first needed."""
+        return self.factory()
+
+    @property
+    def needs_answer(self) -> bool:
+        """Whether it compares with the row's reference answer, as its plugin declares (default True)."""
+        return bool(_declared(self.factory, "needs_answer", True))
+
+    @property
+    def correctness(self) -> bool:
+        """Whether it scores 1 for a correct answer and 0 otherwise (an accuracy), as declared (default False)."""
+        return bool(_declared(self.factory, "correctness", False))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (a worker process, a cache fingerprint) carries the recipe's choice, not a built reward
+        return {key: value for key, value in self.__dict__.items() if key != "reward"}
+
+
+def _declared(factory: Callable, attribute: str, default: bool) -> Any:
+    from framework.registry.factories import declared  # here: the registry imports this module
+
+    return declared(factory, attribute, default=default)
 
 
 class Objective(Protocol):

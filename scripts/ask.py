@@ -5,6 +5,8 @@
         --eval recipes/smollm2/data/eval.jsonl
     python scripts/ask.py output/quickstart-dpo --before output/quickstart \
         --pairs recipes/quickstart/data/preferences_eval.jsonl
+    python scripts/ask.py output/quickstart-grpo --before output/quickstart \
+        --accuracy recipes/quickstart/data/prompts_eval.jsonl
 
 Greedy decoding with the saved tokenizer's chat template, so this also proves the output directory
 is a complete Hugging Face checkpoint (a LoRA run's adapter folder loads through peft). With
@@ -12,7 +14,9 @@ is a complete Hugging Face checkpoint (a LoRA run's adapter folder loads through
 the file's conversations is printed: the exact token mean over the assistant tokens seqtune trains;
 with `--pairs`, on a file of {chosen, rejected} preference pairs, how often each model gives the chosen
 answer the higher log-probability and the mean margin between them (nats, summed over the answer),
-and with `--before` too, DPO's held-out reward accuracy: how often that margin grew.
+and with `--before` too, DPO's held-out reward accuracy: how often that margin grew; with `--accuracy`,
+on a file of {prompt, answer} rows, how often each model's greedy answer is exactly the answer
+(whitespace normalised: the `exact_match` reward), by the task (the prompt's first word).
 """
 from __future__ import annotations
 
@@ -110,12 +114,34 @@ def held_out_pairs(tokenizer, model, path: Path):
     return logps[:, 0] - logps[:, 1]
 
 
+def accuracy(tokenizer, model, path: Path, max_new_tokens: int = 32) -> dict[str, list[bool]]:
+    """Whether each row's greedy answer matches its reference answer, grouped by the prompt's first word."""
+    from plugins.generation import TransformersGenerator
+    from plugins.grpo import _eos_ids
+    from plugins.rewards import exact_match
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], tokenize=False,
+                                             add_generation_prompt=True) for row in rows]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+    completions = TransformersGenerator(64).generate(
+        model, ids, num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0,
+        eos_token_ids=_eos_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    scores = exact_match()(tokenizer.batch_decode(completions, skip_special_tokens=True),
+                           [row["answer"] for row in rows], [None] * len(rows))
+    found: dict[str, list[bool]] = {}
+    for row, score in zip(rows, scores):
+        found.setdefault(row["prompt"].split()[0], []).append(score == 1)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", nargs="?", default="output/quickstart")
     parser.add_argument("--before", help="the model before training, answering beside it")
     parser.add_argument("--eval", type=Path, help="a JSONL file of {messages} rows held out of training")
     parser.add_argument("--pairs", type=Path, help="a JSONL file of {chosen, rejected} pairs held out of training")
+    parser.add_argument("--accuracy", type=Path, help="a JSONL file of {prompt, answer} rows held out of training")
     args = parser.parse_args()
     columns = {"before": args.before, "after": args.model_dir} if args.before else {"": args.model_dir}
     replies, margins = {}, {}
@@ -125,6 +151,12 @@ def main() -> None:
         if args.eval:
             loss = held_out_loss(tokenizer, model, args.eval)
             print(f"held-out loss{' ' + name if name else ''}: {loss:.4f} (perplexity {math.exp(loss):.2f})")
+        if args.accuracy:
+            found = accuracy(tokenizer, model, args.accuracy)
+            every = [hit for hits in found.values() for hit in hits]
+            tasks = ", ".join(f"{task} {sum(hits) / len(hits):.0%}" for task, hits in sorted(found.items()))
+            print(f"held-out exact match{' ' + name if name else ''}: {sum(every) / len(every):.1%} of "
+                  f"{len(every)} ({tasks})")
         if args.pairs:
             margins[name] = held_out_pairs(tokenizer, model, args.pairs)
             print(f"held-out pairs{' ' + name if name else ''}: chosen more likely in "

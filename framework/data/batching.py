@@ -29,6 +29,13 @@ class BatchPlan:
     efficiency: float  # real tokens / token slots computed, first epoch
 
 
+def _repeated(micro_batches: list, accumulation: int, repeats: int) -> list:
+    """Each step's group of micro-batches `repeats` times in a row (positions stay plain list indices, so a
+    resumed run finds its place as in any plan)."""
+    groups = [micro_batches[k:k + accumulation] for k in range(0, len(micro_batches), accumulation)]
+    return [batch for group in groups for _ in range(repeats) for batch in group]
+
+
 def shard(plan: list[MicroBatch], rank: int, world: int) -> list[Optional[MicroBatch]]:
     """Rank `rank`'s micro-batches, round-robin, padded with None so every rank has as many."""
     mine: list[Optional[MicroBatch]] = list(plan[rank::world])
@@ -88,21 +95,22 @@ def padding_free_layout(packing: Any, asked: bool) -> bool:
 
 
 def plan_batches(packing: Any, lengths: list[int], train: Any, max_seq_length: int, seed: int,
-                 rank: int = 0, world: int = 1, padding_free: bool = False) -> BatchPlan:
+                 rank: int = 0, world: int = 1, padding_free: bool = False, repeats: int = 1) -> BatchPlan:
     """Plan `train.epochs` epochs, or as many as `train.max_steps` needs. `padding_free` is asked
-    for; only a strategy that supports it lays micro-batches out that way."""
+    for; only a strategy that supports it lays micro-batches out that way. `repeats`: each optimizer
+    step's micro-batches train that many steps in a row (GRPO's iterations over one generation)."""
     padding_free = padding_free_layout(packing, padding_free)
     with _no_gc():
-        return _plan(packing, lengths, train, max_seq_length, seed, rank, world, padding_free)
+        return _plan(packing, lengths, train, max_seq_length, seed, rank, world, padding_free, repeats)
 
 
 def _plan(packing: Any, lengths: list[int], train: Any, max_seq_length: int, seed: int, rank: int, world: int,
-          padding_free: bool) -> BatchPlan:
+          padding_free: bool, repeats: int) -> BatchPlan:
     epochs, steps, first = [], [], None
     while True:
         plan = packing.plan(lengths, train.per_device_batch_size, max_seq_length, seed + len(epochs))
         first = first or plan
-        epochs.append(shard(plan, rank, world))
+        epochs.append(_repeated(shard(plan, rank, world), train.gradient_accumulation_steps, repeats))
         steps.append(math.ceil(len(epochs[-1]) / train.gradient_accumulation_steps))
         enough = sum(steps) >= train.max_steps if train.max_steps else len(epochs) == train.epochs
         if enough or steps[-1] == 0:

@@ -27,7 +27,7 @@ from framework.config.paths import looks_local
 from framework.config.schema import MixtureEntry
 from framework.data.progress import progress_bar
 from framework.errors import UserError
-from framework.types import Pair, Rows, SourceTable
+from framework.types import Pair, Prompt, Rows, SourceTable
 
 LOADER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -35,7 +35,8 @@ DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 EXTENSION = re.compile(r"\.[A-Za-z]{1,10}$")
 FORMAT_ERRORS = (ValueError, TypeError, KeyError, AttributeError)  # a format's way of refusing a row
 # (messages, text, rejected): text None for a chat; for a preference pair, messages is the chosen
-# conversation and rejected the other (None for any other row)
+# conversation and rejected the other (None for any other row); for a prompt (online RL), messages
+# is the prompt and text its reference answer (None without one)
 Formatted = tuple[list[dict], Optional[str], Optional[list[dict]]]
 
 
@@ -165,6 +166,8 @@ class Source:
             raise UserError(f"{self.names(i)}: {exc}") from None
         if isinstance(result, Pair):
             return result.chosen, None, result.rejected
+        if isinstance(result, Prompt):  # its answer rides in the text column: see tokenize.is_prompt_row
+            return result.messages, result.answer, None
         return ([], result, None) if isinstance(result, str) else (result, None, None)
 
 

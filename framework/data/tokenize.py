@@ -100,6 +100,7 @@ def make_encoder(tokenizer: Any, truncate: Callable, max_seq_length: int, train_
     def encode(rows: Sequence[tuple[list[dict], str | None, list[dict] | None]], where: Callable[[int], str]
                ) -> dict[str, list]:
         refuse_pairs(rows, where)
+        refuse_prompts(rows, where)
         messages, texts = [m for m, _, _ in rows], [t for _, t, _ in rows]
         causes = [untrainable(m, text, train_on) for m, text, _ in rows]
         fulls = _encode(tokenizer, messages, texts, causes, train_on, where, template)
@@ -130,6 +131,23 @@ def refuse_pairs(rows: Sequence[tuple], where: Callable[[int], str]) -> None:
         if rejected is not None:
             raise UserError(f"{where(i)}: is a preference pair (chosen and rejected); objective sft trains "
                             "single conversations: set objective: {name: dpo}, or give this source a conversation format")
+
+
+def is_prompt_row(messages: list[dict], text: str | None) -> bool:
+    """Whether a formatted row is a prompt with its reference answer (a format returning a
+    `framework.Prompt`): the one kind of row with both messages and a text. A prompt without an
+    answer is (messages, None): a conversation with no assistant turn, which is what it is."""
+    return bool(messages) and isinstance(text, str)
+
+
+def refuse_prompts(rows: Sequence[tuple], where: Callable[[int], str]) -> None:
+    """A prompt reaching an objective that trains whole conversations would train its answer as plain
+    text: a recipe mistake."""
+    for i, (messages, text, _) in enumerate(rows):
+        if is_prompt_row(messages, text):
+            raise UserError(f"{where(i)}: is a prompt with a reference answer, for objective grpo; objective sft "
+                            "trains whole conversations: set objective: {name: grpo}, or give this source a "
+                            "conversation format (messages)")
 
 
 def _kept(full: Sample, cause: str | None, truncate: Callable, max_seq_length: int, where: Callable[[int], str],

@@ -58,12 +58,19 @@ def layer_activation_bytes(shape: ModelShape, act_bytes: int, residual_bytes: in
     norms = {"pre": 2 * pre_norm,
              "sandwich": 2 * pre_norm + 2 * post_norm,
              "post": 2 * post_norm + (4 + n) * (q + kv) + 2 * e * h}[shape.norm_layout]
-    kv_kept = q  # sdpa and eager repeat K/V for every query head
-    if attn.startswith("flash_attention") or attn == "flex_attention":
-        kv_kept = max(shape.num_kv_heads, sequence_parallel) * shape.head_dim
+    kv_kept = attention_kv_dim(shape, attn, sequence_parallel)
     attention = e * (q + 2 * kv_kept + q) + (4 * shape.num_heads if attn != "eager" else 0)
     mlp = 4 * e * inter
     return norms + attention + mlp
+
+
+def attention_kv_dim(shape: ModelShape, attn: str, sequence_parallel: int = 1) -> int:
+    """The width of K (and of V) as the attention kernel takes them: repeated for every query head by
+    sdpa (with a padding mask) and eager, grouped for flash and flex (replicated up to N heads under
+    sequence parallelism)."""
+    if attn.startswith("flash_attention") or attn == "flex_attention":
+        return max(shape.num_kv_heads, sequence_parallel) * shape.head_dim
+    return shape.q_dim
 
 
 def final_norm_bytes(shape: ModelShape, act_bytes: int, residual_bytes: int) -> int:

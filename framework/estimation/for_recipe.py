@@ -30,7 +30,9 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss:
     bound to its options; `documents_per_row`: whether its packing keeps several documents in a row
     (model.attn_implementation=auto resolves as on a GPU of this machine's software); `objective`: the
     recipe's, built (its sequences per row multiply the micro-batch; a live reference without LoRA is
-    a frozen copy of the weights)."""
+    a frozen copy of the weights, with LoRA the model with its adapter off; its `generation`, a dict of
+    num_generations, max_new_tokens and optionally batch_size (sequences sampled at once), plans the
+    phase that samples completions between steps)."""
     notes: list[str] = []
     launch, ds = recipe.launch, recipe.launch.deepspeed
     zero_stage, offload_optimizer, offload_params = None, False, False
@@ -42,6 +44,7 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss:
     if launch.device == "cpu":
         notes.append("launch.device=cpu: the plan describes one process's memory as if it were on a GPU")
     sequences = getattr(objective, "sequences_per_row", 1)
+    generation = getattr(objective, "generation", None) or {}  # an objective that samples its completions
     settings = MemorySettings(
         micro_batch=recipe.train.per_device_batch_size * sequences, max_seq_length=recipe.data.max_seq_length,
         num_gpus=launch.num_processes, precision=launch.mixed_precision, weights_dtype=recipe.model.dtype,
@@ -54,7 +57,9 @@ def recipe_settings(recipe: Any, shape: ModelShape, optimizer_states: int, loss:
         lora=LoraSpec.from_recipe(recipe.lora) if recipe.lora is not None else None,
         quantization=QuantSpec.from_recipe(recipe.model.quantization) if recipe.model.quantization else None,
         optimizer_states=optimizer_states,
-        reference_copy=getattr(objective, "reference", "none") == "live" and recipe.lora is None)
+        reference_copy=getattr(objective, "reference", "none") == "live" and recipe.lora is None,
+        num_generations=generation.get("num_generations", 1), max_new_tokens=generation.get("max_new_tokens", 0),
+        generation_batch=generation.get("batch_size"))
     if sequences > 1:
         notes.append(f"objective {recipe.objective.name}: {sequences} sequences per row of max_seq_length, planned as "
                      f"{sequences} x train.per_device_batch_size rows")

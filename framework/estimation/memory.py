@@ -9,6 +9,8 @@ how it was computed:
   the ZeRO paper (Rajbhandari et al., 2020);
 - activations and the logits/loss buffers: `activations.py`, after Korthikanti et al. (2022);
 - under sequence parallelism, the all-to-all copies around each attention kernel: `sequence_parallel.py`;
+- for an objective that generates its completions, the generation phase between steps (KV cache,
+  prefill, sampling) as far as it needs more than the training step's transient parts: `generation.py`;
 - overhead: a fixed amount (CUDA context, workspaces) plus a share of the rest (fragmentation).
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from framework.estimation.activations import activations, logits
+from framework.estimation.generation import generation
 from framework.estimation.model_states import buffers, model_states, reference_weights
 from framework.estimation.sequence_parallel import all_to_all
 from framework.estimation.settings import GIB, MemorySettings
@@ -26,14 +29,16 @@ from framework.estimation.shapes import ModelShape
 
 PART_LABELS = {"weights": "weights", "gradients": "gradients", "optimizer_states": "optimizer states",
                "activations": "activations", "logits": "logits + loss", "buffers": "buffers",
-               "all_to_all": "all-to-all buffers", "overhead": "overhead"}
-SHOWN_WHEN_USED = {"all_to_all"}  # a row only for runs that have it (sequence parallelism)
+               "all_to_all": "all-to-all buffers", "generation": "generation", "overhead": "overhead"}
+# a row only for runs that have it (sequence parallelism, an objective that generates), even at 0 GiB
+SHOWN_WHEN_USED = {"all_to_all", "generation"}
 
 
 @dataclass
 class MemoryEstimate:
     """Bytes per GPU, by part. `details` says how each part was computed; `notes` lists settings the
-    estimate ignored or could not account for."""
+    estimate ignored or could not account for. `generation` is what the generation phase between steps
+    needs beyond the training step's transient parts, so the total is the larger phase's peak."""
 
     weights: int
     gradients: int
@@ -43,6 +48,7 @@ class MemoryEstimate:
     buffers: int
     overhead: int
     all_to_all: int = 0
+    generation: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -66,7 +72,7 @@ class MemoryEstimate:
     def rows(self) -> list[tuple[str, str, str]]:
         """(part, size in GiB, how it was computed) for a table, ending with the total."""
         rows = [(label, f"{getattr(self, part) / GIB:.2f} GiB", self.details.get(part, ""))
-                for part, label in PART_LABELS.items() if getattr(self, part) or part not in SHOWN_WHEN_USED]
+                for part, label in PART_LABELS.items() if part not in SHOWN_WHEN_USED or part in self.details]
         return rows + [("total", f"{self.total_gib:.2f} GiB", "per GPU")]
 
 
@@ -86,6 +92,10 @@ def estimate_memory(shape: ModelShape, settings: MemorySettings) -> MemoryEstima
              "logits": logits(shape, settings), "all_to_all": all_to_all(shape, settings)}
     for name in ("buffers", "activations", "logits", "all_to_all"):
         parts[name], details[name] = parts[name]
+    if not parts["all_to_all"]:
+        del details["all_to_all"]
+    if settings.max_new_tokens:
+        parts["generation"], details["generation"] = generation(shape, settings, parts)
     rest = sum(parts.values())
     overhead = int(settings.overhead_gib * GIB) + math.ceil(settings.overhead_fraction * rest)
     details["overhead"] = (f"{settings.overhead_gib:g} GiB fixed (CUDA context, workspaces) + "

@@ -25,7 +25,10 @@ class MemorySettings:
     the base's linear layers in 4 bits (QLoRA, with LoRA only). `optimizer_states` is the number of
     full-size state tensors per trainable parameter (AdamW 2, SGD with momentum 1). Overhead is
     `overhead_gib` plus `overhead_fraction` of the rest. `sequence_parallel` processes share each row,
-    each holding `tokens_per_row` of its tokens.
+    each holding `tokens_per_row` of its tokens. `max_new_tokens` > 0 plans a generation phase between
+    steps (an objective that samples its own completions: generation.py): micro_batch rows, each
+    `num_generations` of one prompt, of max_seq_length tokens at most, max_new_tokens of them generated,
+    `generation_batch` of them at a time (None: all).
     """
 
     micro_batch: int
@@ -46,7 +49,10 @@ class MemorySettings:
     lora_trainable_params: Optional[int] = None
     quantization: Optional[QuantSpec] = None  # a 4-bit base (QLoRA): needs lora
     optimizer_states: int = 2
-    reference_copy: bool = False  # a frozen copy of the model beside it (DPO's live reference without LoRA)
+    reference_copy: bool = False  # a frozen copy of the model beside it (a live reference without LoRA)
+    num_generations: int = 1  # completions sampled per prompt (already counted in micro_batch's rows)
+    max_new_tokens: int = 0  # tokens generated per completion; 0: no generation phase
+    generation_batch: Optional[int] = None  # sequences sampled at once (the generator's batch_size); None: all rows
     overhead_gib: float = DEFAULT_OVERHEAD_GIB
     overhead_fraction: float = DEFAULT_OVERHEAD_FRACTION
 
@@ -57,14 +63,18 @@ class MemorySettings:
         for name, values in allowed.items():
             if getattr(self, name) not in values:
                 raise ValueError(f"{name} must be one of {values}, got {getattr(self, name)!r}")
-        for name in ("micro_batch", "max_seq_length", "num_gpus", "sequence_parallel"):
+        for name in ("micro_batch", "max_seq_length", "num_gpus", "sequence_parallel", "num_generations"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        batch = self.generation_batch
+        if batch is not None and (not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"generation_batch must be a positive integer or None, got {self.generation_batch!r}")
         if self.quantization is not None and self.lora is None and self.lora_trainable_params is None:
             raise ValueError("quantization needs lora: a 4-bit base is frozen and trains through adapters")
-        if min(self.optimizer_states, self.overhead_gib, self.overhead_fraction) < 0:
-            raise ValueError("optimizer_states, overhead_gib and overhead_fraction must not be negative")
+        if min(self.optimizer_states, self.overhead_gib, self.overhead_fraction, self.max_new_tokens) < 0:
+            raise ValueError("optimizer_states, overhead_gib, overhead_fraction and max_new_tokens must not be "
+                             "negative")
 
     @property
     def half(self) -> bool:

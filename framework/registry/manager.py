@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
+import math
 import os
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,9 +25,10 @@ import pluggy
 
 from framework import hookspecs
 from framework.config.schema import Component
-from framework.config.validate import Problems
+from framework.config.validate import Problems, convert, is_invalid
 from framework.errors import UserError, did_you_mean
 from framework.registry.factories import check_options
+from framework.types import BoundReward
 
 ENTRY_POINT_GROUP = "seqtune"
 DISABLE_AUTOLOAD_ENV = "SEQTUNE_DISABLE_PLUGIN_AUTOLOAD"
@@ -41,6 +44,8 @@ FAMILIES = {  # family -> (registration hook, what the recipe calls one)
     "losses": ("seqtune_register_losses", "loss"),
     "loggers": ("seqtune_register_loggers", "logger"),
     "objectives": ("seqtune_register_objectives", "objective"),
+    "rewards": ("seqtune_register_rewards", "reward"),
+    "generators": ("seqtune_register_generators", "generator"),
 }
 
 
@@ -71,15 +76,61 @@ class Registry:
         return found
 
     def bind(self, family: str, component: Component, problems: Problems, path: str) -> Callable | None:
-        """The factory with the recipe's options applied, after checking them against its signature."""
+        """The factory with the recipe's options applied, after checking them against its signature; the
+        options it declares as naming plugins of another family (`factory.plugin_options`) are bound too."""
         entry = self.get(family, component.name, problems, f"{path}.name" if component.options else path)
         if entry is None:
             return None
         options = check_options(entry.factory, component.options, problems, path)
-        return None if options is None else partial(entry.factory, **options)
+        plugins = self._plugin_options(entry.factory, component.options, problems, path)
+        if options is None or plugins is None:
+            return None
+        return partial(entry.factory, **{**options, **plugins})
+
+    def _plugin_options(self, factory: Callable, options: dict[str, Any], problems: Problems, path: str
+                        ) -> dict[str, Any] | None:
+        """Each option `factory.plugin_options` maps to a family (`{"rewards": "rewards"}`), set or defaulted,
+        bound as that family's plugins: a list of components stays a list of bound factories, a reward is a
+        `BoundReward` with its `weight`. Bound even when the factory's other options are wrong, so that
+        every problem shows in one pass; None when any of these is wrong."""
+        before = len(problems.lines)
+        bound: dict[str, Any] = {}
+        for option, family in (getattr(factory, "plugin_options", None) or {}).items():
+            value, at = options.get(option, _default(factory, option)), f"{path}.{option}"
+            if value is None or problems.touches(at):  # unset and no default, or already refused as raw YAML
+                continue
+            if isinstance(value, (list, tuple)):
+                bound[option] = [self._bind_one(family, item, problems, f"{at}[{i}]") for i, item in enumerate(value)]
+            else:
+                bound[option] = self._bind_one(family, value, problems, at)
+        return bound if len(problems.lines) == before else None
+
+    def _bind_one(self, family: str, value: Any, problems: Problems, path: str) -> Any:
+        """One component (a name, or a mapping with `name` and options) of a plugin-valued option."""
+        component = convert(Component, value, problems, path)
+        if is_invalid(component):
+            return None
+        weighted = family == "rewards"  # a reward's weight in the sum is the objective's, not the reward's option
+        weight = component.options.pop("weight", 1.0) if weighted else None
+        if weighted and not _positive(weight):
+            problems.add(f"{path}.weight", f"must be a number above 0, got {weight!r}")
+            weighted = False
+        factory = self.bind(family, component, problems, path)
+        if family != "rewards" or factory is None:
+            return factory
+        return BoundReward(component.name, float(weight), factory) if weighted else None
 
     def all_entries(self) -> list[Entry]:
         return [e for family in self.entries.values() for e in family.values()]
+
+
+def _default(factory: Callable, option: str) -> Any:
+    param = inspect.signature(factory).parameters.get(option)
+    return None if param is None or param.default is param.empty else param.default
+
+
+def _positive(number: Any) -> bool:
+    return isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number) and number > 0
 
 
 def blocked_plugins() -> set[str]:

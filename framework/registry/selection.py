@@ -64,6 +64,7 @@ def load_and_bind(path: str | os.PathLike, overrides: list[str] | tuple[str, ...
     check_sequence_parallel(loaded.recipe, problems)  # here, so that train refuses before it launches
     if parts is not None:
         _check_first_rows(loaded, parts, problems)
+        _check_objective(loaded, parts, problems)
     if absent_ok and parts is not None:
         parts.absent = problems.absent
         problems.lines = [line for line in problems.lines if line not in problems.absent.values()]
@@ -131,6 +132,16 @@ def _names_a_local_path(entry, loader: str | None) -> bool:
     """A data file by its suffix or shape (auto-picked loader), or a path by its shape; a third-party
     loader's source may be anything else (a URL, a table name)."""
     return (entry.loader == "auto" and loader != "hub") or looks_local(entry.source)
+
+
+def _check_objective(loaded: LoadedRecipe, parts: Parts, problems: Problems) -> None:
+    """What the recipe's objective says it cannot run with (`Objective.recipe_problems`: GRPO refuses
+    ZeRO-3, packing, ...), found here so that `check` and `train` refuse before anything launches."""
+    if parts.objective is None or problems.touches("objective"):
+        return
+    for key, message in getattr(parts.objective(), "recipe_problems", lambda _: [])(loaded.recipe):
+        if not problems.touches(key):
+            problems.add(key, message)
 
 
 def _check_first_rows(loaded: LoadedRecipe, parts: Parts, problems: Problems) -> None:

@@ -82,6 +82,7 @@ def report_rows(run: RunRecord) -> list[tuple[str, str]]:
         rows += [("eval loss", _trend([r["eval_loss"] for r in evaluations])),
                  ("best eval loss", f"{best['eval_loss']:.4g} at step {best['step']:,}"
                                     + (" (its model: best/)" if kept(run.output_dir) else ""))]
+    rows += _objective_trends(logged)
     rows += [(name, value) for name, value in _throughput(logged)]
     if summary.get("train_seconds"):
         rows.append(("train time", f"{summary['train_seconds']:,.1f} s"))
@@ -89,6 +90,23 @@ def report_rows(run: RunRecord) -> list[tuple[str, str]]:
     if peak:
         rows.append(("peak memory", f"{peak:.2f} GiB"))
     rows.append(("last checkpoint", run.checkpoints[-1] if run.checkpoints else "none"))
+    return rows
+
+
+# What every run logs; anything else a window holds is its objective's (DPO's rewards, GRPO's reward)
+ENGINE_KEYS = {"step", "time", "loss", "lr", "grad_norm", "epoch", "tokens_per_s", "trainable_tokens_per_s",
+               "padding_fraction", "peak_memory_gib", "mfu"}
+
+
+def _objective_trends(logged: list[dict]) -> list[tuple[str, str]]:
+    """A trend row for each metric of the objective's, and the mean per step of each timed phase."""
+    names = sorted({key for record in logged for key in record} - ENGINE_KEYS)
+    rows = []
+    for name in names:
+        values = [r[name] for r in logged if isinstance(r.get(name), (int, float))]
+        if values:
+            rows.append((name, f"{sum(values) / len(values):.3g} s per step" if name.startswith("time/")
+                         else _trend(values)))
     return rows
 
 

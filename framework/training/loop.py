@@ -22,6 +22,7 @@ from framework.training.evaluation import evaluate
 from framework.training.metrics import Window, peak_memory_gib, peak_tflops
 from framework.training.outputs import save_final, write_artefacts
 from framework.training.ownership import mark_finished
+from framework.training.rollout import Rollouts, is_online
 from framework.training.setup import Run, run_info, start
 from framework.training.signals import StopSignals
 from framework.training.steps import StepPlan, forward_backward, optimizer_step, prepared_steps, remaining_steps
@@ -37,6 +38,7 @@ def train(loaded: LoadedRecipe) -> Path:
     run.hook.seqtune_train_start(run=run_info(run))
     # the window also times the run: its totals carry train_seconds across resumes, as they do tokens
     window = Window(run.state.totals, FlopsShape.of(run.model), peak_tflops(recipe.logging.peak_tflops))
+    rollouts = Rollouts(run) if is_online(run.prep.objective) else None
     with StopSignals() as signals:
         # A step's micro-batches all come first (the next step's are collated while this one trains),
         # so token_mean knows the step's token (or pair) count. Nothing is read back from the device
@@ -44,6 +46,9 @@ def train(loaded: LoadedRecipe) -> Path:
         for prepared in prepared_steps(run, remaining_steps(plan, run.state, recipe.train.gradient_accumulation_steps)):
             if run.state.step == plan.total_steps:  # first: a resumed last checkpoint has no step left
                 break
+            if rollouts is not None:  # GRPO: the prompts' completions, generated and scored now
+                prepared, seconds = rollouts(run, prepared)
+                window.timed("generation", seconds)
             step, batches = prepared.plan, prepared.batches
             step_units = accelerator.reduce(prepared.units, "sum")
             step_loss = 0.0
@@ -124,7 +129,8 @@ def _summary(run: Run, window: Window) -> dict[str, float]:
     """The run's figures; train_seconds and the token totals count every session of a resumed run."""
     totals = window.totals
     return {"steps": run.state.step, "train_seconds": totals.pop("train_seconds"),
-            "final_loss": window.last_loss, **run.last_eval, **_best(run.state.best), **totals,
+            "final_loss": window.last_loss, **{f"final_{k}": v for k, v in window.last_objective.items()},
+            **run.last_eval, **_best(run.state.best), **totals,
             "packing_efficiency": round(run.prep.plan.efficiency, 4),
             "peak_memory_gib": round(peak_memory_gib(run.accelerator.device), 3)}
 

@@ -20,6 +20,7 @@ class Window:
         self._session_started = time.perf_counter()
         self.shape, self.peak_tflops = shape, peak_tflops
         self.last_loss = math.nan
+        self.last_objective: dict[str, float] = {}
         self._reset()
 
     @property
@@ -32,6 +33,7 @@ class Window:
     def _reset(self) -> None:
         self.loss_sum, self.tokens, self.slots, self.trainable, self.pairs, self.units = 0.0, 0, 0, 0, 0, 0
         self.objective: dict[str, Any] = {}  # the objective's metric sums (DPO's rewards), on the device
+        self.timings: dict[str, list[float]] = {}  # phase -> seconds of each step (GRPO's generation)
         self.started = time.perf_counter()
 
     def count(self, batch: Any, loss_sum: Any, metrics: dict[str, Any] | None = None) -> None:
@@ -45,6 +47,18 @@ class Window:
         self.loss_sum += loss_sum
         for key, value in (metrics or {}).items():
             self.objective[key] = self.objective.get(key, 0) + value
+
+    def timed(self, phase: str, seconds: float) -> None:
+        """A phase of a step outside its forward and backward (GRPO's generation), timed on this rank."""
+        self.timings.setdefault(phase, []).append(seconds)
+
+    def _times(self, seconds: float) -> dict[str, float]:
+        """Seconds per step of each timed phase, and of the learning (the rest of the window)."""
+        out = {f"time/{phase}_s": sum(spent) / len(spent) for phase, spent in self.timings.items()}
+        if self.timings:
+            steps = max(len(spent) for spent in self.timings.values())
+            out["time/learning_s"] = (seconds - sum(map(sum, self.timings.values()))) / steps
+        return out
 
     def flush(self, accelerator: Any, lr: float, grad_norm: Any, epoch: float) -> dict[str, float]:
         """This window's metrics summed over all ranks; every rank must call it. The loss and the
@@ -60,11 +74,14 @@ class Window:
         self._totals["tokens"] += int(tokens)
         self._totals["trainable_tokens"] += int(trainable)
         self.last_loss = loss_sum / max(units, 1)
+        # the objective's own metrics (DPO's rewards, GRPO's reward and accuracy) of the latest window
+        self.last_objective = {name: value / max(units, 1) for name, value in zip(names, sums)}
+        times = self._times(seconds)
         self._reset()
-        metrics = {"loss": self.last_loss, **{name: value / max(units, 1) for name, value in zip(names, sums)}, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
+        metrics = {"loss": self.last_loss, **self.last_objective, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
                    "tokens_per_s": tokens / seconds, "trainable_tokens_per_s": trainable / seconds,
                    "padding_fraction": 1 - tokens / max(slots, 1),
-                   "peak_memory_gib": peak_memory_gib(accelerator.device)}
+                   "peak_memory_gib": peak_memory_gib(accelerator.device), **times}
         utilisation = mfu(model_flops(self.shape, tokens, pairs) / seconds, self.peak_tflops, accelerator.num_processes)
         if utilisation is not None:  # no peak figure for a CPU: no MFU rather than a made-up one
             metrics["mfu"] = utilisation

@@ -88,7 +88,8 @@ def prepare(loaded: LoadedRecipe, parts: Parts, main_first: Any = None, rank: in
     attention = _attention(recipe, packing)
     padding_free = padding_free_layout(packing, attention.startswith("flash_attention"))
     row_tokens = data.max_seq_length * objective.sequences_per_row  # a packed row holds whole rows at their longest
-    plan = plan_batches(packing, data.lengths, recipe.train, row_tokens, recipe.seed, rank, world, padding_free)
+    plan = plan_batches(packing, data.lengths, recipe.train, row_tokens, recipe.seed, rank, world, padding_free,
+                        getattr(objective, "iterations", 1))
     say(f"packing: {recipe.data.packing.name}, {plan.micro_batches:,} micro-batches per epoch, "
         f"efficiency {plan.efficiency:.2%} (real tokens / token slots); {plan.total_steps:,} optimizer steps")
     prep = Prepared(loaded, parts, tokenizer, data, packing, padding_free, plan, attention, objective, groups=groups)
