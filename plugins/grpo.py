@@ -128,8 +128,11 @@ class GRPO:
         texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
         owners = [k // group for k in range(len(completions))]
         asked = tokenizer.batch_decode(prompts)
+        # a row named with its question too: the engine knows the row's place, the user its text
+        named = [f"{place} ({' '.join(text.split())[:60]!r})"
+                 for place, text in zip(where, tokenizer.batch_decode(prompts, skip_special_tokens=True))]
         rewards, by_name = score(self.rewards, texts, [answers[k] for k in owners], [asked[k] for k in owners],
-                                 [where[k] for k in owners])
+                                 [named[k] for k in owners])
         out = self._layout(prompts, completions, tokenizer.pad_token_id, _eos_ids(tokenizer))
         out.update(_advantages(torch.tensor(rewards, dtype=torch.float64), group, self.scale_rewards))
         for name, values in by_name.items():

@@ -9,12 +9,17 @@ completion has no end token: the turn's tokens repeated up to max_new_tokens, as
 there. Completions differ in length within a group and between prompts (so between ranks)."""
 from __future__ import annotations
 
+import os
+
 from framework import hookimpl
 
 
 class Fixed:
     def generate(self, model, prompts, *, num_generations, max_new_tokens, temperature, top_p, eos_token_ids,
                  pad_token_id, seed=None):
+        if os.environ.get("GRPO_CALLS"):  # a test counts the generations (one line per call)
+            with open(os.environ["GRPO_CALLS"], "a") as calls:
+                calls.write(f"{len(prompts)}\n")
         out = []
         for prompt in prompts:
             turn = prompt[:next(i for i, token in enumerate(prompt) if token in eos_token_ids)]

@@ -43,14 +43,14 @@ def grpo_run(tmp_path):
     shutil.copy(REPO / "tests/grpo_fixed_generator.py", site)
     write_prompts(tmp_path / "prompts.jsonl")
 
-    def run(name: str, objective: str, *extra: str) -> list[dict]:
+    def run(name: str, objective: str, *extra: str, env: dict | None = None) -> list[dict]:
         mixture = f"[{{source: {tmp_path / 'prompts.jsonl'}, fraction: 1.0, format: prompt_answer}}]"
         done = train_cli("recipes/quickstart.yaml", tmp_path / name, "plugins=[grpo_fixed_generator]",
                          f"data.mixture={mixture}",
                          f"objective={{name: grpo, num_generations: {GROUP}, max_new_tokens: {MAX_NEW}, {objective}}}",
                          "eval=null", "data.max_seq_length=64", "train.max_steps=3", "optimizer={name: sgd, lr: 0.5}",
                          "scheduler=constant", "logging.every_steps=1", "logging.loggers=[jsonl]",
-                         f"data.cache_dir={tmp_path / 'cache'}", *extra, env={"PYTHONPATH": str(site)})
+                         f"data.cache_dir={tmp_path / 'cache'}", *extra, env={"PYTHONPATH": str(site), **(env or {})})
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         return logged(tmp_path / name)
 
@@ -86,6 +86,33 @@ def test_two_processes_train_as_one_on_the_same_completions(grpo_run, tmp_path, 
     assert all(m["grad_norm"] * 0.5 > 1e-2 for m in two)
     assert all(m["completions_cut"] == pytest.approx(1 / GROUP) for m in two)  # each group's last completion
     assert two[0]["kl"] == 0 and two[-1]["kl"] > 1e-6  # the model left its reference
+
+
+@pytest.mark.slow
+def test_zero2_trains_as_ddp(grpo_run, tmp_path):
+    """Two ZeRO-2 processes (DeepSpeed partitions the gradients and optimizer states; generation reads the
+    whole weights each rank holds) train as two DDP processes do."""
+    objective = f"{FIXED}, loss_type: dapo"
+    ddp = grpo_run("ddp", objective, *TWO)
+    zero2 = grpo_run("zero2", objective, *TWO, "launch.deepspeed={zero_stage: 2}")
+    assert [m["loss"] for m in zero2] == pytest.approx([m["loss"] for m in ddp], abs=1e-6)
+    assert [m["reward"] for m in zero2] == [m["reward"] for m in ddp]
+    assert max_difference(tmp_path / "ddp", tmp_path / "zero2") < 1e-5
+
+
+@pytest.mark.slow
+def test_iterations_train_several_steps_on_one_generation(grpo_run, tmp_path):
+    """iterations: 2: one generation per two optimizer steps; the second trains on the same completions
+    against the log-probabilities of the policy that sampled them, so its ratios leave 1."""
+    calls = tmp_path / "calls.txt"
+    metrics = grpo_run("mu", f"{FIXED}, iterations: 2, epsilon: 0.05", "train.max_steps=4",
+                       env={"GRPO_CALLS": str(calls)})
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert len(calls.read_text().splitlines()) == 2  # steps 1 and 3 generate; 2 and 4 reuse
+    assert [m["time/generation_s"] > 0 for m in metrics] == [True, False, True, False]
+    assert metrics[0]["reward"] == metrics[1]["reward"] and metrics[2]["reward"] == metrics[3]["reward"]
+    assert metrics[0]["clip_ratio"] == 0 and metrics[1]["clip_ratio"] > 0  # the weights moved in between
+    assert metrics[1]["loss"] != metrics[0]["loss"]
 
 
 @pytest.mark.slow
