@@ -33,6 +33,7 @@ class GRPO:
     sequence_parallel = False
     uses_token_loss = False  # it scores completions with trained_token_logps (memory_mib), not train.loss
     unit = "completion"
+    sequence_names = ("prompt", "reference answer")  # how `check --samples` labels a row's two parts
     label_keys = ("sequence_index",)
     train_on = "last_assistant"  # unused: prompts carry no trained turn
 
@@ -88,6 +89,10 @@ class GRPO:
             return out
 
         return encode
+
+    def sequence_text(self, k: int, part: Sample) -> str | None:
+        """The reference answer as text for `check --samples` (the cache holds its UTF-8 bytes)."""
+        return bytes(part.input_ids).decode("utf-8") if k == 1 else None
 
     def collate(self, rows, packing, pad_token_id, padding_free):
         import torch

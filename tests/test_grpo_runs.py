@@ -188,3 +188,39 @@ def test_a_later_row_without_its_answer_is_named_by_file_and_line(tmp_path, monk
     assert error_lines(result.stderr) == ["prompts.jsonl:5: needs a non-empty string (or number) column 'answer', "
                                           "got null"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_reward_that_raises_stops_the_run_in_one_line_naming_it_and_the_row(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "raising_reward.py").write_text(
+        "def boom(completions, answers, prompts):\n    raise ValueError('cannot score')\n")
+    write_prompts(tmp_path / "prompts.jsonl")
+    mixture = f"[{{source: {tmp_path / 'prompts.jsonl'}, fraction: 1.0, format: prompt_answer}}]"
+    done = train_cli("recipes/quickstart.yaml", tmp_path / "out", f"data.mixture={mixture}", "eval=null",
+                     "objective={name: grpo, num_generations: 2, max_new_tokens: 4, "
+                     "rewards: [{name: python, function: 'raising_reward:boom'}]}",
+                     "data.max_seq_length=64", "train.max_steps=1", "logging.loggers=[jsonl]",
+                     f"data.cache_dir={tmp_path / 'cache'}", env={"PYTHONPATH": str(site)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = error_lines(done.stderr)
+    assert "reward python: raised ValueError('cannot score') on training row" in line and "'user Last:" in line
+
+
+def test_check_and_plan_show_a_grpo_recipe_as_it_trains(seqtune, tmp_path):
+    """check --samples shows a prompt and its reference answer as text; check --gpu plans the generation
+    phase; plan skips the data columns (the rows' tokens are not what trains)."""
+    write_prompts(tmp_path / "prompts.jsonl")
+    grpo = (f"data.mixture=[{{source: {tmp_path / 'prompts.jsonl'}, fraction: 1.0, format: prompt_answer}}]",
+            "eval=null", "objective={name: grpo, rewards: [exact_match], num_generations: 4, max_new_tokens: 8}",
+            "data.max_seq_length=64", f"data.cache_dir={tmp_path / 'cache'}")
+    shown = seqtune("check", "recipes/quickstart.yaml", *grpo, "--samples", "1")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "[prompt: " in shown.stdout and "[reference answer: " in shown.stdout
+    first = json.loads((tmp_path / "prompts.jsonl").read_text().splitlines()[0])
+    assert first["answer"] in shown.stdout  # the answer as text, not its bytes decoded as tokens
+    planned = seqtune("check", "recipes/quickstart.yaml", *grpo, "--gpu", "3090")
+    assert planned.returncode == 0 and "KV cache" in planned.stdout and "4 sequences per row" in planned.stdout
+    swept = seqtune("plan", "recipes/quickstart.yaml", *grpo, "--gpu", "3090")
+    assert swept.returncode == 0 and "data columns skipped: objective grpo trains the completions" in swept.stdout

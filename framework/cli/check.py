@@ -67,7 +67,8 @@ def _data_preview(loaded: Any, parts: Any, count: int) -> None:
     for i, row in enumerate(samples_to_show(prep.data, count), start=1):
         console.rule(f"sample {i}: {row.tokens_before:,} tokens, {row.trainable_before:,} trained "
                      "(bold green: trained; dim: masked)")
-        console.print(render_sample(prep.tokenizer, row, getattr(prep.objective, "sequence_names", ())))
+        console.print(render_sample(prep.tokenizer, row, getattr(prep.objective, "sequence_names", ()),
+                                    getattr(prep.objective, "sequence_text", None)))
 
 
 def _memory(loaded: Any, parts: Any, name: str, gib: float) -> bool:

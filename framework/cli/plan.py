@@ -41,7 +41,7 @@ def plan(recipe: str = typer.Argument(..., help=RECIPE_HELP),
     states, note = optimizer_state_tensors(parts.optimizer, loaded.recipe.optimizer.name)
     show_warnings([note] if note else [])
     sweep = _Sweep(loaded, parts, recipe_shape(loaded.recipe, parts.registry), states)
-    measured = _samples(loaded, parts, samples) if not _data_absent(parts.absent) else None
+    measured = _samples(loaded, parts, samples) if not _data_absent(parts.absent) and _offline(loaded, parts) else None
     rows = sweep.rows(gib, measured)
     label = gpu_label(name, gib)
     _print(loaded, rows, label, measured)
@@ -151,6 +151,18 @@ def _samples(loaded: Any, parts: Any, count: int):
     except UserError as exc:
         print_line(f"[yellow]data columns skipped[/]: {escape(exc.problems[0])}")
         return None
+
+
+def _offline(loaded: Any, parts: Any) -> bool:
+    """Whether the rows' tokens are what trains (not so for an online objective: GRPO's completions)."""
+    from framework.training.rollout import is_online
+
+    if not is_online(parts.objective()):
+        return True
+    print_line(f"[yellow]data columns skipped[/]: objective {loaded.recipe.objective.name} trains the completions "
+               "it generates, not its rows' tokens (its rows are prompts: one longer than max_seq_length - "
+               "max_new_tokens is dropped, counted in `seqtune check --samples`)")
+    return False
 
 
 def _data_absent(absent: dict[str, str]) -> bool:

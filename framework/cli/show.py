@@ -76,9 +76,10 @@ class Shown:
         return len(self.kept.input_ids) < self.tokens_before
 
 
-def render_sample(tokenizer: Any, row: Shown, names: tuple[str, ...] = ()) -> Text:
+def render_sample(tokenizer: Any, row: Shown, names: tuple[str, ...] = (), text_of: Any = None) -> Text:
     """Trained tokens bold green, masked tokens dim, and where truncation cut the row. A row of several
-    sequences (a pair) shows each under its name (the objective's `sequence_names`)."""
+    sequences (a pair) shows each under its name (the objective's `sequence_names`); a sequence that is
+    not tokens (GRPO's reference answer) as the objective's `sequence_text(k, sample)` says."""
     text = Text()
     parts = row.kept.split()
     for k, part in enumerate(parts):
@@ -86,6 +87,10 @@ def render_sample(tokenizer: Any, row: Shown, names: tuple[str, ...] = ()) -> Te
             name = names[k] if k < len(names) else f"sequence {k + 1}"
             text.append(f"{chr(10) if k else ''}[{name}: {len(part.input_ids):,} tokens, {part.num_trainable:,} "
                         "trained]\n", style="bold")
+        shown = text_of(k, part) if text_of is not None else None
+        if shown is not None:
+            text.append(shown, style="italic")
+            continue
         for token, label in zip(part.input_ids, part.labels):
             text.append(tokenizer.decode([token]), style="bold green" if label != IGNORE_INDEX else "dim")
     if row.cut:
