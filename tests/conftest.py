@@ -53,3 +53,23 @@ def smollm2() -> Path:
     from seqtune_testing import TEST_CACHE, load_script
 
     return load_script("scripts/prepare_smollm2").prepare(TEST_CACHE / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture
+def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """plugin_module(name, source): a loose plugin module in tmp_path, importable by name for this test only."""
+    import importlib
+    import sys
+    import textwrap
+
+    names: list[str] = []
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(name: str, source: str) -> None:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        names.append(name)
+        importlib.invalidate_caches()
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)

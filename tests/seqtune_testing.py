@@ -16,6 +16,14 @@ from framework.data.chat import encode_chats
 from framework.types import IGNORE_INDEX, Sample
 
 REPO = Path(__file__).resolve().parent.parent
+# A recipe's model and tokenizer for tests of recipe checks: a one-layer Llama from a config, the
+# quickstart tokenizer (recipe text, to write into a recipe file)
+TINY_MODEL = f"""\
+model:
+  config: {{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+           num_attention_heads: 2, num_key_value_heads: 1}}
+tokenizer: {{name_or_path: {REPO / 'recipes/quickstart/tokenizer'}}}
+"""
 SEQTUNE = Path(sys.executable).with_name("seqtune")  # the installed console script
 # Slow-to-build test inputs (the Qwen2.5 tokenizer, the SmolLM2 model folder) are kept here across runs.
 TEST_CACHE = Path(os.environ.get("SEQTUNE_TEST_CACHE", Path.home() / ".cache" / "seqtune-tests"))
@@ -166,6 +174,14 @@ def trained_cli(recipe: str, out: Path, *overrides: str, env: Mapping[str, str] 
     result = train_cli(recipe, out, *overrides, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+def tuned_quickstart(recipe: str, tmp_path: Path, *overrides: str) -> tuple[Path, Path]:
+    """The quickstart SFT model trained, then `recipe` trained from it (DPO, GRPO); their output_dirs."""
+    sft = trained_cli("recipes/quickstart.yaml", tmp_path / "sft", "logging.loggers=[jsonl]")
+    tuned = trained_cli(recipe, tmp_path / "tuned", f"model.name_or_path={sft}", f"tokenizer.name_or_path={sft}",
+                        "logging.loggers=[jsonl]", *overrides)
+    return sft, tuned
 
 
 def logged(out: Path) -> list[dict]:

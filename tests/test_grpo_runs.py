@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from framework.cli import app
-from seqtune_testing import REPO, error_lines, logged, max_difference, train_cli
+from seqtune_testing import REPO, TINY_MODEL, error_lines, logged, max_difference, train_cli
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 GROUP, MAX_NEW = 4, 6
@@ -138,11 +138,7 @@ def test_the_transformers_generator_logs_every_metric(grpo_run):
 
 RECIPE = f"""\
 output_dir: out
-model:
-  config: {{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-           num_attention_heads: 2, num_key_value_heads: 1}}
-tokenizer: {{name_or_path: {REPO / 'recipes/quickstart/tokenizer'}}}
-objective: {{name: grpo, rewards: [exact_match], num_generations: 4, max_new_tokens: 8}}
+{TINY_MODEL}objective: {{name: grpo, rewards: [exact_match], num_generations: 4, max_new_tokens: 8}}
 data:
   mixture: [{{source: prompts.jsonl, fraction: 1.0, format: prompt_answer}}]
   max_seq_length: 64

@@ -8,13 +8,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_dpo_on_the_quickstart_model_learns_to_prefer_right_answers(seqtune, tmp_path, repo):
-    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
-    trained = seqtune("train", "recipes/quickstart.yaml", f"output_dir={sft}", "logging.loggers=[jsonl]")
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    tuned = seqtune("train", "recipes/quickstart-dpo.yaml", f"output_dir={dpo}", f"model.name_or_path={sft}",
-                    f"tokenizer.name_or_path={sft}", "logging.loggers=[jsonl]")
-    assert tuned.returncode == 0, tuned.stderr[-3000:]
+def test_dpo_on_the_quickstart_model_learns_to_prefer_right_answers(tmp_path, repo):
+    from seqtune_testing import tuned_quickstart
+
+    sft, dpo = tuned_quickstart("recipes/quickstart-dpo.yaml", tmp_path)
     logs = [r for r in map(json.loads, (dpo / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert logs[0]["rewards/accuracy"] < 0.7 and logs[-1]["rewards/accuracy"] >= 0.9  # from below 0.5 (the first step ties: 0)
     assert logs[-1]["loss"] < logs[0]["loss"] / 2

@@ -8,13 +8,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_grpo_on_the_quickstart_model_raises_its_reward(seqtune, tmp_path, repo):
-    sft, grpo = tmp_path / "sft", tmp_path / "grpo"
-    trained = seqtune("train", "recipes/quickstart.yaml", f"output_dir={sft}", "logging.loggers=[jsonl]")
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    tuned = seqtune("train", "recipes/quickstart-grpo.yaml", f"output_dir={grpo}", f"model.name_or_path={sft}",
-                    f"tokenizer.name_or_path={sft}", "logging.loggers=[jsonl]", "train.max_steps=200")
-    assert tuned.returncode == 0, tuned.stderr[-3000:]
+def test_grpo_on_the_quickstart_model_raises_its_reward(tmp_path, repo):
+    from seqtune_testing import tuned_quickstart
+
+    sft, grpo = tuned_quickstart("recipes/quickstart-grpo.yaml", tmp_path, "train.max_steps=200")
     logs = [r for r in map(json.loads, (grpo / "metrics.jsonl").read_text().splitlines()) if "reward" in r]
     assert [r["step"] for r in logs] == [50, 100, 150, 200]
     assert logs[-1]["reward"] > logs[0]["reward"] + 0.05  # the sampled answers' exact-match reward rises

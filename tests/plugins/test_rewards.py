@@ -3,7 +3,6 @@ weighted sum, and the one-line errors naming the reward and the row."""
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -121,27 +120,8 @@ def test_a_bad_pattern_or_flag_is_an_option_problem():
 # -- python --------------------------------------------------------------------------------------
 
 @pytest.fixture
-def module_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import importlib
-    import sys
-    import textwrap
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    written = []
-
-    def write(name: str, source: str) -> None:
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        written.append(name)
-        importlib.invalidate_caches()
-
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
-
-
-@pytest.fixture
-def my_rewards(module_dir):
-    module_dir("my_rewards", """\
+def my_rewards(plugin_module):
+    plugin_module("my_rewards", """\
         def length(completions, answers, prompts):
             return [float(len(c)) for c in completions]
 

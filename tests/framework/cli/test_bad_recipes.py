@@ -13,16 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from framework.cli import app
-from seqtune_testing import error_lines
+from seqtune_testing import TINY_MODEL, error_lines
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = f"""\
 output_dir: out
-model:
-  config: {{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-           num_attention_heads: 2, num_key_value_heads: 1}}
-tokenizer: {{name_or_path: {REPO / 'recipes/quickstart/tokenizer'}}}
-data:
+{TINY_MODEL}data:
   mixture: [{{source: rows.jsonl, fraction: 1.0}}]
   max_seq_length: 64
 optimizer: adamw

@@ -5,8 +5,6 @@ Each test runs in tmp_path, so error lines name the short relative recipe files 
 from __future__ import annotations
 
 import functools
-import importlib
-import sys
 import textwrap
 from pathlib import Path
 
@@ -48,22 +46,6 @@ def write(here: Path):
         return Path(name)
 
     return _write
-
-
-@pytest.fixture
-def plugin_module(here: Path, monkeypatch: pytest.MonkeyPatch):
-    """A loose plugin module in tmp_path, importable by name for this test only."""
-    names: list[str] = []
-    monkeypatch.syspath_prepend(str(here))
-
-    def _module(name: str, source: str) -> None:
-        (here / f"{name}.py").write_text(textwrap.dedent(source))
-        names.append(name)
-        importlib.invalidate_caches()
-
-    yield _module
-    for name in names:
-        sys.modules.pop(name, None)
 
 
 def bind_problems(path: Path, overrides=()) -> list[str]:
