@@ -141,7 +141,9 @@ class GRPO:
         out = self._layout(prompts, completions, tokenizer.pad_token_id, _eos_ids(tokenizer))
         out.update(_advantages(torch.tensor(rewards, dtype=torch.float64), group, self.scale_rewards))
         for name, values in by_name.items():
-            out[f"reward/{name}"] = torch.tensor(values, dtype=torch.float64)
+            scores = torch.tensor(values, dtype=torch.float64)
+            out[f"reward/{name}"] = scores
+            out[f"reward/{name}/std"] = _advantages(scores, group, "none")["group_std"]
         out["correct"] = [name for name, reward in zip(reward_names(self.rewards), self.rewards) if reward.correctness]
         return out
 
@@ -195,9 +197,10 @@ class GRPO:
         return loss_sum + 0 * logps.sum(), self._metrics(batch, lengths, clipped, kl)
 
     def _metric_names(self) -> list[str]:
-        names = ["reward", "reward_std", "completion_length", "completions_cut", "clip_ratio"]
+        names = ["reward", "reward_std", "completion_length", "completion_length_max", "completions_cut",
+                 "clip_ratio"]
         named = list(zip(reward_names(self.rewards), self.rewards))
-        names += [f"reward/{name}" for name, _ in named]
+        names += [f"reward/{name}{part}" for name, _ in named for part in ("", "/std")]
         names += [f"accuracy/{name}" for name, reward in named if reward.correctness]
         return names + (["kl"] if self.beta else [])
 
@@ -207,7 +210,8 @@ class GRPO:
         completion, as dapo's loss)."""
         device, per_completion = lengths.device, batch.get("tokens_per_completion", 1.0)
         metrics = {"reward": batch["rewards"].sum(), "reward_std": batch["group_std"].sum(),
-                   "completion_length": batch["completion_length"].sum(), "completions_cut": batch["cut"].sum(),
+                   "completion_length": batch["completion_length"].sum(),
+                   "completion_length_max": batch["completion_length"].max(), "completions_cut": batch["cut"].sum(),
                    "clip_ratio": clipped.sum() / per_completion}
         for key in batch:
             if key.startswith("reward/"):

@@ -75,7 +75,8 @@ def test_two_processes_train_as_one_on_the_same_completions(grpo_run, tmp_path, 
     accumulated = grpo_run("accumulated", objective, *ACCUMULATED)
     one_batch = grpo_run("one_batch", objective, *ONE_BATCH)
     for one in (accumulated, one_batch):
-        for key in ("reward", "accuracy/exact_match", "reward_std", "completion_length", "completions_cut"):
+        for key in ("reward", "accuracy/exact_match", "reward_std", "reward/exact_match/std", "completion_length",
+                    "completion_length_max", "completions_cut"):
             assert [m[key] for m in two] == pytest.approx([m[key] for m in one], abs=1e-9), key
         assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], abs=1e-6)
         assert [m["kl"] for m in two] == pytest.approx([m["kl"] for m in one], rel=1e-5, abs=1e-9)
@@ -123,8 +124,9 @@ def test_the_transformers_generator_logs_every_metric(grpo_run):
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
         assert {"loss", "reward", "reward_std", "reward/exact_match", "reward/regex", "accuracy/exact_match",
-                "completion_length", "completions_cut", "clip_ratio", "kl", "time/generation_s",
-                "time/learning_s"} <= set(m), sorted(m)
+                "reward/exact_match/std", "reward/regex/std", "completion_length", "completion_length_max",
+                "completions_cut", "clip_ratio", "kl", "time/generation_s", "time/learning_s"} <= set(m), sorted(m)
+        assert m["completion_length"] <= m["completion_length_max"] <= MAX_NEW  # the longest, not a sum
         assert "accuracy/regex" not in m  # regex is a format reward, not a correctness check
         assert m["reward"] == pytest.approx(m["reward/exact_match"] + 0.5 * m["reward/regex"], abs=1e-6)
         assert m["accuracy/exact_match"] == m["reward/exact_match"]

@@ -10,6 +10,8 @@ from typing import Any
 from framework.estimation.hardware import FlopsShape, gpu_from_device_name, mfu, model_flops
 
 
+MAX = "_max"  # the suffix of an objective's metric the window keeps the largest of, not the sum
+
 class Window:
     """Token and loss tallies between two logging steps, and the run's totals: tokens and the seconds
     spent training, over every session of a resumed run (a checkpoint saves `totals`)."""
@@ -46,7 +48,20 @@ class Window:
         self.units += batch.units
         self.loss_sum += loss_sum
         for key, value in (metrics or {}).items():
-            self.objective[key] = self.objective.get(key, 0) + value
+            old = self.objective.get(key)
+            # a metric named *_max is the window's largest (GRPO's longest completion), others are sums
+            self.objective[key] = value if old is None else (max(old, value) if key.endswith(MAX) else old + value)
+
+    def _peaks(self, accelerator: Any) -> dict[str, float]:
+        """The *_max metrics, the largest over every rank (one gather, only when the objective has any)."""
+        import torch
+
+        names = sorted(name for name in self.objective if name.endswith(MAX))
+        if not names:
+            return {}
+        local = torch.tensor([float(self.objective[name]) for name in names], dtype=torch.float64,
+                             device=accelerator.device)
+        return dict(zip(names, accelerator.gather(local).view(-1, len(names)).max(0).values.tolist()))
 
     def timed(self, phase: str, seconds: float) -> None:
         """A phase of a step outside its forward and backward (GRPO's generation), timed on this rank."""
@@ -65,7 +80,8 @@ class Window:
         objective's metrics are means over its units (trainable tokens, pairs)."""
         import torch
 
-        names = sorted(self.objective)
+        names = sorted(name for name in self.objective if not name.endswith(MAX))
+        peaks = self._peaks(accelerator)
         local = torch.tensor([float(self.loss_sum), self.tokens, self.trainable, self.slots, self.pairs, self.units,
                               *(float(self.objective[name]) for name in names)],
                              dtype=torch.float64, device=accelerator.device)
@@ -75,7 +91,7 @@ class Window:
         self._totals["trainable_tokens"] += int(trainable)
         self.last_loss = loss_sum / max(units, 1)
         # the objective's own metrics (DPO's rewards, GRPO's reward and accuracy) of the latest window
-        self.last_objective = {name: value / max(units, 1) for name, value in zip(names, sums)}
+        self.last_objective = {**{name: value / max(units, 1) for name, value in zip(names, sums)}, **peaks}
         times = self._times(seconds)
         self._reset()
         metrics = {"loss": self.last_loss, **self.last_objective, "lr": lr, "grad_norm": float(grad_norm), "epoch": round(epoch, 4),
