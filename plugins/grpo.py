@@ -120,13 +120,13 @@ class GRPO:
 
         from framework.rewards import score
 
-        prompts, answers = tensors["prompt_ids"], tensors["answers"]
+        prompts, answers, eos = tensors["prompt_ids"], tensors["answers"], _eos_ids(tokenizer)
         training = model.training
         model.eval()
         with torch.no_grad():
             completions = self.generator.generate(
                 model, prompts, num_generations=self.num_generations, max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, top_p=self.top_p, eos_token_ids=_eos_ids(tokenizer),
+                temperature=self.temperature, top_p=self.top_p, eos_token_ids=eos,
                 pad_token_id=tokenizer.pad_token_id, seed=seed)
         model.train(training)
         group = self.num_generations
@@ -138,7 +138,7 @@ class GRPO:
                  for place, text in zip(where, tokenizer.batch_decode(prompts, skip_special_tokens=True))]
         rewards, by_name = score(self.rewards, texts, [answers[k] for k in owners], [asked[k] for k in owners],
                                  [named[k] for k in owners])
-        out = self._layout(prompts, completions, tokenizer.pad_token_id, _eos_ids(tokenizer))
+        out = self._layout(prompts, completions, tokenizer.pad_token_id, eos)
         out.update(_advantages(torch.tensor(rewards, dtype=torch.float64), group, self.scale_rewards))
         for name, values in by_name.items():
             scores = torch.tensor(values, dtype=torch.float64)

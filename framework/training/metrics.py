@@ -41,6 +41,8 @@ class Window:
     def count(self, batch: Any, loss_sum: Any, metrics: dict[str, Any] | None = None) -> None:
         """A micro-batch's counts (Python ints from the CPU side), its summed loss and the objective's
         metric sums (on the device)."""
+        import torch
+
         self.tokens += batch.tokens
         self.slots += batch.slots
         self.trainable += batch.trainable
@@ -50,7 +52,9 @@ class Window:
         for key, value in (metrics or {}).items():
             old = self.objective.get(key)
             # a metric named *_max is the window's largest (GRPO's longest completion), others are sums
-            self.objective[key] = value if old is None else (max(old, value) if key.endswith(MAX) else old + value)
+            # torch.maximum, not max(): comparing device tensors in Python would make the host wait
+            self.objective[key] = value if old is None else (
+                torch.maximum(torch.as_tensor(old), torch.as_tensor(value)) if key.endswith(MAX) else old + value)
 
     def _peaks(self, accelerator: Any) -> dict[str, float]:
         """The *_max metrics, the largest over every rank (one gather, only when the objective has any)."""
