@@ -223,6 +223,7 @@ def test_a_reward_that_raises_stops_the_run_in_one_line_naming_it_and_the_row(tm
     assert "reward python: raised ValueError('cannot score') on training row" in line and "'user Last:" in line
 
 
+@pytest.mark.slow
 def test_check_and_plan_show_a_grpo_recipe_as_it_trains(seqtune, tmp_path):
     """check --samples shows a prompt and its reference answer as text; check --gpu plans the generation
     phase; plan skips the data columns (the rows' tokens are not what trains)."""

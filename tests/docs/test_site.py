@@ -44,6 +44,7 @@ def _copy_of_the_site(dest: Path) -> Path:
 
 # --- the site ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_site_builds_strict_with_every_page_in_the_nav(tmp_path):
     result = _mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -59,6 +60,7 @@ def test_the_site_builds_strict_with_every_page_in_the_nav(tmp_path):
     assert "../framework/hookspecs.py" not in plugins_page
 
 
+@pytest.mark.slow
 def test_links_out_of_docs_go_to_the_source_url_when_set(tmp_path):
     config = _copy_of_the_site(tmp_path / "repo")
     with config.open("a", encoding="utf-8") as f:

@@ -23,6 +23,7 @@ def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_a_run_directory(tmp_path: Path, offline_wandb, hooks, run_info):
     out = tmp_path / "out"
     out.mkdir()

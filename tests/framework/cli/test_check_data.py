@@ -18,6 +18,7 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "c
 SHAREGPT = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
 
 
+@pytest.mark.slow
 def test_samples_show_trained_text_cuts_and_the_runs_size(seqtune, tmp_path):
     result = seqtune("check", "recipes/quickstart.yaml", "--samples", "3", "data.max_seq_length=24",
                      "train.gradient_accumulation_steps=2", f"output_dir={tmp_path / 'out'}")

@@ -25,6 +25,7 @@ def loss_row(stdout: str) -> float:
     return float(row.split("│")[2].split(" GiB")[0])
 
 
+@pytest.mark.slow
 def test_the_loss_part_is_planned_as_the_recipes_loss_computes_it(seqtune):
     """The default chunked loss holds one chunk of logits, the trained hidden states and the output
     layer's gradient; the unchunked loss, the logits of all 2,048 tokens (open-instruct's 30.6 GiB)."""
@@ -38,6 +39,7 @@ def test_the_loss_part_is_planned_as_the_recipes_loss_computes_it(seqtune):
     assert "one chunk of 131 tokens" in chunked.stdout
 
 
+@pytest.mark.slow
 def test_a_longer_max_seq_length_needs_more_memory(seqtune):
     short = seqtune("check", TULU, "--gpu", "h100", "data.max_seq_length=1024").stdout.splitlines()[-1]
     long = seqtune("check", TULU, "--gpu", "h100", "data.max_seq_length=8192").stdout.splitlines()[-1]

@@ -58,6 +58,7 @@ def test_fast_commands_do_not_import_torch_or_transformers(repo, argv):
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
 
 
+@pytest.mark.slow
 def test_invalid_recipe_lists_every_problem_and_exits_2(seqtune, tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("output_dir: out\nmodel: {name_or_path: m, atn_implementation: sdpa}\n"
@@ -81,6 +82,7 @@ def test_unknown_plugin_option_is_a_recipe_error(seqtune, tmp_path):
     assert "unknown logger 'csv'" in result.stderr
 
 
+@pytest.mark.slow
 def test_train_without_gpu_or_flash_attn_stops_before_any_work(seqtune, tmp_path):
     result = seqtune("train", TULU, f"output_dir={tmp_path / 'out'}", f"data.mix_dir={tmp_path / 'mix'}")
     assert result.returncode == 2
@@ -165,6 +167,7 @@ def test_one_problem_is_one_line(seqtune):
                                           "did you mean 'max_steps'?"]
 
 
+@pytest.mark.slow
 def test_check_samples_warns_in_one_line_when_max_seq_length_cuts_more_than_1_percent(seqtune, tmp_path):
     result = seqtune("check", QUICKSTART, "--samples", "1", "data.max_seq_length=48", f"data.cache_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -175,6 +178,7 @@ def test_check_samples_warns_in_one_line_when_max_seq_length_cuts_more_than_1_pe
     assert kept.returncode == 0 and "cuts" not in kept.stderr
 
 
+@pytest.mark.slow
 def test_a_run_without_deepspeed_is_not_told_about_deepspeeds_device(repo):
     """accelerate imports DeepSpeed to unwrap a model (every checkpoint does): on a machine without a
     GPU DeepSpeed then says it chose the CPU, on stdout."""

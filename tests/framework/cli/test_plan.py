@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from seqtune_testing import encode_chat
 from framework.data.tokenize import cut_warning, shortest_keeping
 from framework.estimation.sweep import LengthRow, data_at, recommend
@@ -66,6 +68,7 @@ def test_recommend_the_largest_fit_and_the_smallest_that_keeps_99_percent():
     assert recommend([LengthRow(256, 50, False)]) == (None, None)
 
 
+@pytest.mark.slow
 def test_plan_on_the_recipes_own_data(seqtune, tmp_path):
     data = tmp_path / "rows.jsonl"
     long_rows(data)
@@ -92,6 +95,7 @@ def test_plan_on_the_recipes_own_data(seqtune, tmp_path):
     assert "on 1 x 24 GiB GPU, truncation drop" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_recipes_own_length_gets_its_row_and_a_warning_when_it_cuts_too_much(seqtune):
     """The issue's run: max_seq_length 48 cut rows the table of 256 to 32,768 never showed."""
     cut = seqtune("plan", "recipes/quickstart.yaml", "--gpu", "h100", "data.max_seq_length=48")
@@ -116,6 +120,7 @@ def test_the_length_keeping_99_percent_keeps_whole_rows_holding_it():
                                                       "(3 of 100 rows truncated, 1 dropped by truncation)")
 
 
+@pytest.mark.slow
 def test_plan_offline_without_the_data_still_plans_memory_and_remedies(seqtune, tmp_path):
     plot = tmp_path / "plan.png"
     result = seqtune("plan", "recipes/tulu3/gemma2-2b-sft.yaml", "--gpu", "3090", "--plot", plot)
@@ -128,6 +133,7 @@ def test_plan_offline_without_the_data_still_plans_memory_and_remedies(seqtune, 
     assert "model.activation_offloading=true: 19.8 GiB (fits)" in result.stdout
 
 
+@pytest.mark.slow
 def test_with_gradient_checkpointing_the_seed_recipe_fits_8192_tokens_on_a_3090(seqtune):
     """The memory savers' lines: the longest length with each; checkpointing (with the default chunked
     loss) reaches past 8,192 where the unchunked loss stops far short."""
@@ -145,6 +151,7 @@ def test_with_gradient_checkpointing_the_seed_recipe_fits_8192_tokens_on_a_3090(
     assert longest(chunked, "all of them") >= longest(chunked, "model.gradient_checkpointing=true")
 
 
+@pytest.mark.slow
 def test_the_qlora_recipe_fits_16384_tokens_on_one_3090_offline(seqtune):
     """Llama-3.1-8B with its linear layers in 4 bits, rank-64 adapters, checkpointing and the chunked
     loss: its own 16,384 tokens fit 24 GiB; the same recipe with a bf16 base stops far short."""
@@ -171,6 +178,7 @@ def gpu_rows(stdout: str) -> dict[str, list[str]]:
     return {cells[1]: cells for cells in rows if cells[1]}
 
 
+@pytest.mark.slow
 def test_the_imported_70b_qlora_command_is_planned_on_gpus_of_each_size(seqtune, tmp_path):
     """open-instruct's Tulu 2 QLoRA script names its model and data by paths of its author's machine:
     the plan says they are not here, asks for the model's hub id, and with it says how many GPUs of

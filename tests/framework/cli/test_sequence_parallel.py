@@ -87,6 +87,7 @@ def test_a_split_the_model_takes_is_valid_and_an_unknown_models_heads_wait_for_t
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_check_gpu_shows_each_gpus_share_of_a_row(seqtune):
     result = seqtune("check", LONG, "--gpu", "3090")
     assert result.returncode == 0, result.stderr
@@ -105,6 +106,7 @@ def split_table(stdout: str) -> dict[str, int]:
     return {cells[0]: int(cells[2].replace(",", "")) for cells in rows}
 
 
+@pytest.mark.slow
 def test_plan_lists_the_longest_length_for_each_split(seqtune):
     """The seed's GPUs (4 x RTX 3090) with the long-context recipe: each split fits longer rows, and 4
     processes to a row fit the recipe's 65,536 tokens."""
@@ -116,6 +118,7 @@ def test_plan_lists_the_longest_length_for_each_split(seqtune):
     assert "sequence_parallel 4" in result.stdout  # the length table says which split it plans
 
 
+@pytest.mark.slow
 def test_plan_offers_each_split_to_a_recipe_that_does_not_fit(seqtune):
     seed = seqtune("plan", "recipes/tulu3/gemma2-2b-sft.yaml", "--gpu", "3090")
     assert seed.returncode == 1

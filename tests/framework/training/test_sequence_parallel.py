@@ -122,6 +122,7 @@ def test_the_checks_name_both_numbers():
     assert length_problem(64, 4) is None and "24" in length_problem(24, 4) and "4 ways" in length_problem(24, 4)
 
 
+@pytest.mark.slow
 def test_an_objective_that_does_not_declare_it_is_refused_before_anything_runs(seqtune, tmp_path, monkeypatch):
     """A third-party objective may keep per-token keys the engine would not split: it must say it can."""
     (tmp_path / "plain_objective.py").write_text(
