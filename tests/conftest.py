@@ -55,6 +55,24 @@ def smollm2() -> Path:
     return load_script("scripts/prepare_smollm2").prepare(TEST_CACHE / "SmolLM2-135M-Instruct")
 
 
+@pytest.fixture(scope="session")
+def quickstart_sft(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The quickstart recipe's SFT model (the demos' starting point), trained once per test session: the
+    first xdist worker to ask trains it, the others wait for it. Read it, never write to it."""
+    from filelock import FileLock
+
+    from seqtune_testing import trained_cli
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if worker_id != "master" else shared  # the workers' folders share a parent
+    out, done = shared / "quickstart-sft", shared / "quickstart-sft.done"
+    with FileLock(str(shared / "quickstart-sft.lock")):
+        if not done.exists():
+            trained_cli("recipes/quickstart.yaml", out, "logging.loggers=[jsonl]", "overwrite_output_dir=true")
+            done.touch()
+    return out
+
+
 @pytest.fixture
 def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """plugin_module(name, source): a loose plugin module in tmp_path, importable by name for this test only."""

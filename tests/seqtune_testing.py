@@ -176,12 +176,10 @@ def trained_cli(recipe: str, out: Path, *overrides: str, env: Mapping[str, str] 
     return out
 
 
-def tuned_quickstart(recipe: str, tmp_path: Path, *overrides: str) -> tuple[Path, Path]:
-    """The quickstart SFT model trained, then `recipe` trained from it (DPO, GRPO); their output_dirs."""
-    sft = trained_cli("recipes/quickstart.yaml", tmp_path / "sft", "logging.loggers=[jsonl]")
-    tuned = trained_cli(recipe, tmp_path / "tuned", f"model.name_or_path={sft}", f"tokenizer.name_or_path={sft}",
-                        "logging.loggers=[jsonl]", *overrides)
-    return sft, tuned
+def tuned_quickstart(sft: Path, recipe: str, tmp_path: Path, *overrides: str) -> Path:
+    """`recipe` (DPO, GRPO) trained from the quickstart SFT model `sft`; its output_dir."""
+    return trained_cli(recipe, tmp_path / "tuned", f"model.name_or_path={sft}", f"tokenizer.name_or_path={sft}",
+                       "logging.loggers=[jsonl]", *overrides)
 
 
 def logged(out: Path) -> list[dict]:

@@ -8,10 +8,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_dpo_on_the_quickstart_model_learns_to_prefer_right_answers(tmp_path, repo):
+def test_dpo_on_the_quickstart_model_learns_to_prefer_right_answers(tmp_path, repo, quickstart_sft):
     from seqtune_testing import tuned_quickstart
 
-    sft, dpo = tuned_quickstart("recipes/quickstart-dpo.yaml", tmp_path)
+    sft, dpo = quickstart_sft, tuned_quickstart(quickstart_sft, "recipes/quickstart-dpo.yaml", tmp_path)
     logs = [r for r in map(json.loads, (dpo / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert logs[0]["rewards/accuracy"] < 0.7 and logs[-1]["rewards/accuracy"] >= 0.9  # from below 0.5 (the first step ties: 0)
     assert logs[-1]["loss"] < logs[0]["loss"] / 2

@@ -8,10 +8,11 @@ import pytest
 
 
 @pytest.mark.slow
-def test_grpo_on_the_quickstart_model_raises_its_reward(tmp_path, repo):
+def test_grpo_on_the_quickstart_model_raises_its_reward(tmp_path, repo, quickstart_sft):
     from seqtune_testing import tuned_quickstart
 
-    sft, grpo = tuned_quickstart("recipes/quickstart-grpo.yaml", tmp_path, "train.max_steps=200")
+    sft, grpo = quickstart_sft, tuned_quickstart(quickstart_sft, "recipes/quickstart-grpo.yaml", tmp_path,
+                                                 "train.max_steps=200")
     logs = [r for r in map(json.loads, (grpo / "metrics.jsonl").read_text().splitlines()) if "reward" in r]
     assert [r["step"] for r in logs] == [50, 100, 150, 200]
     assert logs[-1]["reward"] > logs[0]["reward"] + 0.05  # the sampled answers' exact-match reward rises
