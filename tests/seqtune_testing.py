@@ -151,7 +151,7 @@ from framework import hookimpl
 
 @hookimpl
 def seqtune_step_end(step):
-    if step == 2 and os.environ.get("STOP_ONCE") and not os.path.exists(os.environ["STOP_ONCE"]):
+    if step == int(os.environ.get("STOP_AT", 2)) and os.environ.get("STOP_ONCE") and not os.path.exists(os.environ["STOP_ONCE"]):
         open(os.environ["STOP_ONCE"], "w").close()
         os.kill(os.getpid(), signal.SIGTERM)
 '''

@@ -134,6 +134,23 @@ def test_a_stopped_run_resumes_to_the_same_completions_and_weights(grpo_run, tmp
 
 
 @pytest.mark.slow
+def test_a_run_stopped_between_the_steps_of_one_generation_resumes_on_it(grpo_run, tmp_path):
+    """iterations: 2, stopped after step 3: step 4 trains on step 3's completions and old log-probabilities,
+    which the checkpoint kept, not on a new generation from the weights step 3 left."""
+    objective = "rewards: [exact_match], beta: 0.04, temperature: 1.0, iterations: 2"
+    stopping = ("train.max_steps=4", "plugins=[grpo_fixed_generator, stop_plugin]")
+    whole = grpo_run("whole", objective, *stopping)
+    once = {"STOP_ONCE": str(tmp_path / "once"), "STOP_AT": "3"}
+    grpo_run("stopped", objective, *stopping, env=once, returncode=128 + 15)
+    assert list((tmp_path / "stopped/checkpoints/step-00000003").glob("rollout_rank*.pt"))
+    resumed = grpo_run("stopped", objective, *stopping, env=once)
+    assert resumed[-1]["time/generation_s"] == 0  # no generation at step 4
+    for key in ("reward", "completion_length", "kl", "loss", "clip_ratio"):
+        assert resumed[-1][key] == whole[-1][key], key
+    assert max_difference(tmp_path / "whole", tmp_path / "stopped") == 0
+
+
+@pytest.mark.slow
 def test_the_transformers_generator_logs_every_metric(grpo_run):
     rewards = "rewards: [exact_match, {name: regex, pattern: '[a-z]', weight: 0.5}]"
     metrics = grpo_run("sampled", f"{rewards}, beta: 0.04, temperature: 1.0", "train.max_steps=2",

@@ -55,6 +55,7 @@ class Saved:
     optimizer: Optional[dict]  # None under DeepSpeed, which loads its own
     scheduler: dict
     rng: Optional[dict]
+    rollout: Optional[dict] = None  # this rank's generation its next steps still train on (online objectives)
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
@@ -120,8 +121,9 @@ def is_zero3(accelerator: Any) -> bool:
 
 
 def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer: Any, output_dir: Path,
-         state: TrainerState, keep_last: int | None) -> Path:
-    """Every rank calls this; the main process writes the shared parts and renames when complete."""
+         state: TrainerState, keep_last: int | None, rollout: dict | None = None) -> Path:
+    """Every rank calls this; the main process writes the shared parts and renames when complete.
+    `rollout`: this rank's generation that the next steps still train on (framework.training.rollout)."""
     import torch
 
     root = checkpoints_dir(output_dir)
@@ -139,6 +141,8 @@ def save(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer
     if is_deepspeed(accelerator):  # ZeRO shards the optimizer: DeepSpeed writes every rank's part
         accelerator.save_state(str(partial / "deepspeed"))
     torch.save(_rng_state(), partial / f"rng_rank{accelerator.process_index}.pt")
+    if rollout is not None:
+        torch.save(rollout, partial / f"rollout_rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / STATE).write_text(json.dumps(asdict(state), indent=2))  # last: marks it complete
@@ -183,9 +187,10 @@ def read(path: Path, expected: TrainerState, deepspeed: bool, rank: int) -> Save
                      else "was made with other data, batch or launch settings")
         raise UserError(f"checkpoint.resume: {path} {made_with}, so it cannot continue this run exactly; "
                         "use checkpoint.resume=never to start over")
-    rng = path / f"rng_rank{rank}.pt"
+    rng, rollout = path / f"rng_rank{rank}.pt", path / f"rollout_rank{rank}.pt"
     optimizer = None if deepspeed else _load(path / "optimizer.pt")
-    return Saved(path, state, optimizer, _load(path / "scheduler.pt"), _load(rng) if rng.is_file() else None)
+    return Saved(path, state, optimizer, _load(path / "scheduler.pt"), _load(rng) if rng.is_file() else None,
+                 _load(rollout) if rollout.is_file() else None)
 
 
 def restore(saved: Saved, accelerator: Any, optimizer: Any, scheduler: Any) -> TrainerState:

@@ -38,7 +38,7 @@ def train(loaded: LoadedRecipe) -> Path:
     run.hook.seqtune_train_start(run=run_info(run))
     # the window also times the run: its totals carry train_seconds across resumes, as they do tokens
     window = Window(run.state.totals, FlopsShape.of(run.model), peak_tflops(recipe.logging.peak_tflops))
-    rollouts = Rollouts(run) if is_online(run.prep.objective) else None
+    run.rollout = rollouts = Rollouts(run) if is_online(run.prep.objective) else None
     with StopSignals() as signals:
         # A step's micro-batches all come first (the next step's are collated while this one trains),
         # so token_mean knows the step's token (or pair) count. Nothing is read back from the device
@@ -93,7 +93,8 @@ def _after_step(run: Run, step: StepPlan, window: Window, grad_norm: Any, stop: 
     if stop or (every == "epoch" and epoch_ended) or (isinstance(every, int) and state.step % every == 0):
         state.totals = dict(window.totals)
         path = save_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler, run.prep.tokenizer,
-                               run.output_dir, state, recipe.checkpoint.keep_last)
+                               run.output_dir, state, recipe.checkpoint.keep_last,
+                               run.rollout.kept() if run.rollout is not None else None)
         run.hook.seqtune_checkpoint_saved(step=state.step, path=str(path))
     if stop:
         raise RunStopped(f"stopped by {signal.Signals(stop).name} after step {state.step:,}; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import fields
 from typing import Any
 
 from framework.model.heads import trained_positions
@@ -31,6 +32,18 @@ class Rollouts:
         self.iterations = getattr(run.prep.objective, "iterations", 1)
         self.span = run.loaded.recipe.train.gradient_accumulation_steps * self.iterations
         self.key, self.last = None, None
+        if run.saved_rollout is not None:  # resumed between two steps of one generation: train on it again
+            self.key, self.last = _restored(run.saved_rollout, run.accelerator.device)
+
+    def kept(self) -> dict | None:
+        """What a checkpoint keeps of this rank's last generation when later steps may train on it too
+        (iterations above 1), as tensors and plain values: a run stopped between those steps resumes on
+        the same completions and old log-probabilities, not on a new generation from the updated weights."""
+        if self.iterations == 1 or self.last is None:
+            return None
+        batches = [{**{f.name: getattr(batch, f.name) for f in fields(batch)}, "tensors": _on_host(batch.tensors)}
+                   for batch in self.last.batches]
+        return {"key": list(self.key), "batches": batches, "units": self.last.units.cpu()}
 
     def __call__(self, run: Any, step: Step) -> tuple[Step, float]:
         """The step's completions, and the seconds spent generating and scoring them (0 when reused)."""
@@ -85,6 +98,11 @@ def _batch(out: dict | None, prompts: Batch, tokens_per_completion: float, devic
     on_device["token_capacity"] = capacity
     return Batch(on_device, tokens, int(trainable_tokens(out["labels"])), out["input_ids"].numel(),
                  sum(n * n for n in lengths), len(out["advantages"]), prompts.rows, len(out["advantages"]))
+
+
+def _restored(kept: dict, device: Any) -> tuple[tuple, Step]:
+    batches = [Batch(**{**batch, "tensors": to_device(batch["tensors"], device)}) for batch in kept["batches"]]
+    return tuple(kept["key"]), Step(None, batches, kept["units"].to(device))
 
 
 def _on_host(tensors: dict) -> dict:

@@ -134,6 +134,8 @@ class Run:
     eval_reference: Any = None  # the same for the evaluation rows
     last_eval: dict = field(default_factory=dict)  # the latest evaluation's metrics, for the summary
     history: list = field(default_factory=list)  # every logged window and evaluation of this process's run
+    rollout: Any = None  # an online objective's generations (framework.training.rollout.Rollouts)
+    saved_rollout: Optional[dict] = None  # the generation a checkpoint kept for the steps after it
 
     @property
     def evaluation(self) -> Optional[EvalSet]:
@@ -183,7 +185,7 @@ def start(loaded: LoadedRecipe) -> Run | None:
         state = restore_checkpoint(saved, accelerator, optimizer, scheduler)
         say(f"resuming from {resume_from} at step {state.step:,}")
     return Run(loaded, prep, accelerator, model, optimizer, scheduler, _loss(recipe, prep, model, accelerator), hook,
-               state, claim.output_dir, *references)
+               state, claim.output_dir, *references, saved_rollout=saved.rollout if saved else None)
 
 
 def _quiet_libraries() -> None:
