@@ -5,6 +5,7 @@ before anything is written."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -251,8 +252,9 @@ def test_check_and_plan_show_a_grpo_recipe_as_it_trains(seqtune, tmp_path):
     shown = seqtune("check", "recipes/quickstart.yaml", *grpo, "--samples", "1")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "[prompt: " in shown.stdout and "[reference answer: " in shown.stdout
-    first = json.loads((tmp_path / "prompts.jsonl").read_text().splitlines()[0])
-    assert first["answer"] in shown.stdout  # the answer as text, not its bytes decoded as tokens
+    size, answer = re.search(r"\[reference answer: (\d+) characters\]\n(.*)\n", shown.stdout).groups()
+    answers = [json.loads(line)["answer"] for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert answer in answers and int(size) == len(answer)  # the answer as text, not its bytes decoded as tokens
     planned = seqtune("check", "recipes/quickstart.yaml", *grpo, "--gpu", "3090")
     assert planned.returncode == 0 and "KV cache" in planned.stdout and "4 sequences per row" in planned.stdout
     swept = seqtune("plan", "recipes/quickstart.yaml", *grpo, "--gpu", "3090")

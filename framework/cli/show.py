@@ -83,11 +83,12 @@ def render_sample(tokenizer: Any, row: Shown, names: tuple[str, ...] = (), text_
     text = Text()
     parts = row.kept.split()
     for k, part in enumerate(parts):
+        shown = text_of(k, part) if text_of is not None else None
         if len(parts) > 1:
             name = names[k] if k < len(names) else f"sequence {k + 1}"
-            text.append(f"{chr(10) if k else ''}[{name}: {len(part.input_ids):,} tokens, {part.num_trainable:,} "
-                        "trained]\n", style="bold")
-        shown = text_of(k, part) if text_of is not None else None
+            size = (f"{len(shown):,} characters" if shown is not None
+                    else f"{len(part.input_ids):,} tokens, {part.num_trainable:,} trained")
+            text.append(f"{chr(10) if k else ''}[{name}: {size}]\n", style="bold")
         if shown is not None:
             text.append(shown, style="italic")
             continue
