@@ -151,8 +151,9 @@ from framework import hookimpl
 
 @hookimpl
 def seqtune_step_end(step):
-    if step == int(os.environ.get("STOP_AT", 2)) and os.environ.get("STOP_ONCE") and not os.path.exists(os.environ["STOP_ONCE"]):
-        open(os.environ["STOP_ONCE"], "w").close()
+    once = os.environ.get("STOP_ONCE")
+    if step == int(os.environ.get("STOP_AT", 2)) and once and not os.path.exists(once):
+        open(once, "w").close()
         os.kill(os.getpid(), signal.SIGTERM)
 '''
 

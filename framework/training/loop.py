@@ -38,7 +38,7 @@ def train(loaded: LoadedRecipe) -> Path:
     run.hook.seqtune_train_start(run=run_info(run))
     # the window also times the run: its totals carry train_seconds across resumes, as they do tokens
     window = Window(run.state.totals, FlopsShape.of(run.model), peak_tflops(recipe.logging.peak_tflops))
-    run.rollout = rollouts = Rollouts(run) if is_online(run.prep.objective) else None
+    run.rollout = Rollouts(run) if is_online(run.prep.objective) else None
     with StopSignals() as signals:
         # A step's micro-batches all come first (the next step's are collated while this one trains),
         # so token_mean knows the step's token (or pair) count. Nothing is read back from the device
@@ -46,8 +46,8 @@ def train(loaded: LoadedRecipe) -> Path:
         for prepared in prepared_steps(run, remaining_steps(plan, run.state, recipe.train.gradient_accumulation_steps)):
             if run.state.step == plan.total_steps:  # first: a resumed last checkpoint has no step left
                 break
-            if rollouts is not None:  # GRPO: the prompts' completions, generated and scored now
-                prepared, seconds = rollouts(run, prepared)
+            if run.rollout is not None:  # GRPO: the prompts' completions, generated and scored now
+                prepared, seconds = run.rollout(run, prepared)
                 window.timed("generation", seconds)
             step, batches = prepared.plan, prepared.batches
             step_units = accelerator.reduce(prepared.units, "sum")

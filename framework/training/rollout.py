@@ -106,7 +106,8 @@ def _restored(kept: dict, device: Any) -> tuple[tuple, Step]:
 
 
 def _on_host(tensors: dict) -> dict:
-    """The prompts' tensors as the objective's collate made them (the prompts themselves are Python lists)."""
+    """A micro-batch's tensors in host memory (the prompts as the objective's collate made them, or a
+    generation a checkpoint keeps); other values (Python lists, numbers) as they are."""
     return {key: value.cpu() if hasattr(value, "cpu") else value for key, value in tensors.items()}
 
 
